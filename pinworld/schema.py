@@ -1,0 +1,120 @@
+"""The tables of a world: columns, types, keys and foreign keys. Real data plugs in by writing them.
+
+Types are logical kinds (any integer width is an ``int``), so user tables need not match pinworld's
+widths exactly. This module is the one source for writing, validating and documenting the tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str            # int | float | string | bool
+    nullable: bool = False
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    path: str            # relative to the workdir; a directory means a partitioned dataset
+    columns: tuple[Column, ...]
+    key: tuple[str, ...] = ()
+    foreign_keys: dict[str, str] = field(default_factory=dict)   # column -> "table.column"
+    doc: str = ""
+    required: bool = True
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+
+C = Column
+TABLES: dict[str, Table] = {t.name: t for t in (
+    Table("pins", "world/pins.parquet", (
+        C("pin_id", "int", doc="unique pin id"),
+        C("created_day", "int", doc="day the pin was created (negative: before the log window)"),
+        C("image_uri", "string", doc="image location: 'images/shard-K.npy#ROW' or a file path relative to world/"),
+        C("title", "string", True, "title, null when missing"),
+        C("description", "string", True, "description, null when missing"),
+        C("caption", "string", True, "synthetic caption from a captioning model (English)"),
+        C("language", "string", doc="language of title/description (ISO 639-1)"),
+        C("is_ad", "bool", doc="the pin is an ad creative"),
+        C("advertiser_id", "int", True, "advertiser of an ad, null for organic pins"),
+    ), key=("pin_id",), foreign_keys={"advertiser_id": "advertisers.advertiser_id"},
+        doc="Every pin: static content known when it is created."),
+    Table("users", "world/users.parquet", (
+        C("user_id", "int", doc="unique user id"),
+        C("signup_day", "int", doc="day the user joined"),
+        C("language", "string", doc="the user's language (ISO 639-1)"),
+    ), key=("user_id",), doc="Users."),
+    Table("advertisers", "world/advertisers.parquet", (
+        C("advertiser_id", "int", doc="unique advertiser id"),
+        C("name", "string", doc="display name"),
+    ), key=("advertiser_id",), doc="Advertisers."),
+    Table("ads", "world/ads.parquet", (
+        C("pin_id", "int", doc="the ad's pin (its creative)"),
+        C("advertiser_id", "int", doc="who pays"),
+        C("bid", "float", doc="bid per click, in cents"),
+        C("created_day", "int", doc="first day the ad can serve"),
+        C("end_day", "int", doc="first day the ad no longer serves"),
+    ), key=("pin_id",), foreign_keys={"pin_id": "pins.pin_id", "advertiser_id": "advertisers.advertiser_id"},
+        doc="Ad campaigns, one per ad pin."),
+    Table("boards", "world/boards.parquet", (
+        C("board_id", "int", doc="unique board id"),
+        C("user_id", "int", doc="owner"),
+        C("name", "string", doc="board name, in the owner's language"),
+        C("created_day", "int", doc="day of the board's first save"),
+    ), key=("board_id",), foreign_keys={"user_id": "users.user_id"}, doc="Boards (collections of saved pins)."),
+    Table("pin_board", "world/pin_board.parquet", (
+        C("pin_id", "int", doc="saved pin"),
+        C("board_id", "int", doc="board it was saved to"),
+        C("user_id", "int", doc="who saved it"),
+        C("day", "int", doc="day of the save"),
+    ), key=("pin_id", "board_id"), foreign_keys={"pin_id": "pins.pin_id", "board_id": "boards.board_id"},
+        doc="Pin-Board edges from saves, one per (pin, board): the first save."),
+    Table("pin_search_queries", "world/pin_search_queries.parquet", (
+        C("pin_id", "int", doc="saved pin"),
+        C("day", "int", doc="day of the save"),
+        C("query", "string", doc="the search query that led to the save"),
+    ), foreign_keys={"pin_id": "pins.pin_id"}, doc="Search queries that led to saves."),
+    Table("pin_annotations", "world/pin_annotations.parquet", (
+        C("pin_id", "int", doc="annotated pin"),
+        C("day", "int", doc="day the annotation was mined"),
+        C("annotation", "string", doc="annotation term (English)"),
+        C("score", "float", doc="confidence in [0, 1]"),
+    ), foreign_keys={"pin_id": "pins.pin_id"}, doc="Annotations mined from content and engagement."),
+    Table("impressions", "logs/impressions", (
+        C("request_id", "int", doc="request (one slate) id"),
+        C("day", "int", doc="day of the request"),
+        C("surface", "string", doc="homefeed | related | ads"),
+        C("user_id", "int", doc="viewer"),
+        C("query_pin_id", "int", True, "Related Pins: the query pin; null elsewhere"),
+        C("pin_id", "int", doc="pin shown"),
+        C("position", "int", doc="0-based slot in the slate"),
+        C("repin", "bool", doc="saved"),
+        C("click", "bool", doc="clicked through"),
+        C("hide", "bool", doc="hidden"),
+    ), key=("request_id", "position"), foreign_keys={"user_id": "users.user_id", "pin_id": "pins.pin_id",
+                                                    "query_pin_id": "pins.pin_id"},
+        doc="Organic logs: one row per impression with its labels; Parquet under day=D/surface=S/."),
+)}
+
+KIND_CHECKS = {
+    "int": pa.types.is_integer,
+    "float": lambda t: pa.types.is_floating(t) or pa.types.is_integer(t),
+    "string": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+    "bool": pa.types.is_boolean,
+}
+KIND_TYPES = {"int": pa.int64(), "float": pa.float32(), "string": pa.string(), "bool": pa.bool_()}
+
+
+def arrow_schema(table: str, widths: dict[str, pa.DataType] | None = None) -> pa.Schema:
+    """The Arrow schema pinworld writes for ``table`` (ints are int64 unless ``widths`` says otherwise)."""
+    widths = widths or {}
+    return pa.schema([pa.field(c.name, widths.get(c.name, KIND_TYPES[c.kind]), nullable=c.nullable)
+                      for c in TABLES[table].columns])
