@@ -55,7 +55,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("advertisers", "world/advertisers.parquet", (
         C("advertiser_id", "int", doc="unique advertiser id"),
         C("name", "string", doc="display name"),
-    ), key=("advertiser_id",), doc="Advertisers."),
+    ), key=("advertiser_id",), doc="Advertisers.", required=False),
     Table("ads", "world/ads.parquet", (
         C("pin_id", "int", doc="the ad's pin (its creative)"),
         C("advertiser_id", "int", doc="who pays"),
@@ -63,7 +63,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         C("created_day", "int", doc="first day the ad can serve"),
         C("end_day", "int", doc="first day the ad no longer serves"),
     ), key=("pin_id",), foreign_keys={"pin_id": "pins.pin_id", "advertiser_id": "advertisers.advertiser_id"},
-        doc="Ad campaigns, one per ad pin."),
+        doc="Ad campaigns, one per ad pin.", required=False),
     Table("boards", "world/boards.parquet", (
         C("board_id", "int", doc="unique board id"),
         C("user_id", "int", doc="owner"),
@@ -81,13 +81,14 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         C("pin_id", "int", doc="saved pin"),
         C("day", "int", doc="day of the save"),
         C("query", "string", doc="the search query that led to the save"),
-    ), foreign_keys={"pin_id": "pins.pin_id"}, doc="Search queries that led to saves."),
+    ), foreign_keys={"pin_id": "pins.pin_id"}, doc="Search queries that led to saves.", required=False),
     Table("pin_annotations", "world/pin_annotations.parquet", (
         C("pin_id", "int", doc="annotated pin"),
         C("day", "int", doc="day the annotation was mined"),
         C("annotation", "string", doc="annotation term (English)"),
         C("score", "float", doc="confidence in [0, 1]"),
-    ), foreign_keys={"pin_id": "pins.pin_id"}, doc="Annotations mined from content and engagement."),
+    ), foreign_keys={"pin_id": "pins.pin_id"}, doc="Annotations mined from content and engagement.",
+        required=False),
     Table("impressions", "logs/impressions", (
         C("request_id", "int", doc="request (one slate) id"),
         C("day", "int", doc="day of the request"),

@@ -1,0 +1,111 @@
+"""`pinworld` command line: generate, validate, summary, catalog, export-oracle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pinworld.config import PRESETS, preset
+
+
+def _generate(args) -> int:
+    from pinworld.generate import generate_world
+
+    workdir = Path(args.workdir)
+    meta = workdir / "world" / "world.json"
+    if meta.exists() and not args.force:
+        m = json.loads(meta.read_text())
+        if m.get("preset") == args.preset and m.get("seed") == args.seed:
+            print(f"pinworld: {workdir / 'world'} already holds preset {args.preset!r} seed {args.seed}; skipping")
+            return 0
+        print(f"pinworld: {workdir / 'world'} holds preset {m.get('preset')!r} seed {m.get('seed')}; "
+              "use --force to replace it", file=sys.stderr)
+        return 2
+    summary = generate_world(preset(args.preset, args.seed, **_overrides(args)), workdir, force=True,
+                             progress=not args.quiet)
+    print(json.dumps({k: summary[k] for k in ("preset", "seed", "generator_version", "counts", "seconds")}, indent=2))
+    return 0
+
+
+def _overrides(args) -> dict:
+    out = {}
+    if args.image_size:
+        out["image_size"] = args.image_size
+    return out
+
+
+def _validate(args) -> int:
+    from pinworld.validate import validate_workdir
+
+    problems = validate_workdir(args.workdir, check_images=not args.skip_images)
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        return 2
+    print(f"pinworld validate: {args.workdir}: all tables valid")
+    return 0
+
+
+def _summary(args) -> int:
+    from pinworld.summary import world_summary
+
+    print(world_summary(args.workdir))
+    return 0
+
+
+def _catalog(args) -> int:
+    from pinworld.catalog import build_catalog
+
+    print(build_catalog(args.workdir))
+    return 0
+
+
+def _export_oracle(args) -> int:
+    from pinworld.oracle import export_oracle
+    from pinworld.world import World
+
+    print(export_oracle(World(args.workdir), args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pinworld", description="The simulated Pinterest behind pinlift.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate a world: tables, images, organic logs")
+    g.add_argument("--workdir", default="pinwork")
+    g.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--image-size", type=int, default=None, help="image side in pixels (default 64)")
+    g.add_argument("--force", action="store_true", help="replace an existing world")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.set_defaults(func=_generate)
+    v = sub.add_parser("validate", help="check user-supplied tables against the schema")
+    v.add_argument("--workdir", default="pinwork")
+    v.add_argument("--skip-images", action="store_true", help="do not check that image files exist")
+    v.set_defaults(func=_validate)
+    s = sub.add_parser("summary", help="print a world's summary")
+    s.add_argument("--workdir", default="pinwork")
+    s.set_defaults(func=_summary)
+    c = sub.add_parser("catalog", help="(re)build catalog.duckdb")
+    c.add_argument("--workdir", default="pinwork")
+    c.set_defaults(func=_catalog)
+    o = sub.add_parser("export-oracle", help="write the oracle features of every pin to Parquet")
+    o.add_argument("--workdir", default="pinwork")
+    o.add_argument("--out", required=True)
+    o.set_defaults(func=_export_oracle)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Read a generated (or user-supplied) world, with as-of-day views that never leak later behaviour.
+
+``World.pins(as_of=T)`` returns pins created before day T with the search queries and annotations
+known before T; every behaviour table (pin_board, boards, queries, annotations, impressions) is cut at
+``day < T``. Anything trained with cutoff T reads through these views.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from pinworld.config import GENERATOR_VERSION, WorldConfig
+from pinworld.engagement import GroundTruth
+from pinworld.images import ImageStore
+from pinworld.latents import PinLatents, UserLatents
+from pinworld.render import STYLES
+from pinworld.schema import TABLES
+from pinworld.text import ATTRIBUTES
+
+# day column of each table that behaviour creates; pins/ads/users are cut by their own creation day
+DAY_COLUMNS = {"pins": "created_day", "ads": "created_day", "users": "signup_day", "boards": "created_day",
+               "pin_board": "day", "pin_search_queries": "day", "pin_annotations": "day", "impressions": "day"}
+
+
+class World:
+    """A workspace's tables (``world/``, ``logs/``) and, for pinworld's own worlds, its ground truth."""
+
+    def __init__(self, workdir: Path | str):
+        self.workdir = Path(workdir)
+        self.dir = self.workdir / "world"
+        meta = self.dir / "world.json"
+        if not meta.is_file():
+            raise FileNotFoundError(f"pinworld: {meta} not found (run `pinworld generate --workdir {self.workdir}`)")
+        self.meta = json.loads(meta.read_text())
+        self.generator_version = self.meta.get("generator_version", GENERATOR_VERSION)
+
+    @cached_property
+    def config(self) -> WorldConfig:
+        return WorldConfig.from_dict(self.meta["config"])
+
+    def scan(self, table: str) -> pl.LazyFrame:
+        """All rows of a table, lazily."""
+        t = TABLES[table]
+        path = self.workdir / t.path
+        if t.path.endswith(".parquet"):
+            return pl.scan_parquet(path)
+        return pl.scan_parquet(path / "**" / "*.parquet", hive_partitioning=False)
+
+    def table(self, table: str, as_of: int | None = None) -> pl.DataFrame:
+        """Rows of ``table`` from before day ``as_of`` (all rows when None)."""
+        lf = self.scan(table)
+        if as_of is not None:
+            lf = lf.filter(pl.col(DAY_COLUMNS[table]) < as_of)
+        return lf.collect()
+
+    def pins(self, as_of: int | None = None) -> pl.DataFrame:
+        """Pins created before ``as_of`` with list columns ``search_queries`` and ``annotations``
+        (struct of annotation, score) holding only what was known before ``as_of``."""
+        pins = self.table("pins", as_of)
+        queries = (self.table("pin_search_queries", as_of).sort(["pin_id", "day"])
+                   .group_by("pin_id", maintain_order=True).agg(pl.col("query").alias("search_queries")))
+        ann = (self.table("pin_annotations", as_of).sort(["pin_id", "score"], descending=[False, True])
+               .group_by("pin_id", maintain_order=True)
+               .agg(pl.struct("annotation", "score").alias("annotations")))
+        return (pins.join(queries, on="pin_id", how="left").join(ann, on="pin_id", how="left")
+                .sort("pin_id"))
+
+    def impressions(self, as_of: int | None = None, since: int | None = None,
+                    surfaces: list[str] | None = None) -> pl.DataFrame:
+        """Impressions on days [since, as_of), optionally for some surfaces."""
+        lf = self.scan("impressions")
+        if as_of is not None:
+            lf = lf.filter(pl.col("day") < as_of)
+        if since is not None:
+            lf = lf.filter(pl.col("day") >= since)
+        if surfaces is not None:
+            lf = lf.filter(pl.col("surface").is_in(surfaces))
+        return lf.collect()
+
+    def images(self, pin_ids, size: int | None = None) -> np.ndarray:
+        """uint8 images (n, H, W, 3) of the given pins."""
+        pins = self.scan("pins").select("pin_id", "image_uri").collect()
+        uri = dict(zip(pins["pin_id"].to_list(), pins["image_uri"].to_list()))
+        return ImageStore(self.dir, size).load([uri[int(p)] for p in pin_ids])
+
+    # ---- ground truth: only pinworld's own worlds have it ---------------------------------------
+
+    @cached_property
+    def truth(self) -> GroundTruth:
+        """The hidden state and engagement model (pinworld worlds only)."""
+        tdir = self.dir / "truth"
+        if not tdir.is_dir():
+            raise FileNotFoundError(f"pinworld: {tdir} not found: this world has no ground truth")
+        p = pq.read_table(tdir / "pins.parquet")
+        u = pq.read_table(tdir / "users.parquet")
+
+        def col(t, name):
+            return t.column(name).to_numpy()
+
+        def fixed(t, name, width):
+            return t.column(name).combine_chunks().flatten().to_numpy().reshape(-1, width)
+
+        pins = PinLatents(
+            topic=col(p, "topic"), objects=fixed(p, "objects", 3), style=col(p, "style"), attr=col(p, "attr"),
+            quality=col(p, "quality"), created_day=col(p, "created_day"), is_ad=col(p, "is_ad"),
+            advertiser_id=col(p, "advertiser_id"), bid=col(p, "bid"), ad_end_day=col(p, "ad_end_day"),
+            ad_quality=col(p, "ad_quality"), language=col(p, "language"), text_quality=col(p, "text_quality"),
+            colour=col(p, "colour"), arrangement=col(p, "arrangement"), scale=col(p, "scale"),
+            rotations=fixed(p, "rotations", 3), jitter=fixed(p, "jitter", 6).reshape(-1, 3, 2))
+        t = self.meta["n_topics"]
+        users = UserLatents(
+            taste0=fixed(u, "taste0", t), taste1=fixed(u, "taste1", t),
+            style_pref=fixed(u, "style_pref", len(STYLES)), attr_pref=fixed(u, "attr_pref", len(ATTRIBUTES)),
+            activity=col(u, "activity"), signup_day=col(u, "signup_day"), language=col(u, "language"),
+            policy_taste=fixed(u, "policy_taste", t))
+        trend = np.load(tdir / "trend.npy", allow_pickle=False)
+        return GroundTruth(self.config, pins, users, trend)
