@@ -17,10 +17,12 @@ def _generate(args) -> int:
     meta = workdir / "world" / "world.json"
     if meta.exists() and not args.force:
         m = json.loads(meta.read_text())
-        if m.get("preset") == args.preset and m.get("seed") == args.seed:
+        size = args.image_size or PRESETS[args.preset].image_size
+        if (m.get("preset"), m.get("seed"), m.get("config", {}).get("image_size")) == (args.preset, args.seed, size):
             print(f"pinworld: {workdir / 'world'} already holds preset {args.preset!r} seed {args.seed}; skipping")
             return 0
-        print(f"pinworld: {workdir / 'world'} holds preset {m.get('preset')!r} seed {m.get('seed')}; "
+        print(f"pinworld: {workdir / 'world'} holds preset {m.get('preset')!r} seed {m.get('seed')} "
+              f"image size {m.get('config', {}).get('image_size')}; "
               "use --force to replace it", file=sys.stderr)
         return 2
     summary = generate_world(preset(args.preset, args.seed, **_overrides(args)), workdir, force=True,

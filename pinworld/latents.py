@@ -17,7 +17,7 @@ from pinworld.text import ATTRIBUTES, TEXT_CLEAN, TEXT_IRRELEVANT, TEXT_MISSING,
 MAX_OBJECTS = 3
 TREND_HORIZON = 240  # topic trends are defined for days [0, days + TREND_HORIZON)
 
-STREAMS = {"topics": 1, "pins": 2, "ads": 3, "users": 4, "trend": 5, "text": 6, "logs": 7, "history": 8, "images": 9}
+STREAMS = {"topics": 1, "pins": 2, "users": 4, "trend": 5, "text": 6, "logs": 7, "history": 8}
 
 
 def stream(seed: int, name: str, *extra: int) -> np.random.Generator:

@@ -179,6 +179,8 @@ def simulate_organic_logs(truth: GroundTruth, log_dir: Path, saves: Saves, progr
     """Serve and answer every day of the window; write impressions partitioned by day and surface."""
     cfg = truth.cfg
     policy = LoggingPolicy(truth)
+    _, hist_pins, _, _ = saves.arrays()
+    np.add.at(policy.saves_so_far, hist_pins, 1)  # popularity carries over from before the window
     next_request = 0
     counts = {s: 0 for s in ("homefeed", "related", "ads")}
     for day in range(cfg.days):

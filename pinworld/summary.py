@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
+
 from pinworld.catalog import connect
 from pinworld.clock import FRESH_DAYS, NEW_AD_DAYS
 from pinworld.world import World
@@ -24,8 +26,14 @@ def world_stats(workdir: Path | str) -> dict:
     finally:
         con.close()
     cols = ("impressions", "repin_rate", "click_rate", "hide_rate", "fresh_share", "new_ad_share")
-    return {"preset": world.meta["preset"], "seed": world.meta["seed"],
-            "generator_version": world.generator_version, "counts": world.meta["counts"],
+    counts = world.meta.get("counts") or {
+        "pins": world.scan("pins").select(pl.len()).collect().item(),
+        "ads": world.table("ads").height, "users": world.scan("users").select(pl.len()).collect().item(),
+        "boards": world.scan("boards").select(pl.len()).collect().item(),
+        "pin_board": world.scan("pin_board").select(pl.len()).collect().item(),
+        "impressions": sum(r[1] for r in rows)}
+    return {"preset": world.meta.get("preset"), "seed": world.meta.get("seed"),
+            "generator_version": world.generator_version, "counts": counts,
             "surfaces": {r[0]: dict(zip(cols, r[1:])) for r in rows}}
 
 

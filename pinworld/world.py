@@ -23,6 +23,7 @@ from pinworld.render import STYLES
 from pinworld.schema import TABLES
 from pinworld.text import ATTRIBUTES
 
+KIND_POLARS = {"int": pl.Int64, "float": pl.Float32, "string": pl.String, "bool": pl.Boolean}
 # day column of each table that behaviour creates; pins/ads/users are cut by their own creation day
 DAY_COLUMNS = {"pins": "created_day", "ads": "created_day", "users": "signup_day", "boards": "created_day",
                "pin_board": "day", "pin_search_queries": "day", "pin_annotations": "day", "impressions": "day"}
@@ -34,10 +35,12 @@ class World:
     def __init__(self, workdir: Path | str):
         self.workdir = Path(workdir)
         self.dir = self.workdir / "world"
+        if not (self.dir / "pins.parquet").is_file():
+            raise FileNotFoundError(f"pinworld: {self.dir / 'pins.parquet'} not found "
+                                    f"(run `pinworld generate --workdir {self.workdir}` or bring your own tables)")
         meta = self.dir / "world.json"
-        if not meta.is_file():
-            raise FileNotFoundError(f"pinworld: {meta} not found (run `pinworld generate --workdir {self.workdir}`)")
-        self.meta = json.loads(meta.read_text())
+        # a user's own world has no world.json: it is "external", with no preset, seed or ground truth
+        self.meta = json.loads(meta.read_text()) if meta.is_file() else {"generator_version": "external"}
         self.generator_version = self.meta.get("generator_version", GENERATOR_VERSION)
 
     @cached_property
@@ -52,8 +55,15 @@ class World:
             return pl.scan_parquet(path)
         return pl.scan_parquet(path / "**" / "*.parquet", hive_partitioning=False)
 
+    def has(self, table: str) -> bool:
+        path = self.workdir / TABLES[table].path
+        return path.is_file() or (path.is_dir() and any(path.rglob("*.parquet")))
+
     def table(self, table: str, as_of: int | None = None) -> pl.DataFrame:
-        """Rows of ``table`` from before day ``as_of`` (all rows when None)."""
+        """Rows of ``table`` from before day ``as_of`` (all rows when None); an absent optional
+        table reads as empty."""
+        if not self.has(table) and not TABLES[table].required:
+            return pl.DataFrame(schema={c.name: KIND_POLARS[c.kind] for c in TABLES[table].columns})
         lf = self.scan(table)
         if as_of is not None:
             lf = lf.filter(pl.col(DAY_COLUMNS[table]) < as_of)

@@ -1,0 +1,22 @@
+"""Session-wide tiny worlds, built once and shared by every test."""
+
+from __future__ import annotations
+
+import pytest
+
+from pinworld.config import preset
+from pinworld.generate import generate_world
+from pinworld.world import World
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory):
+    """A generated `tiny` world (seed 0); tests must not modify it."""
+    workdir = tmp_path_factory.mktemp("tiny_world")
+    generate_world(preset("tiny", seed=0), workdir, progress=False)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tiny_workdir) -> World:
+    return World(tiny_workdir)

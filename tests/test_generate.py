@@ -1,0 +1,125 @@
+"""Generation: determinism, schemas, sizes, text shares, fresh/new-ad volume, CLI behaviour."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pinworld import cli
+from pinworld.clock import FRESH_DAYS, NEW_AD_DAYS
+from pinworld.config import GENERATOR_VERSION, preset
+from pinworld.generate import generate_world
+from pinworld.validate import validate_workdir
+
+MICRO = dict(n_pins=600, n_users=80, days=12, n_advertisers=5)
+
+
+def test_same_seed_same_tables_different_seed_differs(tmp_path):
+    a = generate_world(preset("tiny", 7, **MICRO), tmp_path / "a", progress=False)
+    b = generate_world(preset("tiny", 7, **MICRO), tmp_path / "b", progress=False)
+    c = generate_world(preset("tiny", 8, **MICRO), tmp_path / "c", progress=False)
+    assert a["checksums"] == b["checksums"]
+    assert len(a["checksums"]) > 10
+    differing = [k for k in a["checksums"] if a["checksums"][k] != c["checksums"].get(k)]
+    assert "world/pins.parquet" in differing and "world/images/shard-00000.npy" in differing
+
+
+def test_world_json_records_seed_preset_version(tiny_world):
+    meta = tiny_world.meta
+    assert (meta["seed"], meta["preset"], meta["generator_version"]) == (0, "tiny", GENERATOR_VERSION)
+    assert meta["counts"]["pins"] == 3000 and meta["counts"]["impressions"] > 50_000
+
+
+def test_generated_tables_pass_validation(tiny_workdir):
+    assert validate_workdir(tiny_workdir) == []
+
+
+def test_images_are_rendered_scenes(tiny_world):
+    imgs = tiny_world.images(range(50))
+    assert imgs.shape == (50, 64, 64, 3) and imgs.dtype == np.uint8
+    # scenes differ from each other and are not blank
+    assert imgs.reshape(50, -1).std(1).min() > 5
+    assert len({im.tobytes() for im in imgs}) == 50
+
+
+def test_text_sources_have_gaps_noise_and_languages(tiny_world):
+    pins = tiny_world.table("pins")
+    truth = tiny_world.truth
+    lacking = pins["title"].is_null().mean()
+    degraded = (truth.pins.text_quality != 0).mean()
+    assert 0.15 < lacking < 0.3
+    assert 0.25 < degraded < 0.35          # ~30% lack title/description or carry noisy/irrelevant text
+    assert pins["caption"].is_null().sum() == 0
+    langs = pins["language"].value_counts()
+    assert set(langs["language"]) >= {"en", "es", "fr", "de"}
+    assert 0.15 < (pins["language"] != "en").mean() < 0.4
+    assert tiny_world.table("pin_search_queries").height > 100
+    assert tiny_world.table("pin_annotations").height > 3 * pins.height
+
+
+def test_fresh_content_and_new_ads_have_volume(tiny_world):
+    imp = tiny_world.impressions()
+    pins = tiny_world.table("pins").select("pin_id", "created_day", "is_ad")
+    j = imp.join(pins, on="pin_id")
+    age = j["day"] - j["created_day"]
+    assert (age >= 0).all()                # nothing is shown before it exists
+    organic = ~j["is_ad"]
+    assert (age.filter(organic) < FRESH_DAYS).mean() > 0.2
+    ads = j.filter(j["is_ad"])
+    assert ads.height > 1000
+    assert ((ads["day"] - ads["created_day"]) < NEW_AD_DAYS).mean() > 0.1
+    assert set(imp["surface"].unique()) == {"homefeed", "related", "ads"}
+    assert imp.filter(imp["surface"] == "related")["query_pin_id"].null_count() == 0
+    assert imp.filter(imp["surface"] != "related")["query_pin_id"].null_count() == imp.filter(imp["surface"] != "related").height
+
+
+def test_boards_are_topic_coherent(tiny_world):
+    edges = tiny_world.table("pin_board")
+    topic = tiny_world.truth.pins.topic[edges["pin_id"].to_numpy()]
+    board = edges["board_id"].to_numpy()
+    # share of edges whose pin has its board's majority topic
+    order = np.lexsort((topic, board))
+    b, t = board[order], topic[order]
+    _, start = np.unique(b, return_index=True)
+    majority_hits = 0
+    for lo, hi in zip(start, list(start[1:]) + [len(b)]):
+        majority_hits += np.bincount(t[lo:hi]).max()
+    assert majority_hits / len(b) > 0.8
+    assert edges.group_by("board_id").len()["len"].max() > 3
+
+
+def test_cli_generate_skips_same_world_and_refuses_other(tiny_workdir, capsys):
+    assert cli.main(["generate", "--workdir", str(tiny_workdir), "--preset", "tiny", "--seed", "0"]) == 0
+    assert "skipping" in capsys.readouterr().out
+    assert cli.main(["generate", "--workdir", str(tiny_workdir), "--preset", "small", "--seed", "0"]) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_cli_summary_prints_surfaces(tiny_workdir, capsys):
+    assert cli.main(["summary", "--workdir", str(tiny_workdir)]) == 0
+    out = capsys.readouterr().out
+    for s in ("homefeed", "related", "ads"):
+        assert s in out
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        preset("huge")
+
+
+def test_oracle_export_roundtrip(tiny_world, tmp_path):
+    import pyarrow.parquet as pq
+
+    from pinworld.oracle import export_oracle, oracle_features, topic_one_hot
+
+    f = oracle_features(tiny_world, [0, 1, 2])
+    assert f.shape[1] == tiny_world.truth.n_topics + 6 + 8
+    assert (f.sum(1) == 3).all()
+    assert (topic_one_hot(tiny_world, [0, 1, 2]).argmax(1) == tiny_world.truth.pins.topic[:3]).all()
+    out = export_oracle(tiny_world, tmp_path / "oracle.parquet")
+    t = pq.read_table(out)
+    assert t.num_rows == 3000
+    np.testing.assert_array_equal(np.asarray(t.column("features")[1].as_py(), np.float32), f[1])
+    assert json.loads(json.dumps(tiny_world.meta["counts"]))["pins"] == 3000
