@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import scipy.linalg
 
 from pinworld.render import STYLES
 from pinworld.text import ATTRIBUTES
@@ -47,3 +48,29 @@ def export_oracle(world: World, out: Path | str) -> Path:
     pq.write_table(table, tmp)
     tmp.replace(out)
     return out
+
+
+ORACLE_EMBEDDING_DIM = 64
+_TOPIC_DIMS, _STYLE_DIMS = 48, 8
+
+
+def oracle_embeddings(world: World, pin_ids=None) -> dict[str, np.ndarray]:
+    """The oracle as 64-d unit vectors in the published-embedding contract: a fixed near-orthogonal
+    48-d code per topic, then style and attribute as rows of an 8x8 Hadamard matrix (orthogonal codes
+    with small components, so int8 quantization clamps nothing), each block weighted to a third of the
+    squared norm. ``image`` sees topic + style, ``text`` topic + attribute."""
+    truth = world.truth
+    ids = np.arange(len(truth.pins)) if pin_ids is None else np.asarray(pin_ids)
+    codes = np.random.default_rng(20260).normal(size=(truth.n_topics, _TOPIC_DIMS)).astype(np.float32)
+    codes /= np.linalg.norm(codes, axis=1, keepdims=True)
+    topic = codes[truth.pins.topic[ids]]
+    hadamard = (scipy.linalg.hadamard(_STYLE_DIMS) / np.sqrt(_STYLE_DIMS)).astype(np.float32)
+    style = hadamard[truth.pins.style[ids]]
+    attr = hadamard[truth.pins.attr[ids]]
+    zero_s, zero_a = np.zeros_like(style), np.zeros_like(attr)
+    w = np.float32(1 / np.sqrt(3))
+    return {
+        "fusion": np.concatenate([topic, style, attr], 1) * w,
+        "image": np.concatenate([topic, style, zero_a], 1) / np.sqrt(np.float32(2)),
+        "text": np.concatenate([topic, zero_s, attr], 1) / np.sqrt(np.float32(2)),
+    }

@@ -20,3 +20,13 @@ def tiny_workdir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_world(tiny_workdir) -> World:
     return World(tiny_workdir)
+
+
+@pytest.fixture(scope="session")
+def tiny_oracle(tiny_workdir):
+    """Oracle embeddings published once into the tiny workspace as `oracle@v0001` (all pins)."""
+    from pinclip.embeddings import open_embeddings
+    from pinclip.oracle_source import publish_oracle
+
+    publish_oracle(tiny_workdir, "oracle")
+    return open_embeddings(tiny_workdir, "oracle@v0001")

@@ -1,0 +1,91 @@
+"""`pinclip` command line: publish embeddings and build/query the candidate index."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tqdm import tqdm
+
+
+def _publish(args) -> int:
+    if args.source != "oracle":
+        raise ValueError(f"pinclip publish: --source {args.source!r}: expected 'oracle' "
+                         "(publishing a PinCLIP run lands with `pinclip train`)")
+    from pinclip.oracle_source import publish_oracle
+
+    bar = tqdm(desc=f"publish {args.name}", unit="part", disable=args.quiet)
+
+    def on_part(i, n):
+        bar.total = n
+        bar.update(1)
+
+    manifest = publish_oracle(args.workdir, args.name, as_of_day=args.as_of_day, since_day=args.since_day,
+                              on_part=on_part)
+    bar.close()
+    print(json.dumps({k: manifest[k] for k in ("name", "version", "parent", "rows", "kinds", "as_of_day")}))
+    return 0
+
+
+def _index_build(args) -> int:
+    from pinclip.index import HNSWConfig, build_index
+
+    path = build_index(args.workdir, args.embeddings, HNSWConfig(args.m, args.ef_construction, args.ef_search))
+    print(path)
+    return 0
+
+
+def _index_query(args) -> int:
+    from pinclip.embeddings import open_embeddings
+    from pinclip.index import CandidateIndex, index_dir
+
+    emb = open_embeddings(args.workdir, args.embeddings)
+    index = CandidateIndex.load(index_dir(args.workdir, emb))
+    ids = index.related(emb, args.pin_id, args.k)
+    for q, row in zip(args.pin_id, ids):
+        print(json.dumps({"query_pin_id": q, "candidates": [int(x) for x in row if x >= 0]}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pinclip", description="PinCLIP embeddings: publish and candidate generation.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("publish", help="publish 64-d int8 embeddings as a new version")
+    p.add_argument("--workdir", default="pinwork")
+    p.add_argument("--name", default="pinclip")
+    p.add_argument("--source", default="oracle", help="oracle: pinworld's true content latents")
+    p.add_argument("--as-of-day", type=int, default=None, help="only pins created before this day")
+    p.add_argument("--since-day", type=int, default=None,
+                   help="incremental: add the pins created since this day that LATEST lacks")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_publish)
+    ix = sub.add_parser("index", help="HNSW candidate index over published fusion embeddings")
+    ixs = ix.add_subparsers(dest="index_command", required=True)
+    b = ixs.add_parser("build")
+    b.add_argument("--workdir", default="pinwork")
+    b.add_argument("--embeddings", default="pinclip", help="NAME[@VERSION], default LATEST")
+    b.add_argument("--m", type=int, default=32)
+    b.add_argument("--ef-construction", type=int, default=200)
+    b.add_argument("--ef-search", type=int, default=64)
+    b.set_defaults(func=_index_build)
+    q = ixs.add_parser("query", help="Related Pins candidates for query pins")
+    q.add_argument("--workdir", default="pinwork")
+    q.add_argument("--embeddings", default="pinclip")
+    q.add_argument("--pin-id", type=int, nargs="+", required=True)
+    q.add_argument("--k", type=int, default=10)
+    q.set_defaults(func=_index_query)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Publish embeddings as a versioned, checksummed artifact: ``embeddings/<name>/<version>/``.
+
+A version is written to a hidden temporary directory, fsynced, renamed into place, and only then is
+``LATEST`` replaced (write-then-rename), so a reader never sees half a version and a publish killed
+midway leaves the previous version and ``LATEST`` as they were. An incremental publish hard-links the
+previous version's parts and adds parts for the new pins only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pinclip.quantization import PUBLISHED_DIM, l2_normalize, quantization_spec, quantize
+
+KINDS = ("fusion", "image", "text")
+PART_ROWS = 250_000
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+VERSION_RE = re.compile(r"^v(\d{4,})$")
+
+
+class PublishError(ValueError):
+    """Embeddings refused at publish time."""
+
+
+@dataclass
+class EmbeddingBatch:
+    """Float embeddings to publish: ``pin_ids`` (n,) and per kind an (n, 64) array; a kind may have
+    a row mask (``present``) when it does not apply to every pin (e.g. text for pins without text)."""
+
+    pin_ids: np.ndarray
+    vectors: dict[str, np.ndarray]
+    present: dict[str, np.ndarray] | None = None
+
+
+def embeddings_dir(workdir: Path | str, name: str) -> Path:
+    if not NAME_RE.match(name):
+        raise PublishError(f"pinclip publish: name {name!r}: expected letters, digits, '_', '-' or '.'")
+    return Path(workdir) / "embeddings" / name
+
+
+def versions(workdir: Path | str, name: str) -> list[str]:
+    """Complete versions of ``name``, oldest first."""
+    root = embeddings_dir(workdir, name)
+    if not root.is_dir():
+        return []
+    found = [p.name for p in root.iterdir() if p.is_dir() and VERSION_RE.match(p.name) and (p / "manifest.json").is_file()]
+    return sorted(found, key=lambda v: int(VERSION_RE.match(v).group(1)))
+
+
+def latest_version(workdir: Path | str, name: str) -> str | None:
+    path = embeddings_dir(workdir, name) / "LATEST"
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _check(batch: EmbeddingBatch) -> None:
+    ids = np.asarray(batch.pin_ids)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise PublishError(f"pinclip publish: pin_ids: expected a 1-D integer array, found {ids.dtype} {ids.shape}")
+    if len(np.unique(ids)) != len(ids):
+        raise PublishError("pinclip publish: pin_ids: expected unique ids, found duplicates")
+    if "fusion" not in batch.vectors:
+        raise PublishError("pinclip publish: expected a 'fusion' kind, found " + ", ".join(batch.vectors))
+    for kind, v in batch.vectors.items():
+        if kind not in KINDS:
+            raise PublishError(f"pinclip publish: kind {kind!r}: expected one of {', '.join(KINDS)}")
+        v = np.asarray(v)
+        if v.shape != (len(ids), PUBLISHED_DIM):
+            raise PublishError(f"pinclip publish: {kind} embeddings: expected shape ({len(ids)}, {PUBLISHED_DIM}), "
+                               f"found {v.shape}")
+        mask = None if not batch.present or kind not in batch.present else np.asarray(batch.present[kind], bool)
+        rows = v if mask is None else v[mask]
+        bad = ~np.isfinite(rows)
+        if bad.any():
+            r = int(np.argwhere(bad)[0][0])
+            r = r if mask is None else int(np.flatnonzero(mask)[r])
+            raise PublishError(f"pinclip publish: {kind} embeddings: expected finite values, found "
+                               f"{rows[bad][0]} at pin_id {int(ids[r])}")
+        norms = np.linalg.norm(rows, axis=1)
+        if (norms == 0).any():
+            r = int(np.flatnonzero(norms == 0)[0])
+            r = r if mask is None else int(np.flatnonzero(mask)[r])
+            raise PublishError(f"pinclip publish: {kind} embeddings: expected non-zero vectors, found zero at pin_id {int(ids[r])}")
+
+
+def _part_table(batch: EmbeddingBatch, rows: np.ndarray) -> pa.Table:
+    cols = {"pin_id": pa.array(np.asarray(batch.pin_ids)[rows], pa.int64())}
+    for kind in KINDS:
+        if kind not in batch.vectors:
+            continue
+        q = quantize(l2_normalize(np.asarray(batch.vectors[kind])[rows]))
+        mask = None
+        if batch.present and kind in batch.present:
+            mask = ~np.asarray(batch.present[kind], bool)[rows]
+        values = pa.array(q.reshape(-1), pa.int8())
+        cols[kind] = pa.FixedSizeListArray.from_arrays(values, PUBLISHED_DIM, mask=pa.array(mask) if mask is not None else None)
+    return pa.table(cols)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(workdir: Path | str, name: str, batch: EmbeddingBatch, *, source: dict,
+            incremental: bool = False, as_of_day: int | None = None,
+            on_part: Callable[[int, int], None] | None = None) -> dict:
+    """Write a new version of ``name`` and move ``LATEST`` to it; returns its manifest.
+
+    With ``incremental`` the previous version's parts are reused (hard-linked) and ``batch`` must
+    hold only pins that version lacks. ``on_part(i, n_parts)`` is called after each new part.
+    """
+    _check(batch)
+    root = embeddings_dir(workdir, name)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    existing = versions(workdir, name)
+    number = int(VERSION_RE.match(existing[-1]).group(1)) + 1 if existing else 1
+    version = f"v{number:04d}"
+    parent = latest_version(workdir, name) if incremental else None
+    if incremental and parent is None:
+        raise PublishError(f"pinclip publish: {root}: --since-day needs a previous version, found none")
+    tmp = root / f".tmp-{version}-{os.getpid()}"
+    tmp.mkdir()
+    parts = []
+    kinds = [k for k in KINDS if k in batch.vectors]
+    if parent is not None:
+        prev = json.loads((root / parent / "manifest.json").read_text())
+        if prev["kinds"] != kinds:
+            shutil.rmtree(tmp)
+            raise PublishError(f"pinclip publish: {root / parent}: kinds {prev['kinds']} differ from {kinds}")
+        old_ids = np.concatenate([pq.read_table(root / parent / p["file"], columns=["pin_id"]).column(0).to_numpy()
+                                  for p in prev["parts"]])
+        overlap = np.intersect1d(old_ids, batch.pin_ids)
+        if len(overlap):
+            shutil.rmtree(tmp)
+            raise PublishError(f"pinclip publish: incremental batch: expected only pins missing from {parent}, "
+                               f"found {len(overlap)} already published, e.g. pin_id {int(overlap[0])}")
+        for p in prev["parts"]:
+            src = root / parent / p["file"]
+            try:
+                os.link(src, tmp / p["file"])
+            except OSError:
+                shutil.copy2(src, tmp / p["file"])
+            parts.append({**p, "reused_from": p.get("reused_from") or parent})
+    order = np.argsort(np.asarray(batch.pin_ids), kind="stable")
+    chunks = [order[i:i + PART_ROWS] for i in range(0, len(order), PART_ROWS)] or [order]
+    for i, rows in enumerate(chunks):
+        fname = f"part-{len(parts):05d}.parquet"
+        pq.write_table(_part_table(batch, rows), tmp / fname)
+        _fsync(tmp / fname)
+        ids = np.asarray(batch.pin_ids)[rows]
+        parts.append({"file": fname, "rows": int(len(rows)), "sha256": sha256(tmp / fname),
+                      "min_pin_id": int(ids.min()) if len(ids) else None,
+                      "max_pin_id": int(ids.max()) if len(ids) else None, "reused_from": None})
+        if on_part is not None:
+            on_part(i, len(chunks))
+    manifest = {
+        "name": name, "version": version, "parent": parent, "source": source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dim": PUBLISHED_DIM, "dtype": "int8", "kinds": kinds, "l2_normalized": True,
+        "quantization": quantization_spec(), "as_of_day": as_of_day,
+        "rows": int(sum(p["rows"] for p in parts)), "parts": parts,
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    _fsync(tmp / "manifest.json")
+    os.rename(tmp, root / version)
+    latest_tmp = root / f".tmp-LATEST-{os.getpid()}"
+    latest_tmp.write_text(version + "\n")
+    _fsync(latest_tmp)
+    os.replace(latest_tmp, root / "LATEST")
+    return manifest

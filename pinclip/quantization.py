@@ -1,0 +1,42 @@
+"""int8 global affine quantization of L2-normalized embeddings (the published contract).
+
+q = clamp(round(x / scale) + zero_point, -127, 127) with scale = 0.5 / 127 and zero_point = 0, so
+components in [-0.5, 0.5] are kept at a resolution of 0.0039 and larger ones are clamped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SCHEME = "global_affine"
+SCALE = 0.5 / 127
+ZERO_POINT = 0
+QMIN, QMAX = -127, 127
+PUBLISHED_DIM = 64
+
+
+def quantization_spec() -> dict:
+    return {"scheme": SCHEME, "scale": SCALE, "zero_point": ZERO_POINT, "clamp": [QMIN, QMAX]}
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def quantize(x: np.ndarray) -> np.ndarray:
+    """float (n, d), already L2-normalized -> int8 (n, d)."""
+    q = np.rint(np.asarray(x, np.float32) * np.float32(1.0 / SCALE)) + ZERO_POINT
+    return np.clip(q, QMIN, QMAX).astype(np.int8)
+
+
+def dequantize(q: np.ndarray) -> np.ndarray:
+    """int8 (n, d) -> float32 (n, d)."""
+    return (q.astype(np.float32) - ZERO_POINT) * np.float32(SCALE)
+
+
+def clamped_share(x: np.ndarray) -> float:
+    """Share of components of normalized ``x`` that quantization clamps (|x| > 0.5)."""
+    x = np.asarray(x, np.float32)
+    return float((np.abs(x) > (QMAX + 0.5) * SCALE).mean()) if x.size else 0.0
