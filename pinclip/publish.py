@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 from pinclip.quantization import PUBLISHED_DIM, l2_normalize, quantization_spec, quantize
 
 KINDS = ("fusion", "image", "text")
-PART_ROWS = 250_000
+PART_ROWS = 131_072
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 
@@ -168,16 +169,24 @@ def publish(workdir: Path | str, name: str, batch: EmbeddingBatch, *, source: di
             parts.append({**p, "reused_from": p.get("reused_from") or parent})
     order = np.argsort(np.asarray(batch.pin_ids), kind="stable")
     chunks = [order[i:i + PART_ROWS] for i in range(0, len(order), PART_ROWS)] or [order]
-    for i, rows in enumerate(chunks):
-        fname = f"part-{len(parts):05d}.parquet"
+    first = len(parts)
+
+    def write_part(i: int) -> dict:
+        rows = chunks[i]
+        fname = f"part-{first + i:05d}.parquet"
         pq.write_table(_part_table(batch, rows), tmp / fname)
         _fsync(tmp / fname)
         ids = np.asarray(batch.pin_ids)[rows]
-        parts.append({"file": fname, "rows": int(len(rows)), "sha256": sha256(tmp / fname),
-                      "min_pin_id": int(ids.min()) if len(ids) else None,
-                      "max_pin_id": int(ids.max()) if len(ids) else None, "reused_from": None})
-        if on_part is not None:
-            on_part(i, len(chunks))
+        return {"file": fname, "rows": int(len(rows)), "sha256": sha256(tmp / fname),
+                "min_pin_id": int(ids.min()) if len(ids) else None,
+                "max_pin_id": int(ids.max()) if len(ids) else None, "reused_from": None}
+
+    # Arrow releases the GIL while encoding and writing: parts are written on every core
+    with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 1)) as pool:
+        for i, part in enumerate(pool.map(write_part, range(len(chunks)))):
+            parts.append(part)
+            if on_part is not None:
+                on_part(i, len(chunks))
     manifest = {
         "name": name, "version": version, "parent": parent, "source": source,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

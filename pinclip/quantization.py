@@ -27,8 +27,11 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 def quantize(x: np.ndarray) -> np.ndarray:
     """float (n, d), already L2-normalized -> int8 (n, d)."""
-    q = np.rint(np.asarray(x, np.float32) * np.float32(1.0 / SCALE)) + ZERO_POINT
-    return np.clip(q, QMIN, QMAX).astype(np.int8)
+    q = np.multiply(np.asarray(x, np.float32), np.float32(1.0 / SCALE))  # float32 throughout: no upcast
+    np.rint(q, out=q)
+    q += np.float32(ZERO_POINT)
+    np.clip(q, QMIN, QMAX, out=q)
+    return q.astype(np.int8)
 
 
 def dequantize(q: np.ndarray) -> np.ndarray:
