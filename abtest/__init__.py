@@ -1,0 +1,1 @@
+"""A/B experiments: configuration, randomisation, simulation, metrics, statistics, reports."""
