@@ -10,8 +10,8 @@ from tqdm import tqdm
 
 
 def _publish(args) -> int:
-    if args.source != "oracle":
-        raise ValueError(f"pinclip publish: --source {args.source!r}: expected 'oracle' "
+    if args.source not in ("oracle", "topic"):
+        raise ValueError(f"pinclip publish: --source {args.source!r}: expected 'oracle' or 'topic' "
                          "(publishing a PinCLIP run lands with `pinclip train`)")
     from pinclip.oracle_source import publish_oracle
 
@@ -22,7 +22,7 @@ def _publish(args) -> int:
         bar.update(1)
 
     manifest = publish_oracle(args.workdir, args.name, as_of_day=args.as_of_day, since_day=args.since_day,
-                              on_part=on_part)
+                              topic_only=args.source == "topic", on_part=on_part)
     bar.close()
     print(json.dumps({k: manifest[k] for k in ("name", "version", "parent", "rows", "kinds", "as_of_day")}))
     return 0
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("publish", help="publish 64-d int8 embeddings as a new version")
     p.add_argument("--workdir", default="pinwork")
     p.add_argument("--name", default="pinclip")
-    p.add_argument("--source", default="oracle", help="oracle: pinworld's true content latents")
+    p.add_argument("--source", default="oracle", help="oracle: pinworld's true content latents; topic: the topic alone (the floor)")
     p.add_argument("--as-of-day", type=int, default=None, help="only pins created before this day")
     p.add_argument("--since-day", type=int, default=None,
                    help="incremental: add the pins created since this day that LATEST lacks")

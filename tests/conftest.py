@@ -11,7 +11,8 @@ from pinworld.world import World
 
 @pytest.fixture(scope="session")
 def tiny_workdir(tmp_path_factory):
-    """A generated `tiny` world (seed 0); tests must not modify it."""
+    """A generated `tiny` world (seed 0). Tests never change world/ or logs/; derived outputs
+    (embeddings/, ranking/) are shared between tests like in a real workspace."""
     workdir = tmp_path_factory.mktemp("tiny_world")
     generate_world(preset("tiny", seed=0), workdir, progress=False)
     return workdir

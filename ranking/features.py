@@ -1,0 +1,234 @@
+"""Feature assembly: impressions -> examples with point-in-time sparse IDs, dense counts and content.
+
+Sparse features (into TorchRec ``EmbeddingBagCollection``s as a ``KeyedJaggedTensor``): user, candidate
+pin, the pin's boards, advertiser, query pin (Related Pins) and the user's recent saves (multi-hot).
+IDs are mapped through vocabularies fit on the training examples; an id never seen in training maps to
+row 0, an explicit unknown row, never to another id's row.
+
+Dense features: position, content age, and counts from events strictly before the example's day; with
+a content embedding (``embeddings=NAME@VERSION``) also the dequantized 64-d fusion embedding of the
+candidate, of the query pin and the mean over the user's recent saves, each with a missing indicator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+from torchrec import KeyedJaggedTensor
+from torchrec.datasets.utils import Batch
+
+from pinclip.embeddings import PublishedEmbeddings
+from pinworld.world import World
+from ranking.history import History, gather_jagged
+
+SURFACES = ("homefeed", "related", "ads")
+TASKS = (("homefeed", "repin"), ("homefeed", "click"), ("related", "repin"), ("related", "click"), ("ads", "click"))
+SPARSE_FEATURES = ("user", "pin", "pin_boards", "advertiser", "query_pin", "user_history")
+TABLE_OF_FEATURE = {"user": "user", "pin": "pin", "query_pin": "pin", "user_history": "pin",
+                    "pin_boards": "board", "advertiser": "advertiser"}
+BASE_DENSE = ("position", "log_age", "is_ad", "pin_impressions", "pin_repins", "pin_clicks", "pin_saves",
+              "pin_repin_rate", "user_saves", "user_impressions", "surface_homefeed", "surface_related", "surface_ads")
+CONTENT_DIM = 64
+
+
+class Vocab:
+    """Sorted known ids -> rows 1..n; anything else -> 0 (the unknown row)."""
+
+    def __init__(self, ids):
+        self.ids = np.unique(np.asarray(ids, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.ids) + 1
+
+    def rows(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, np.int64)
+        if len(self.ids) == 0:
+            return np.zeros(len(ids), np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return np.where(self.ids[pos] == ids, pos + 1, 0)
+
+
+@dataclass
+class Examples:
+    """Columnar examples; jagged features are CSR (values, offsets)."""
+
+    user_id: np.ndarray
+    pin_id: np.ndarray
+    query_pin_id: np.ndarray      # -1 where not Related Pins
+    advertiser_id: np.ndarray     # -1 for organic pins
+    surface: np.ndarray           # index into SURFACES
+    day: np.ndarray
+    created_day: np.ndarray
+    is_ad: np.ndarray
+    dense: np.ndarray             # float32 (n, len(BASE_DENSE))
+    labels: np.ndarray            # float32 (n, len(TASKS)), NaN where the task does not apply
+    boards: tuple[np.ndarray, np.ndarray]
+    history: tuple[np.ndarray, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.pin_id)
+
+
+def _csr(values: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return values, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+class FeatureSource:
+    """Everything features are computed from: logs, saves and (optionally) published embeddings."""
+
+    def __init__(self, world: World, max_boards: int = 5, max_history: int = 10):
+        self.world = world
+        self.max_boards, self.max_history = max_boards, max_history
+        imp = world.impressions().select("day", "user_id", "pin_id", "repin", "click")
+        pins = world.table("pins").select("pin_id", "created_day", "is_ad", "advertiser_id")
+        self.pins = pins.sort("pin_id")
+        edges = world.table("pin_board")
+        d, u, p = imp["day"].to_numpy(), imp["user_id"].to_numpy(), imp["pin_id"].to_numpy()
+        self.pin_impressions = History(p, d)
+        self.pin_repins = History(p, d, weight=imp["repin"].to_numpy())
+        self.pin_clicks = History(p, d, weight=imp["click"].to_numpy())
+        self.user_impressions = History(u, d)
+        self.pin_saves = History(edges["pin_id"].to_numpy(), edges["day"].to_numpy())
+        self.pin_boards = History(edges["pin_id"].to_numpy(), edges["day"].to_numpy(), item=edges["board_id"].to_numpy())
+        self.user_saves = History(edges["user_id"].to_numpy(), edges["day"].to_numpy(), item=edges["pin_id"].to_numpy())
+
+    def examples(self, impressions: pl.DataFrame) -> Examples:
+        """Examples for impression rows (labels from their repin/click columns)."""
+        if impressions.height == 0:
+            raise ValueError("ranking: no impressions for the requested days and surfaces (empty logs?)")
+        imp = impressions.join(self.pins, on="pin_id", how="left")
+        if imp["created_day"].null_count():
+            missing = imp.filter(pl.col("created_day").is_null())["pin_id"][0]
+            raise ValueError(f"ranking: impressions: pin_id {missing} not found in pins")
+        day = imp["day"].to_numpy()
+        user = imp["user_id"].to_numpy()
+        pin = imp["pin_id"].to_numpy()
+        created = imp["created_day"].to_numpy()
+        surface = _surface_index(imp["surface"])
+        impr = self.pin_impressions.count_before(pin, day)
+        repins = self.pin_repins.count_before(pin, day)
+        dense = np.stack([
+            imp["position"].to_numpy() / 10.0,
+            np.log1p(np.maximum(day - created, 0)) / 5.0,
+            imp["is_ad"].to_numpy().astype(np.float32),
+            np.log1p(impr) / 5.0, np.log1p(repins) / 5.0,
+            np.log1p(self.pin_clicks.count_before(pin, day)) / 5.0,
+            np.log1p(self.pin_saves.count_before(pin, day)) / 5.0,
+            (repins + 0.1) / (impr + 1.0),
+            np.log1p(self.user_saves.count_before(user, day)) / 5.0,
+            np.log1p(self.user_impressions.count_before(user, day)) / 5.0,
+            surface == 0, surface == 1, surface == 2,
+        ], 1).astype(np.float32)
+        labels = np.full((len(pin), len(TASKS)), np.nan, np.float32)
+        for j, (s, task) in enumerate(TASKS):
+            rows = surface == SURFACES.index(s)
+            labels[rows, j] = imp[task].to_numpy()[rows]
+        boards = _csr(*self.pin_boards.recent_before(pin, day, self.max_boards))
+        history = _csr(*self.user_saves.recent_before(user, day, self.max_history))
+        return Examples(
+            user_id=user.astype(np.int64), pin_id=pin.astype(np.int64),
+            query_pin_id=imp["query_pin_id"].fill_null(-1).to_numpy().astype(np.int64),
+            advertiser_id=imp["advertiser_id"].fill_null(-1).to_numpy().astype(np.int64),
+            surface=surface, day=day.astype(np.int32), created_day=created.astype(np.int32),
+            is_ad=imp["is_ad"].to_numpy(), dense=dense, labels=labels, boards=boards, history=history)
+
+
+def _surface_index(col: pl.Series) -> np.ndarray:
+    unknown = set(col.unique().to_list()) - set(SURFACES)
+    if unknown:
+        raise ValueError(f"ranking: impressions: column 'surface': expected one of {', '.join(SURFACES)}, "
+                         f"found {sorted(unknown)[0]!r}")
+    return col.replace_strict(list(SURFACES), list(range(len(SURFACES))), return_dtype=pl.Int8).to_numpy()
+
+
+class ContentFeatures:
+    """Dense per-pin content vectors from a published embedding, as float rows by pin id."""
+
+    def __init__(self, emb: PublishedEmbeddings, shuffle_seed: int | None = None):
+        look = emb.lookup(emb.pin_ids, "fusion", dequantize_values=True)
+        self.ids = emb.pin_ids
+        self.vectors = look.values.astype(np.float32)
+        self.present = look.found
+        if shuffle_seed is not None:
+            # the control arm: the same vectors, assigned to the wrong pins
+            perm = np.random.default_rng(shuffle_seed).permutation(len(self.ids))
+            self.vectors, self.present = self.vectors[perm], self.present[perm]
+        self.ref = emb.ref + (f"+shuffled({shuffle_seed})" if shuffle_seed is not None else "")
+
+    def rows(self, pin_ids) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(pin_ids, np.int64)
+        if len(self.ids) == 0:
+            return np.zeros((len(ids), CONTENT_DIM), np.float32), np.zeros(len(ids), bool)
+        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        found = (self.ids[pos] == ids) & self.present[pos]
+        return np.where(found[:, None], self.vectors[pos], 0.0).astype(np.float32), found
+
+
+@dataclass
+class Vocabs:
+    user: Vocab
+    pin: Vocab
+    board: Vocab
+    advertiser: Vocab
+
+    @classmethod
+    def fit(cls, ex: Examples) -> "Vocabs":
+        """Ids seen in the training examples (candidates, query pins, histories, boards)."""
+        pins = np.concatenate([ex.pin_id, ex.query_pin_id[ex.query_pin_id >= 0], ex.history[0]])
+        return cls(Vocab(ex.user_id), Vocab(pins), Vocab(ex.boards[0]), Vocab(ex.advertiser_id[ex.advertiser_id >= 0]))
+
+    def sizes(self) -> dict[str, int]:
+        return {"user": len(self.user), "pin": len(self.pin), "board": len(self.board), "advertiser": len(self.advertiser)}
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k).ids for k in ("user", "pin", "board", "advertiser")}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "Vocabs":
+        return cls(*(Vocab(arrays[k]) for k in ("user", "pin", "board", "advertiser")))
+
+
+def dense_width(content: bool) -> int:
+    return len(BASE_DENSE) + (3 * (CONTENT_DIM + 1) if content else 0)
+
+
+def make_batch(ex: Examples, rows: np.ndarray, vocabs: Vocabs, content: ContentFeatures | None) -> Batch:
+    """A TorchRec ``Batch`` for example rows."""
+    dense = [ex.dense[rows]]
+    if content is not None:
+        cand, cand_ok = content.rows(ex.pin_id[rows])
+        q_ids = ex.query_pin_id[rows]
+        query, query_ok = content.rows(q_ids)
+        query_ok &= q_ids >= 0
+        h_vals, h_len = gather_jagged(ex.history[0], ex.history[1], rows)
+        h_vec, h_ok = content.rows(h_vals)
+        owner = np.repeat(np.arange(len(rows)), h_len)
+        summed = np.zeros((len(rows), CONTENT_DIM), np.float32)
+        np.add.at(summed, owner[h_ok], h_vec[h_ok])
+        counts = np.bincount(owner[h_ok], minlength=len(rows)).astype(np.float32)
+        pooled = summed / np.maximum(counts, 1)[:, None]
+        dense += [cand, (~cand_ok)[:, None], query * query_ok[:, None], (~query_ok)[:, None],
+                  pooled, (counts == 0)[:, None]]
+    dense_t = torch.from_numpy(np.concatenate(dense, 1).astype(np.float32))
+    b_vals, b_len = gather_jagged(ex.boards[0], ex.boards[1], rows)
+    h_vals, h_len = gather_jagged(ex.history[0], ex.history[1], rows)
+    n = len(rows)
+    ones = np.ones(n, np.int64)
+    q = ex.query_pin_id[rows]
+    a = ex.advertiser_id[rows]
+    feats = {
+        "user": (vocabs.user.rows(ex.user_id[rows]), ones),
+        "pin": (vocabs.pin.rows(ex.pin_id[rows]), ones),
+        "pin_boards": (vocabs.board.rows(b_vals), b_len),
+        "advertiser": (vocabs.advertiser.rows(a[a >= 0]), (a >= 0).astype(np.int64)),
+        "query_pin": (vocabs.pin.rows(q[q >= 0]), (q >= 0).astype(np.int64)),
+        "user_history": (vocabs.pin.rows(h_vals), h_len),
+    }
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=list(SPARSE_FEATURES),
+        values=torch.from_numpy(np.concatenate([feats[k][0] for k in SPARSE_FEATURES]).astype(np.int64)),
+        lengths=torch.from_numpy(np.concatenate([feats[k][1] for k in SPARSE_FEATURES]).astype(np.int32)))
+    return Batch(dense_features=dense_t, sparse_features=kjt, labels=torch.from_numpy(ex.labels[rows]))

@@ -1,0 +1,82 @@
+"""Scoring API for the simulator: load a trained run and score slates in batch.
+
+Serving uses the same feature code as training: counts and histories strictly before the request day,
+IDs through the run's vocabularies (unknown -> the unknown row), the published embedding the run was
+trained with. Position is not known before ranking, so every candidate is scored at position 0.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+import torch.distributed.checkpoint as dcp
+
+from pinclip.embeddings import open_embeddings
+from pinworld.world import World
+from ranking import distributed
+from ranking.features import SURFACES, TASKS, ContentFeatures, FeatureSource, Vocabs, dense_width, make_batch
+from ranking.model import ModelConfig, build_model
+
+
+class Scorer:
+    """A frozen ranking run, ready to score (user, surface, query pin, candidates, day) slates."""
+
+    def __init__(self, workdir: Path | str, run: str, embeddings: str | None = None,
+                 env: distributed.Env | None = None, world: World | None = None):
+        run_dir = Path(workdir) / "ranking" / "runs" / run
+        cfg_path = run_dir / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"ranking: {cfg_path} not found: no trained run {run!r}")
+        self.cfg = json.loads(cfg_path.read_text())
+        self.env = env or distributed.setup()
+        self.world = world or World(workdir)
+        self.source = FeatureSource(self.world, self.cfg["max_boards"], self.cfg["max_history"])
+        with np.load(run_dir / "vocab.npz", allow_pickle=False) as z:
+            self.vocabs = Vocabs.from_arrays(dict(z))
+        # the simulator may pass a newer version of the same embedding (incremental publishes)
+        ref = embeddings or self.cfg["embeddings"]
+        self.content = None
+        if ref:
+            shuffle = self.cfg["seed"] + 1 if self.cfg["shuffle_embeddings"] else None
+            self.content = ContentFeatures(open_embeddings(workdir, ref), shuffle_seed=shuffle)
+        model = build_model(self.vocabs.sizes(), dense_width(self.content is not None),
+                            ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.cfg["model"].items()}),
+                            dense_device=self.env.device)
+        self.model = distributed.wrap(model, self.env)
+        latest = (run_dir / "checkpoints" / "LATEST").read_text().strip()
+        state = {"model": self.model.state_dict()}
+        dcp.load(state, checkpoint_id=str(run_dir / "checkpoints" / latest))
+        self.model.load_state_dict(state["model"])
+        self.model.eval()
+
+    @torch.no_grad()
+    def score(self, user_ids, surface: str, candidates, day: int, query_pin_ids=None,
+              task: str | None = None) -> np.ndarray:
+        """Probabilities (R, K) of ``task`` (default: repin, click for Ads) for candidate slates
+        ``candidates`` (R, K) with -1 padding (padding scores NaN)."""
+        if surface not in SURFACES:
+            raise ValueError(f"ranking: unknown surface {surface!r}: expected one of {', '.join(SURFACES)}")
+        task = task or ("click" if surface == "ads" else "repin")
+        if (surface, task) not in TASKS:
+            raise ValueError(f"ranking: surface {surface!r} has no task {task!r}")
+        cand = np.asarray(candidates, np.int64)
+        r, k = cand.shape
+        valid = cand >= 0
+        users = np.repeat(np.asarray(user_ids, np.int64), k)
+        query = np.repeat(np.asarray(query_pin_ids, np.int64), k) if query_pin_ids is not None else None
+        frame = pl.DataFrame({
+            "request_id": np.repeat(np.arange(r), k), "day": np.full(r * k, day, np.int64),
+            "surface": [surface] * (r * k), "user_id": users,
+            "query_pin_id": pl.Series(query, dtype=pl.Int64) if query is not None else pl.Series([None] * (r * k), dtype=pl.Int64),
+            "pin_id": np.where(valid, cand, cand[valid][0] if valid.any() else 0).reshape(-1),
+            "position": np.zeros(r * k, np.int64), "repin": np.zeros(r * k, bool), "click": np.zeros(r * k, bool),
+            "hide": np.zeros(r * k, bool)})
+        ex = self.source.examples(frame)
+        b = make_batch(ex, np.arange(len(ex)), self.vocabs, self.content).to(self.env.device)
+        probs = torch.sigmoid(self.model(b.dense_features, b.sparse_features)).float().cpu().numpy()
+        out = probs[:, TASKS.index((surface, task))].reshape(r, k)
+        return np.where(valid, out, np.nan)

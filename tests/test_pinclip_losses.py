@@ -1,0 +1,219 @@
+"""PinCLIP losses against a direct double loop over eq. 7, chunked (2 gloo ranks) against unchunked,
+and Matryoshka terms that see only their own prefix."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from pinclip.losses import MATRYOSHKA_WEIGHTS, PinCLIPLoss, SigmoidLoss, chunked_sigmoid_loss, sigmoid_loss
+
+# Kept free of pinclip.models at import time: the 2-rank test re-imports this module in each child process.
+
+DIMS = tuple(MATRYOSHKA_WEIGHTS)
+
+
+def eq7_reference(x, y, logit_scale, logit_bias):
+    """(1/n) sum_ij log(1 + exp(z_ij (-t x_i.y_j - b))), one pair at a time (the paper's c is -b)."""
+    t = logit_scale.exp()
+    n = x.shape[0]
+    total = x.new_zeros(())
+    for i in range(n):
+        for j in range(y.shape[0]):
+            z = 1.0 if i == j else -1.0
+            total = total + torch.log1p(torch.exp(z * (-t * torch.dot(x[i], y[j]) - logit_bias)))
+    return total / n
+
+
+def unit(n, d, generator):
+    return F.normalize(torch.randn(n, d, generator=generator, dtype=torch.float64), dim=-1)
+
+
+def prefixes(emb):
+    return {k: F.normalize(emb[:, :k], dim=-1) for k in DIMS}
+
+
+def test_sigmoid_loss_matches_eq7_in_value_and_gradients():
+    g = torch.Generator().manual_seed(0)
+    x, y = unit(6, 8, g).requires_grad_(), unit(6, 8, g).requires_grad_()
+    scale = torch.tensor(math.log(4.0), dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+
+    loss = sigmoid_loss(x, y, scale, bias)
+    grads = torch.autograd.grad(loss, (x, y, scale, bias))
+    ref = eq7_reference(x, y, scale, bias)
+    ref_grads = torch.autograd.grad(ref, (x, y, scale, bias))
+
+    torch.testing.assert_close(loss, ref)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want)
+
+
+def test_sigmoid_loss_starts_at_t10_b_minus10():
+    loss = SigmoidLoss()
+    assert loss.logit_scale.exp().item() == pytest.approx(10.0)
+    assert loss.logit_bias.item() == -10.0
+    # At init an identical pair scores t - 10 = 0 (loss log 2) and a near-orthogonal one about -10 (~0).
+    g = torch.Generator().manual_seed(1)
+    x = unit(4, 64, g).float()
+    assert loss(x, x).item() == pytest.approx(math.log(2.0), abs=0.01)
+
+
+def test_pinclip_loss_terms_match_eq7_with_their_own_temperature_and_bias():
+    g = torch.Generator().manual_seed(2)
+    image, desc, kw, query, pos = (prefixes(unit(5, 256, g)) for _ in range(5))
+    loss_fn = PinCLIPLoss().double()
+    with torch.no_grad():  # distinct (t, b) per (term, prefix), so a shared or swapped one would show
+        for i, param in enumerate(loss_fn.parameters()):
+            param.add_(0.05 * (i + 1))
+
+    total, parts = loss_fn(image, desc, kw, query, pos)
+
+    pairs = {"image_descriptive": (image, desc), "image_keyword": (image, kw), "pin_pin": (query, pos)}
+    assert set(parts) == {f"{term}/{k}" for term in pairs for k in DIMS}
+    expected_total = 0.0
+    for term, (x, y) in pairs.items():
+        for k in DIMS:
+            own = loss_fn.terms[term].prefix_losses[str(k)]
+            ref = eq7_reference(x[k], y[k], own.logit_scale, own.logit_bias)
+            torch.testing.assert_close(parts[f"{term}/{k}"], ref)
+            expected_total += MATRYOSHKA_WEIGHTS[k] * ref
+    torch.testing.assert_close(total, expected_total)
+
+
+def test_pinclip_loss_optional_terms():
+    g = torch.Generator().manual_seed(3)
+    image, desc = prefixes(unit(4, 256, g)), prefixes(unit(4, 256, g))
+    loss_fn = PinCLIPLoss().double()
+    total, parts = loss_fn(image, desc)
+    assert set(parts) == {f"image_descriptive/{k}" for k in DIMS}
+    torch.testing.assert_close(total, sum(MATRYOSHKA_WEIGHTS[k] * parts[f"image_descriptive/{k}"] for k in DIMS))
+    with pytest.raises(ValueError, match="query and positive"):
+        loss_fn(image, desc, query=image)
+
+
+def test_each_matryoshka_term_uses_only_its_renormalised_prefix():
+    from pinclip.models.factory import MatryoshkaHeads  # see the note at the top of this file
+
+    torch.manual_seed(4)
+    heads = MatryoshkaHeads(DIMS).double()
+    with torch.no_grad():
+        for head in heads.heads.values():
+            head.weight.add_(0.1 * torch.randn_like(head.weight))
+    loss_fn = PinCLIPLoss().double()
+    g = torch.Generator().manual_seed(4)
+    raw_image = torch.randn(6, 256, generator=g, dtype=torch.float64, requires_grad=True)
+    raw_text = torch.randn(6, 256, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def parts(image, text):
+        # eq. 6 normalises over all 256 dims before the heads; the k-term must not depend on dims > k anyway
+        return loss_fn(heads(F.normalize(image, dim=-1)), heads(F.normalize(text, dim=-1)))[1]
+
+    base = parts(raw_image, raw_text)
+    noise = torch.zeros_like(raw_image)
+    noise[:, 64:] = 3.0 * torch.randn(6, 192, generator=g, dtype=torch.float64)
+    perturbed = parts(raw_image + noise, raw_text - noise)
+    torch.testing.assert_close(perturbed["image_descriptive/64"], base["image_descriptive/64"])
+    assert abs(perturbed["image_descriptive/256"] - base["image_descriptive/256"]) > 1e-3
+
+    grad_64 = torch.autograd.grad(base["image_descriptive/64"], (raw_image, raw_text), retain_graph=True)
+    for grad in grad_64:
+        assert grad[:, :64].abs().max() > 1e-4
+        torch.testing.assert_close(grad[:, 64:], torch.zeros_like(grad[:, 64:]))
+    grad_128 = torch.autograd.grad(base["image_descriptive/128"], raw_image, retain_graph=True)[0]
+    torch.testing.assert_close(grad_128[:, 128:], torch.zeros_like(grad_128[:, 128:]))
+    grad_256 = torch.autograd.grad(base["image_descriptive/256"], raw_image)[0]
+    assert grad_256[:, 128:].abs().max() > 1e-4
+
+
+WORLD, LOCAL, IN_DIM = 2, 3, 10
+
+
+def global_batch():
+    """The same inputs on every process: the concatenation of all ranks' local batches."""
+    g = torch.Generator().manual_seed(5)
+    features = [unit(WORLD * LOCAL, 8, g) for _ in range(2)]
+    inputs = [torch.randn(WORLD * LOCAL, IN_DIM, generator=g, dtype=torch.float64) for _ in range(5)]
+    return features, inputs
+
+
+class Towers(nn.Module):
+    """A stand-in model: per-prefix embeddings from linear maps, image/text/fusion sharing nothing."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.image, self.text, self.fusion = (nn.Linear(IN_DIM, 256).double() for _ in range(3))
+
+    def forward(self, image, desc, kw, query, pos):
+        return tuple(prefixes(tower(x)) for tower, x in
+                     zip((self.image, self.text, self.text, self.fusion, self.fusion), (image, desc, kw, query, pos)))
+
+
+def chunked_worker(rank, init_file, outs):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        local = slice(rank * LOCAL, (rank + 1) * LOCAL)
+        (x, y), inputs = global_batch()
+        x, y = x[local].clone().requires_grad_(), y[local].clone().requires_grad_()
+        scale = torch.tensor(math.log(5.0), dtype=torch.float64, requires_grad=True)
+        bias = torch.tensor(-1.5, dtype=torch.float64, requires_grad=True)
+        loss = chunked_sigmoid_loss(x, y, scale, bias)
+        loss.backward()
+
+        towers, loss_fn = Towers(), PinCLIPLoss().double()
+        total, parts = loss_fn(*towers(*(inp[local] for inp in inputs)))
+        total.backward()
+        for param in [*towers.parameters(), *loss_fn.parameters()]:  # what DDP does to replicated parameters
+            dist.all_reduce(param.grad)
+            param.grad /= WORLD
+        torch.save({
+            "loss": loss.detach(), "x": x.grad, "y": y.grad, "scale": scale.grad, "bias": bias.grad,
+            "total": total.detach(), "parts": {k: v.detach() for k, v in parts.items()},
+            "model_grads": [p.grad for p in towers.parameters()],
+            "loss_grads": [p.grad for p in loss_fn.parameters()],
+        }, outs[rank])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_chunked_loss_on_two_gloo_ranks_equals_unchunked(tmp_path):
+    outs = [tmp_path / f"rank{r}.pt" for r in range(WORLD)]
+    mp.spawn(chunked_worker, args=(tmp_path / "init", outs), nprocs=WORLD, join=True)
+    ranks = [torch.load(out) for out in outs]
+
+    (x, y), inputs = global_batch()
+    x.requires_grad_(), y.requires_grad_()
+    scale = torch.tensor(math.log(5.0), dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-1.5, dtype=torch.float64, requires_grad=True)
+    ref = sigmoid_loss(x, y, scale, bias)
+    ref.backward()
+
+    # Each rank normalises by its local batch: the mean over ranks is the global loss, the parameter
+    # gradients average to the global ones, and each rank's features get WORLD x their global gradient
+    # (which DDP's averaging of the model's gradients divides back out, checked below).
+    torch.testing.assert_close(sum(r["loss"] for r in ranks) / WORLD, ref.detach())
+    torch.testing.assert_close(sum(r["scale"] for r in ranks) / WORLD, scale.grad)
+    torch.testing.assert_close(sum(r["bias"] for r in ranks) / WORLD, bias.grad)
+    for rank, r in enumerate(ranks):
+        local = slice(rank * LOCAL, (rank + 1) * LOCAL)
+        torch.testing.assert_close(r["x"], WORLD * x.grad[local])
+        torch.testing.assert_close(r["y"], WORLD * y.grad[local])
+
+    towers, loss_fn = Towers(), PinCLIPLoss().double()
+    total, parts = loss_fn(*towers(*inputs))
+    total.backward()
+    torch.testing.assert_close(sum(r["total"] for r in ranks) / WORLD, total.detach())
+    for name, value in parts.items():
+        torch.testing.assert_close(sum(r["parts"][name] for r in ranks) / WORLD, value.detach())
+    for rank_result in ranks:
+        for got, param in zip(rank_result["model_grads"], towers.parameters()):
+            torch.testing.assert_close(got, param.grad)
+        for got, param in zip(rank_result["loss_grads"], loss_fn.parameters()):
+            torch.testing.assert_close(got, param.grad)
