@@ -54,11 +54,12 @@ ORACLE_EMBEDDING_DIM = 64
 _TOPIC_DIMS, _STYLE_DIMS = 48, 8
 
 
-def oracle_embeddings(world: World, pin_ids=None) -> dict[str, np.ndarray]:
+def oracle_embeddings(world: World, pin_ids=None, topic_only: bool = False) -> dict[str, np.ndarray]:
     """The oracle as 64-d unit vectors in the published-embedding contract: a fixed near-orthogonal
     48-d code per topic, then style and attribute as rows of an 8x8 Hadamard matrix (orthogonal codes
     with small components, so int8 quantization clamps nothing), each block weighted to a third of the
-    squared norm. ``image`` sees topic + style, ``text`` topic + attribute."""
+    squared norm. ``image`` sees topic + style, ``text`` topic + attribute. ``topic_only`` keeps the
+    topic block alone (unit norm) in every kind: the topic one-hot floor in the same contract."""
     truth = world.truth
     ids = np.arange(len(truth.pins)) if pin_ids is None else np.asarray(pin_ids)
     codes = np.random.default_rng(20260).normal(size=(truth.n_topics, _TOPIC_DIMS)).astype(np.float32)
@@ -68,6 +69,9 @@ def oracle_embeddings(world: World, pin_ids=None) -> dict[str, np.ndarray]:
     style = hadamard[truth.pins.style[ids]]
     attr = hadamard[truth.pins.attr[ids]]
     zero_s, zero_a = np.zeros_like(style), np.zeros_like(attr)
+    if topic_only:
+        only = np.concatenate([topic, zero_s, zero_a], 1)
+        return {"fusion": only, "image": only, "text": only}
     w = np.float32(1 / np.sqrt(3))
     return {
         "fusion": np.concatenate([topic, style, attr], 1) * w,
