@@ -30,25 +30,35 @@ class ImageStore:
             self._shards[rel] = arr
         return arr
 
+    def _file(self, uri: str) -> np.ndarray:
+        path = self.root / uri
+        if not path.is_file():
+            raise FileNotFoundError(f"pinworld: image {uri!r} not found under {self.root}")
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+
     def load(self, uris) -> np.ndarray:
-        """uint8 array (n, H, W, 3) for the given URIs."""
-        out = []
-        for uri in uris:
+        """uint8 array (n, H, W, 3) for the given URIs; shard rows are read with one indexed read
+        per shard."""
+        uris = list(uris)
+        images: list[np.ndarray | None] = [None] * len(uris)
+        by_shard: dict[str, list[tuple[int, int]]] = {}
+        for i, uri in enumerate(uris):
             if ".npy#" in uri:
                 rel, row = uri.rsplit("#", 1)
-                img = np.asarray(self._shard(rel)[int(row)])
+                by_shard.setdefault(rel, []).append((i, int(row)))
             else:
-                path = self.root / uri
-                if not path.is_file():
-                    raise FileNotFoundError(f"pinworld: image {uri!r} not found under {self.root}")
-                with Image.open(path) as im:
-                    im = im.convert("RGB")
-                    if self.size and im.size != (self.size, self.size):
-                        im = im.resize((self.size, self.size), Image.Resampling.BICUBIC)
-                    img = np.asarray(im)
-            if self.size and img.shape[0] != self.size:
-                img = np.asarray(Image.fromarray(img).resize((self.size, self.size), Image.Resampling.BICUBIC))
-            out.append(img)
-        if not out:
+                images[i] = self._file(uri)
+        for rel, items in by_shard.items():
+            idx = np.array([r for _, r in items])
+            order = np.argsort(idx, kind="stable")
+            block = np.asarray(self._shard(rel)[idx[order]])
+            for j, k in enumerate(order):
+                images[items[k][0]] = block[j]
+        if not images:
             return np.zeros((0, self.size or 0, self.size or 0, 3), np.uint8)
-        return np.stack(out)
+        if self.size:
+            images = [img if img.shape[:2] == (self.size, self.size) else
+                      np.asarray(Image.fromarray(img).resize((self.size, self.size), Image.Resampling.BICUBIC))
+                      for img in images]
+        return np.stack(images)

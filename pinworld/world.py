@@ -93,11 +93,20 @@ class World:
             lf = lf.filter(pl.col("surface").is_in(surfaces))
         return lf.collect()
 
+    @cached_property
+    def _image_uris(self) -> tuple[np.ndarray, list[str]]:
+        pins = self.scan("pins").select("pin_id", "image_uri").collect().sort("pin_id")
+        return pins["pin_id"].to_numpy(), pins["image_uri"].to_list()
+
     def images(self, pin_ids, size: int | None = None) -> np.ndarray:
         """uint8 images (n, H, W, 3) of the given pins."""
-        pins = self.scan("pins").select("pin_id", "image_uri").collect()
-        uri = dict(zip(pins["pin_id"].to_list(), pins["image_uri"].to_list()))
-        return ImageStore(self.dir, size).load([uri[int(p)] for p in pin_ids])
+        ids, uris = self._image_uris
+        want = np.asarray(pin_ids, np.int64)
+        pos = np.minimum(np.searchsorted(ids, want), max(len(ids) - 1, 0))
+        if len(want) and not (ids[pos] == want).all():
+            raise KeyError(f"pinworld: pin_id {int(want[ids[pos] != want][0])} not in pins")
+        store = self.__dict__.setdefault("_stores", {}).setdefault(size, ImageStore(self.dir, size))
+        return store.load([uris[i] for i in pos])
 
     # ---- ground truth: only pinworld's own worlds have it ---------------------------------------
 
