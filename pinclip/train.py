@@ -1,0 +1,340 @@
+"""PinCLIP training (`pinclip train CONFIG [key=value ...]`).
+
+Each step mixes an image–text batch and a neighbor-pair batch (8 : 1, the paper's 32,768 : 4,096), and
+optimises the sigmoid image–descriptive and image–keyword losses plus the Pin-to-Pin loss on fusion
+embeddings, each Matryoshka-weighted (``pinclip.losses``). Lion (timm) with warmup then cosine to 0, the
+text tower at 10x lower LR with its own weight decay, optional partial freezing of the image tower and
+activation checkpointing. Runs in one process or under ``torchrun`` (DDP; the sigmoid loss is chunked
+across ranks). Only pins, text sources and Pin–Board behaviour from days before the cutoff T are used,
+and a held-out share of older pins is excluded too, so evaluation pins are disjoint from training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+import torch.distributed as dist
+import yaml
+from timm.optim import Lion
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from pinclip.data.dataset import (ImageTextCollate, ImageTextDataset, NeighborCollate, NeighborPairDataset,
+                                  neighbor_batch_size)
+from pinclip.data.engaged import heldout_split
+from pinclip.data.neighbors import WalkConfig, neighbor_candidates, sample_positives
+from pinclip.data.sources import text_sources
+from pinclip.distributed import Env, setup
+from pinclip.losses import MATRYOSHKA_WEIGHTS, PinCLIPLoss
+from pinclip.models.factory import PinCLIP, create_model
+from pinclip.models.text import load_tokenizer, tokenize, train_tokenizer
+from pinworld.world import World
+
+
+@dataclass
+class TrainConfig:
+    """A training run; YAML files under ``pinclip/configs/train_*.yaml`` hold these fields."""
+
+    workdir: str = "pinwork"
+    run: str = "pinclip"
+    model: str = "tiny"                     # model config name or YAML path
+    model_overrides: dict = field(default_factory=dict)
+    cutoff_day: int | None = None           # T; default: two thirds into the log window
+    heldout_share: float = 0.1              # older pins also held out for evaluation
+    steps: int = 600
+    batch_size: int = 128                   # image–text pairs per rank per step (neighbors: 1/8 of it)
+    lr: float = 2e-4
+    text_lr_scale: float = 0.1
+    weight_decay: float = 5e-4              # image tower, fusion, heads
+    text_weight_decay: float = 0.5
+    warmup_steps: int = 50
+    trainable_image_blocks: int = -1        # -1: all; N: freeze all image blocks but the last N
+    grad_checkpointing: bool = False
+    precision: str = "fp32"                 # fp32 | bf16 (autocast)
+    pin_pin: bool = True                    # the Pin-to-Pin neighbor loss
+    fusion: bool = True                     # False: the image–text baseline (no fusion, no Pin-to-Pin)
+    matryoshka: bool = True                 # False: only the 256-d term (the no-MRL ablation)
+    positives_per_query: int = 5
+    walk: dict = field(default_factory=dict)  # WalkConfig fields
+    pretrained_image: str = ""              # an image-pretraining run whose image tower to start from
+    vocab_size: int = 8000
+    checkpoint_every: int = 200
+    seed: int = 0
+
+    def resolved(self, world: World) -> "TrainConfig":
+        cutoff = self.cutoff_day if self.cutoff_day is not None else (2 * world.config.days) // 3
+        return dataclasses.replace(self, cutoff_day=cutoff)
+
+
+def load_train_config(path_or_name: str, overrides: list[str] | None = None) -> TrainConfig:
+    """A ``TrainConfig`` from YAML (a path or a name under pinclip/configs/train_<name>.yaml) + key=value."""
+    path = Path(path_or_name)
+    if not path.is_file():
+        path = Path(__file__).parent / "configs" / f"train_{path_or_name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"pinclip: train config {path_or_name!r} not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"pinclip train: override {item!r}: expected key=value")
+        data[key] = yaml.safe_load(value)
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"pinclip train: {path}: field {unknown[0]!r}: expected one of {', '.join(known)}")
+    return TrainConfig(**data)
+
+
+class TrainStep(nn.Module):
+    """Model + loss as one module, so DDP sees a single forward per step (and syncs the temperatures)."""
+
+    def __init__(self, model: PinCLIP, loss: PinCLIPLoss, use_fusion: bool, use_pin_pin: bool):
+        super().__init__()
+        self.model, self.loss = model, loss
+        self.use_fusion, self.use_pin_pin = use_fusion, use_pin_pin
+
+    def forward(self, it, nb) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image = self.model(["image", "text"], it.images, it.descriptive.input_ids, it.descriptive.attention_mask)
+        keyword = self.model(["text"], None, it.keyword.input_ids, it.keyword.attention_mask)["text"]
+        query = positive = None
+        if self.use_fusion and self.use_pin_pin:
+            query = self.model(["fusion"], nb.query_images, nb.query_text.input_ids,
+                               nb.query_text.attention_mask)["fusion"]
+            positive = self.model(["fusion"], nb.positive_images, nb.positive_text.input_ids,
+                                  nb.positive_text.attention_mask)["fusion"]
+        return self.loss(image["image"], image["text"], keyword, query, positive)
+
+
+def _param_groups(step: TrainStep, cfg: TrainConfig) -> list[dict]:
+    text, rest, no_decay = [], [], []
+    for name, p in step.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("loss."):
+            no_decay.append(p)
+        elif name.startswith("model.text."):
+            text.append(p)
+        else:
+            rest.append(p)
+    return [{"params": rest, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
+            {"params": text, "lr": cfg.lr * cfg.text_lr_scale, "weight_decay": cfg.text_weight_decay,
+             "base_lr": cfg.lr * cfg.text_lr_scale},
+            {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0, "base_lr": cfg.lr}]
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup to 1, then cosine to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / max(warmup, 1)
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class EpochBatches:
+    """Batch indices for (step, rank): a fresh seeded permutation per epoch, so any step can be
+    reproduced exactly on resume without replaying earlier ones."""
+
+    def __init__(self, n: int, batch_size: int, env: Env, seed: int):
+        self.n, self.batch, self.env, self.seed = n, batch_size, env, seed
+        self.per_epoch = n // (batch_size * env.world_size)
+        if self.per_epoch == 0:
+            raise ValueError(f"pinclip train: {n} examples are fewer than one global batch "
+                             f"({batch_size} x {env.world_size} ranks)")
+        self._epoch, self._order = -1, None
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.per_epoch
+
+    def indices(self, step: int) -> np.ndarray:
+        epoch, offset = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        start = (offset * self.env.world_size + self.env.rank) * self.batch
+        return self._order[start:start + self.batch]
+
+
+class Trainer:
+    """Builds data, model, loss and optimizer for a config; ``fit`` trains with checkpoints."""
+
+    def __init__(self, cfg: TrainConfig, env: Env | None = None, progress: bool = True):
+        self.env = env or setup()
+        self.world = World(cfg.workdir)
+        self.cfg = cfg.resolved(self.world)
+        self.progress = progress and self.env.is_main
+        self.run_dir = Path(cfg.workdir) / "pinclip" / "runs" / self.cfg.run
+        torch.manual_seed(self.cfg.seed)
+        t = self.cfg.cutoff_day
+        self.split = heldout_split(self.world, t, random_share=self.cfg.heldout_share, seed=self.cfg.seed)
+        held = np.asarray(sorted(self.split.heldout), np.int64)
+        pins = self.world.pins(as_of=t).filter(~pl.col("pin_id").is_in(held))
+        texts = text_sources(pins)
+        self.texts = texts
+        # both texts present: every rank's image–text batch has the same size for the chunked loss
+        pairs_texts = texts.filter(pl.col("descriptive").is_not_null() & pl.col("keyword").is_not_null())
+        self.tokenizer_path = self.run_dir / "tokenizer.json"
+        if self.env.is_main and not self.tokenizer_path.exists():
+            corpus = [s for col in ("descriptive", "keyword") for s in texts[col].drop_nulls().to_list()]
+            train_tokenizer(corpus, self.cfg.vocab_size, self.tokenizer_path)
+        dist.barrier()
+        overrides = dict(self.cfg.model_overrides)
+        text_over = dict(overrides.pop("text", {}))
+        if text_over.get("pretrained") != "minilm":
+            text_over["tokenizer"] = str(self.tokenizer_path)
+            text_over.setdefault("vocab_size", self.cfg.vocab_size)
+        self.model = create_model(self.cfg.model, text=text_over, **overrides)
+        self.tokenizer = load_tokenizer(self.model.cfg.text)
+        if self.cfg.pretrained_image:
+            self._load_pretrained_image(self.cfg.pretrained_image)
+        if self.cfg.trainable_image_blocks >= 0:
+            self.model.freeze_image_tower(self.cfg.trainable_image_blocks)
+        if self.cfg.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        weights = MATRYOSHKA_WEIGHTS if self.cfg.matryoshka else {max(MATRYOSHKA_WEIGHTS): 1.0}
+        if not self.cfg.matryoshka:
+            self.model.matryoshka_heads.heads = nn.ModuleDict({k: v for k, v in self.model.matryoshka_heads.heads.items()
+                                                               if int(k) in weights})
+            self.model.matryoshka_heads.dims = tuple(weights)
+        self.step_module = TrainStep(self.model, PinCLIPLoss(weights), self.cfg.fusion, self.cfg.pin_pin).to(self.env.device)
+        size = self.model.cfg.image.img_size
+        tok = lambda texts: tokenize(self.tokenizer, texts)  # noqa: E731
+        self.image_text = ImageTextDataset(self.world, pairs_texts, size)
+        self.it_collate = ImageTextCollate(tok)
+        self.it_batches = EpochBatches(len(self.image_text), self.cfg.batch_size, self.env, self.cfg.seed)
+        self.nb_collate = NeighborCollate(tok)
+        self.nb_size = neighbor_batch_size(self.cfg.batch_size)
+        walk = WalkConfig(**{"seed": self.cfg.seed, **self.cfg.walk})
+        self.candidates = neighbor_candidates(self.world, t, walk, exclude=held,
+                                              cache_dir=self.run_dir.parent.parent / "cache")
+        self._nb_epoch, self.neighbors, self.nb_batches = -1, None, None
+        if self.env.world_size > 1:
+            self.ddp = DistributedDataParallel(self.step_module, find_unused_parameters=not (self.cfg.fusion and self.cfg.pin_pin))
+        else:
+            self.ddp = self.step_module
+        self.optimizer = Lion(_param_groups(self.step_module, self.cfg))
+        self.step = 0
+
+    def _load_pretrained_image(self, run: str) -> None:
+        path = Path(self.cfg.workdir) / "pinclip" / "pretrain" / run / "image_tower.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"pinclip train: pretrained_image: {path} not found (run `pinclip pretrain-image`)")
+        self.model.image.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    def _neighbor_batch(self, step: int):
+        # neighbor pairs are resampled from the cached walk candidates once per pass over them
+        epoch = -1 if self.nb_batches is None else self.nb_batches.epoch_of(step)
+        if self.neighbors is None or epoch != self._nb_epoch:
+            self._nb_epoch = max(epoch, 0)
+            pairs = sample_positives(self.candidates, self.cfg.positives_per_query, seed=self.cfg.seed + self._nb_epoch)
+            self.neighbors = NeighborPairDataset(self.world, pairs, self.texts, self.model.cfg.image.img_size)
+            self.nb_batches = EpochBatches(len(self.neighbors), self.nb_size, self.env, self.cfg.seed + 7)
+        rows = self.nb_batches.indices(step)
+        return self.nb_collate(self.neighbors.__getitems__(rows))
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        path = self.run_dir / "checkpoints" / f"step-{self.step:06d}.pt"
+        if self.env.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save({"step": self.step, "model": self.step_module.state_dict(),
+                        "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp)
+            tmp.replace(path)
+            (path.parent / "LATEST").write_text(path.name)
+        dist.barrier()
+        return path
+
+    def load_checkpoint(self) -> bool:
+        latest = self.run_dir / "checkpoints" / "LATEST"
+        if not latest.is_file():
+            return False
+        state = torch.load(latest.parent / latest.read_text().strip(), map_location="cpu", weights_only=True)
+        self.step_module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        return True
+
+    def train_step(self) -> dict:
+        it = self.it_collate(self.image_text.__getitems__(self.it_batches.indices(self.step)))
+        nb = self._neighbor_batch(self.step)
+        factor = lr_factor(self.step, self.cfg.warmup_steps, self.cfg.steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        with torch.autocast("cpu" if self.env.device.type == "cpu" else "cuda", dtype=torch.bfloat16,
+                            enabled=self.cfg.precision == "bf16"):
+            total, parts = self.ddp(_to(it, self.env.device), _to(nb, self.env.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.step += 1
+        return {"step": self.step, "loss": total.item(), "lr": self.cfg.lr * factor,
+                **{k: v.item() for k, v in parts.items()}}
+
+    def fit(self, resume: bool = True) -> list[dict]:
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(
+                {"train": dataclasses.asdict(self.cfg), "model": self.model.cfg.to_dict(),
+                 "generator_version": self.world.generator_version, "heldout_pins": len(self.split.heldout),
+                 "image_text_pairs": len(self.image_text), "neighbor_candidates": self.candidates.height}, indent=2))
+        if resume and self.load_checkpoint() and self.env.is_main:
+            print(f"pinclip: resumed {self.cfg.run} at step {self.step}", file=sys.stderr)
+        log = []
+        metrics_path = self.run_dir / "metrics.jsonl"
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc=f"pinclip {self.cfg.run}", unit="step",
+                   disable=not self.progress, file=sys.stderr)
+        self.ddp.train()
+        start = time.time()
+        while self.step < self.cfg.steps:
+            record = self.train_step()
+            now = time.time()
+            record["pairs_per_s"] = self.cfg.batch_size * self.env.world_size / max(now - start, 1e-9)
+            start = now
+            log.append(record)
+            if self.env.is_main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                self.save_checkpoint()
+        bar.close()
+        return log
+
+
+def _to(batch, device):
+    """Move every tensor field of a (nested) dataclass batch to ``device``."""
+    if dataclasses.is_dataclass(batch):
+        return dataclasses.replace(batch, **{f.name: _to(getattr(batch, f.name), device) for f in dataclasses.fields(batch)})
+    return batch.to(device) if isinstance(batch, torch.Tensor) else batch
+
+
+def load_run(workdir: str | Path, run: str) -> tuple[PinCLIP, object, dict]:
+    """The trained model (eval mode), its tokenizer and its saved config, from the run's last checkpoint."""
+    run_dir = Path(workdir) / "pinclip" / "runs" / run
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"pinclip: {cfg_path} not found: no trained run {run!r}")
+    saved = json.loads(cfg_path.read_text())
+    model = create_model(saved["model"])
+    train = saved["train"]
+    if not train["matryoshka"]:
+        model.matryoshka_heads.heads = nn.ModuleDict({"256": model.matryoshka_heads.heads["256"]})
+        model.matryoshka_heads.dims = (256,)
+    latest = (run_dir / "checkpoints" / "LATEST").read_text().strip()
+    state = torch.load(run_dir / "checkpoints" / latest, map_location="cpu", weights_only=True)["model"]
+    model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    model.eval()
+    return model, load_tokenizer(model.cfg.text), saved
