@@ -1,4 +1,4 @@
-"""`pinclip` command line: publish embeddings and build/query the candidate index."""
+"""`pinclip` command line: train, pretrain-image, publish embeddings, build/query the candidate index."""
 
 from __future__ import annotations
 
@@ -48,9 +48,53 @@ def _index_query(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    import dataclasses
+
+    from pinclip.train import Trainer, load_train_config
+
+    cfg = load_train_config(args.config, args.overrides)
+    if args.workdir:
+        cfg = dataclasses.replace(cfg, workdir=args.workdir)
+    if args.run:
+        cfg = dataclasses.replace(cfg, run=args.run)
+    trainer = Trainer(cfg, progress=not args.quiet)
+    log = trainer.fit(resume=not args.no_resume)
+    if trainer.env.is_main and log:
+        print(json.dumps({"run": trainer.cfg.run, "steps": trainer.step, "final_loss": log[-1]["loss"],
+                          "run_dir": str(trainer.run_dir)}))
+    return 0
+
+
+def _pretrain(args) -> int:
+    from pinclip.pretrain import PretrainConfig, pretrain_image
+
+    report = pretrain_image(PretrainConfig(workdir=args.workdir, run=args.run, model=args.model, steps=args.steps,
+                                           batch_size=args.batch_size), progress=not args.quiet)
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pinclip", description="PinCLIP embeddings: publish and candidate generation.")
     sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train PinCLIP: CONFIG (name under pinclip/configs/train_*.yaml or a path) "
+                                     "and key=value overrides")
+    t.add_argument("config")
+    t.add_argument("overrides", nargs="*", help="key=value (YAML values), e.g. steps=200 batch_size=64")
+    t.add_argument("--workdir", default=None)
+    t.add_argument("--run", default=None)
+    t.add_argument("--no-resume", action="store_true")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_train)
+    pt = sub.add_parser("pretrain-image", help="weakly-supervised multi-label pretraining of the image tower")
+    pt.add_argument("--workdir", default="pinwork")
+    pt.add_argument("--run", default="image")
+    pt.add_argument("--model", default="tiny")
+    pt.add_argument("--steps", type=int, default=400)
+    pt.add_argument("--batch-size", type=int, default=128)
+    pt.add_argument("--quiet", action="store_true")
+    pt.set_defaults(func=_pretrain)
     p = sub.add_parser("publish", help="publish 64-d int8 embeddings as a new version")
     p.add_argument("--workdir", default="pinwork")
     p.add_argument("--name", default="pinclip")

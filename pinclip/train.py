@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -68,6 +69,8 @@ class TrainConfig:
     walk: dict = field(default_factory=dict)  # WalkConfig fields
     pretrained_image: str = ""              # an image-pretraining run whose image tower to start from
     vocab_size: int = 8000
+    tokenizer: str = ""                     # reuse this tokenizer.json instead of training one (the
+                                            # tokenizers WordPiece trainer breaks ties differently per run)
     checkpoint_every: int = 200
     seed: int = 0
 
@@ -183,7 +186,10 @@ class Trainer:
         # both texts present: every rank's image–text batch has the same size for the chunked loss
         pairs_texts = texts.filter(pl.col("descriptive").is_not_null() & pl.col("keyword").is_not_null())
         self.tokenizer_path = self.run_dir / "tokenizer.json"
-        if self.env.is_main and not self.tokenizer_path.exists():
+        if self.env.is_main and not self.tokenizer_path.exists() and self.cfg.tokenizer:
+            self.tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.cfg.tokenizer, self.tokenizer_path)
+        elif self.env.is_main and not self.tokenizer_path.exists():
             corpus = [s for col in ("descriptive", "keyword") for s in texts[col].drop_nulls().to_list()]
             train_tokenizer(corpus, self.cfg.vocab_size, self.tokenizer_path)
         dist.barrier()
@@ -231,15 +237,25 @@ class Trainer:
         self.model.image.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
     def _neighbor_batch(self, step: int):
-        # neighbor pairs are resampled from the cached walk candidates once per pass over them
-        epoch = -1 if self.nb_batches is None else self.nb_batches.epoch_of(step)
-        if self.neighbors is None or epoch != self._nb_epoch:
-            self._nb_epoch = max(epoch, 0)
-            pairs = sample_positives(self.candidates, self.cfg.positives_per_query, seed=self.cfg.seed + self._nb_epoch)
-            self.neighbors = NeighborPairDataset(self.world, pairs, self.texts, self.model.cfg.image.img_size)
-            self.nb_batches = EpochBatches(len(self.neighbors), self.nb_size, self.env, self.cfg.seed + 7)
-        rows = self.nb_batches.indices(step)
+        # neighbor positives are resampled from the cached walk candidates once per pass over them; the
+        # pass a step falls in depends only on the step, so a resumed run draws the same batches
+        if self.nb_batches is None:
+            self._build_neighbors(0)
+        epoch = self.nb_batches.epoch_of(step)
+        if epoch != self._nb_epoch:
+            self._build_neighbors(epoch)
+        offset = step - epoch * self.nb_batches.per_epoch
+        order = np.random.default_rng([self.cfg.seed + 7, epoch]).permutation(len(self.neighbors))
+        start = (offset * self.env.world_size + self.env.rank) * self.nb_size
+        rows = order[start:start + self.nb_size]
         return self.nb_collate(self.neighbors.__getitems__(rows))
+
+    def _build_neighbors(self, epoch: int) -> None:
+        pairs = sample_positives(self.candidates, self.cfg.positives_per_query, seed=self.cfg.seed + epoch)
+        self.neighbors = NeighborPairDataset(self.world, pairs, self.texts, self.model.cfg.image.img_size)
+        if self.nb_batches is None:   # the pass length is fixed by the first sample
+            self.nb_batches = EpochBatches(len(self.neighbors), self.nb_size, self.env, self.cfg.seed + 7)
+        self._nb_epoch = epoch
 
     # ---- checkpoints ------------------------------------------------------------------------------
 

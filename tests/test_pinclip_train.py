@@ -1,0 +1,95 @@
+"""PinCLIP training: no look-ahead, resume == uninterrupted, LR schedule, 2-process torchrun with freezing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from pinclip import cli
+from pinclip.train import TrainConfig, Trainer, load_run, load_train_config, lr_factor
+
+SMALL = dict(steps=6, batch_size=32, warmup_steps=2, checkpoint_every=3, vocab_size=2000)
+
+
+def test_lr_schedule_warmup_then_cosine_to_zero():
+    f = [lr_factor(s, 10, 100) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and lr_factor(100, 10, 100) == pytest.approx(0.0)
+
+
+def test_training_sees_nothing_from_cutoff_on(tiny_workdir, tiny_world):
+    tr = Trainer(TrainConfig(workdir=str(tiny_workdir), run="lookahead", cutoff_day=20, **SMALL), progress=False)
+    created = tiny_world.table("pins").select("pin_id", "created_day")
+    train_pins = set(tr.image_text.pin_ids.tolist()) | set(tr.candidates["pin_id"].to_list()) \
+        | set(tr.candidates["neighbor_id"].to_list())
+    late = set(created.filter(pl.col("created_day") >= 20)["pin_id"].to_list())
+    assert train_pins and not (train_pins & late)
+    assert not (train_pins & set(tr.split.heldout))          # evaluation pins are disjoint from training
+    # keyword texts come only from queries/annotations before T
+    known = tiny_world.pins(as_of=20)
+    row = tr.texts.join(known.select("pin_id", "search_queries"), on="pin_id")
+    for kw, qs in zip(row["keyword"].to_list()[:200], row["search_queries"].to_list()[:200]):
+        if qs:
+            assert kw in qs
+
+
+def test_resume_equals_uninterrupted(tiny_workdir):
+    straight = Trainer(TrainConfig(workdir=str(tiny_workdir), run="p_straight", **SMALL), progress=False).fit(resume=False)
+    shared = dict(SMALL, tokenizer=str(tiny_workdir / "pinclip/runs/p_straight/tokenizer.json"))
+    Trainer(TrainConfig(workdir=str(tiny_workdir), run="p_resumed", **shared), progress=False).fit(resume=False)
+    # a crash after the step-3 checkpoint: the step-6 one never got written
+    ckpt = tiny_workdir / "pinclip/runs/p_resumed/checkpoints"
+    (ckpt / "step-000006.pt").unlink()
+    (ckpt / "LATEST").write_text("step-000003.pt")
+    (tiny_workdir / "pinclip/runs/p_resumed/metrics.jsonl").unlink()
+    resumed = Trainer(TrainConfig(workdir=str(tiny_workdir), run="p_resumed", **shared), progress=False).fit(resume=True)
+    assert [r["step"] for r in resumed] == [4, 5, 6]
+    np.testing.assert_allclose([r["loss"] for r in straight[3:]], [r["loss"] for r in resumed], rtol=1e-5)
+    a, _, _ = load_run(tiny_workdir, "p_straight")
+    b, _, saved = load_run(tiny_workdir, "p_resumed")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    assert saved["train"]["steps"] == 6 and saved["generator_version"] == "pinworld-1.0"
+    metrics = (tiny_workdir / "pinclip/runs/p_straight/metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 6 and "pin_pin/64" in json.loads(metrics[0])
+
+
+def test_frozen_tower_stays_put(tiny_workdir):
+    tr = Trainer(TrainConfig(workdir=str(tiny_workdir), run="frozen", trainable_image_blocks=1,
+                             grad_checkpointing=True, **{**SMALL, "steps": 2}), progress=False)
+    frozen = {n: p.detach().clone() for n, p in tr.model.image.named_parameters() if not p.requires_grad}
+    live = {n: p.detach().clone() for n, p in tr.model.image.named_parameters() if p.requires_grad}
+    tr.fit(resume=False)
+    assert frozen and live
+    after = dict(tr.model.image.named_parameters())
+    assert all(torch.equal(after[n], v) for n, v in frozen.items())
+    assert any(not torch.equal(after[n], v) for n, v in live.items())
+
+
+def test_two_process_torchrun_with_frozen_tower(tiny_workdir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29561",
+           "-m", "pinclip.cli", "train", "tiny", "steps=3", "batch_size=16", "warmup_steps=1", "vocab_size=2000",
+           "trainable_image_blocks=2", "grad_checkpointing=true", f"workdir={tiny_workdir}", "run=ddp",
+           "--quiet", "--no-resume"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["steps"] == 3
+    model, _, saved = load_run(tiny_workdir, "ddp")
+    assert saved["train"]["trainable_image_blocks"] == 2
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train config 'nope' not found"):
+        load_train_config("nope")
+    with pytest.raises(ValueError, match="field 'stepz'"):
+        load_train_config("tiny", ["stepz=3"])
+    assert load_train_config("tiny", ["steps=7"]).steps == 7
+    assert cli.main(["train", "tiny", "steps"]) == 2
