@@ -1,0 +1,153 @@
+"""`python -m ranking.compare`: the ranking arms side by side, over seeds.
+
+Arms differ only in the dense content feature: IDs only; + PinCLIP; + PinCLIP shuffled across pins
+(must show no lift); + topic one-hot (the floor); + oracle features (the ceiling). Data, seeds, epochs
+and widths are identical. Runs already trained (eval.json present) are reused. The table (mean AUC and
+the lift over IDs-only, mean ± sd over seeds, paired by seed) goes to ``docs/results.md`` and
+``W/ranking/compare.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pinclip.publish import latest_version
+from pinclip.oracle_source import publish_oracle
+from ranking.train import TrainConfig, Trainer
+
+ARMS = {  # name -> (embedding name, shuffled)
+    "ids": (None, False),
+    "pinclip": ("pinclip", False),
+    "pinclip_shuffled": ("pinclip", True),
+    "topic": ("topic", False),
+    "oracle": ("oracle", False),
+}
+SLICES = ("all", "fresh", "older", "unseen_pins", "new_ads", "older_ads", "train_impressions_0",
+          "train_impressions_1_10", "train_impressions_11_100", "train_impressions_101+")
+KEY_TASKS = ("homefeed/repin", "related/repin", "ads/click")
+RESULTS_BEGIN, RESULTS_END = "<!-- ranking-compare:begin -->", "<!-- ranking-compare:end -->"
+
+
+def ensure_embeddings(workdir: str, arms: list[str]) -> list[str]:
+    """Publish the oracle/topic embeddings an arm needs; drop PinCLIP arms when nothing is published."""
+    kept = []
+    for arm in arms:
+        name, _ = ARMS[arm]
+        if name in ("oracle", "topic") and latest_version(workdir, name) is None:
+            publish_oracle(workdir, name, topic_only=name == "topic")
+        if name == "pinclip" and latest_version(workdir, name) is None:
+            print(f"ranking.compare: skipping arm {arm!r}: nothing published under 'pinclip' yet", file=sys.stderr)
+            continue
+        kept.append(arm)
+    return kept
+
+
+def run_arm(base: TrainConfig, arm: str, seed: int, retrain: bool = False) -> dict:
+    name, shuffled = ARMS[arm]
+    cfg = dataclasses.replace(base, embeddings=name, shuffle_embeddings=shuffled, seed=seed, run=f"{arm}_s{seed}")
+    report = Path(base.workdir) / "ranking" / "runs" / cfg.run / "eval.json"
+    if report.is_file() and not retrain:
+        return json.loads(report.read_text())
+    return Trainer(cfg).fit(resume=not retrain)
+
+
+def summarize(reports: dict[str, list[dict]]) -> dict:
+    """{task: {slice: {arm: {auc_mean, auc_sd, lift_mean, lift_sd, n}}}}, lifts paired by seed vs IDs."""
+    out: dict = {}
+    base = reports.get("ids")
+    for arm, runs in reports.items():
+        for task in runs[0]["metrics"]:
+            for sl in SLICES:
+                aucs = [r["metrics"][task].get(sl) for r in runs]
+                if any(a is None for a in aucs):
+                    continue
+                auc = np.array([a["auc"] for a in aucs])
+                entry = {"auc_mean": float(auc.mean()), "auc_sd": float(auc.std(ddof=1)) if len(auc) > 1 else 0.0,
+                         "n": aucs[0]["n"], "seeds": len(auc)}
+                if base is not None:
+                    ref = np.array([r["metrics"][task][sl]["auc"] for r in base[:len(auc)]])
+                    lift = auc - ref
+                    entry["lift_mean"] = float(lift.mean())
+                    entry["lift_sd"] = float(lift.std(ddof=1)) if len(lift) > 1 else 0.0
+                out.setdefault(task, {}).setdefault(sl, {})[arm] = entry
+    return out
+
+
+def format_table(summary: dict, arms: list[str]) -> str:
+    lines = ["| task | slice | n | " + " | ".join(arms) + " |", "|---|---|---:|" + "---:|" * len(arms)]
+    for task in KEY_TASKS:
+        for sl in SLICES:
+            row = summary.get(task, {}).get(sl)
+            if not row:
+                continue
+            cells = []
+            for arm in arms:
+                e = row.get(arm)
+                if e is None:
+                    cells.append("")
+                elif arm == "ids" or "lift_mean" not in e:
+                    cells.append(f"{e['auc_mean']:.4f} ± {e['auc_sd']:.4f}")
+                else:
+                    cells.append(f"{e['auc_mean']:.4f} ({e['lift_mean']:+.4f} ± {e['lift_sd']:.4f})")
+            n = next(iter(row.values()))["n"]
+            lines.append(f"| {task} | {sl} | {n:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(path: Path, body: str) -> None:
+    """Replace the ranking-compare section of docs/results.md (created if absent), atomically."""
+    text = path.read_text() if path.is_file() else "# pinlift results\n"
+    block = f"{RESULTS_BEGIN}\n{body}\n{RESULTS_END}"
+    if RESULTS_BEGIN in text:
+        head, rest = text.split(RESULTS_BEGIN, 1)
+        text = head + block + rest.split(RESULTS_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ranking.compare", description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", default="pinwork")
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated, from " + ", ".join(ARMS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=2048)
+    ap.add_argument("--results", default="docs/results.md", help="markdown file to update ('' to skip)")
+    ap.add_argument("--retrain", action="store_true")
+    a = ap.parse_args(argv)
+    arms = [x for x in a.arms.split(",") if x]
+    unknown = [x for x in arms if x not in ARMS]
+    if unknown:
+        ap.error(f"--arms: unknown arm {unknown[0]!r}: expected some of {', '.join(ARMS)}")
+    try:
+        arms = ensure_embeddings(a.workdir, arms)
+        base = TrainConfig(workdir=a.workdir, epochs=a.epochs, batch_size=a.batch_size)
+        reports = {arm: [run_arm(base, arm, s, a.retrain) for s in a.seeds] for arm in arms}
+    except (FileNotFoundError, ValueError) as exc:
+        print(str(exc).splitlines()[0], file=sys.stderr)
+        return 2
+    summary = summarize(reports)
+    table = format_table(summary, arms)
+    world = reports[arms[0]][0]
+    header = (f"### Ranking arms (`python -m ranking.compare`)\n\nAUC on days ≥ {world['cutoff_day']} "
+              f"(mean ± sd over seeds {a.seeds}; in brackets: lift over IDs-only, paired by seed). "
+              f"World generator {world['generator_version']}, {a.epochs} epochs.\n\n")
+    out = {"arms": arms, "seeds": a.seeds, "epochs": a.epochs, "summary": summary}
+    (Path(a.workdir) / "ranking" / "compare.json").write_text(json.dumps(out, indent=2))
+    if a.results:
+        write_results(Path(a.results), header + table)
+    print(header + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
