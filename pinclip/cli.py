@@ -5,24 +5,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
 
 def _publish(args) -> int:
-    if args.source not in ("oracle", "topic"):
-        raise ValueError(f"pinclip publish: --source {args.source!r}: expected 'oracle' or 'topic' "
-                         "(publishing a PinCLIP run lands with `pinclip train`)")
-    from pinclip.oracle_source import publish_oracle
-
+    if args.source not in ("run", "oracle", "topic"):
+        raise ValueError(f"pinclip publish: --source {args.source!r}: expected 'run', 'oracle' or 'topic'")
+    if args.source == "run" and not args.run:
+        raise ValueError("pinclip publish: --source run: expected --run RUN (a trained run under pinclip/runs/)")
     bar = tqdm(desc=f"publish {args.name}", unit="part", disable=args.quiet)
 
     def on_part(i, n):
         bar.total = n
         bar.update(1)
 
-    manifest = publish_oracle(args.workdir, args.name, as_of_day=args.as_of_day, since_day=args.since_day,
-                              topic_only=args.source == "topic", on_part=on_part)
+    if args.source == "run":
+        from pinclip.run_source import publish_run
+
+        manifest = publish_run(args.workdir, args.run, args.name, as_of_day=args.as_of_day, since_day=args.since_day,
+                               progress=not args.quiet, on_part=on_part)
+    else:
+        from pinclip.oracle_source import publish_oracle
+
+        manifest = publish_oracle(args.workdir, args.name, as_of_day=args.as_of_day, since_day=args.since_day,
+                                  topic_only=args.source == "topic", on_part=on_part)
     bar.close()
     print(json.dumps({k: manifest[k] for k in ("name", "version", "parent", "rows", "kinds", "as_of_day")}))
     return 0
@@ -75,6 +83,24 @@ def _pretrain(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from pinclip.evaluate import EvalConfig, evaluate, format_table
+    from pinclip.train import load_run
+    from pinworld.world import World
+
+    model, tokenizer, saved = load_run(args.workdir, args.run)
+    cfg = EvalConfig(max_queries=args.max_queries, distractors=args.distractors, random_share=saved["train"]["heldout_share"],
+                     split_seed=saved["train"]["seed"], progress=not args.quiet)
+    results = evaluate(model, tokenizer, World(args.workdir), saved["train"]["cutoff_day"], cfg)
+    results["run"] = args.run
+    out = Path(args.workdir) / "pinclip" / "runs" / args.run / "eval.json"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=str))
+    tmp.replace(out)
+    print(format_table(results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pinclip", description="PinCLIP embeddings: publish and candidate generation.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -95,10 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--batch-size", type=int, default=128)
     pt.add_argument("--quiet", action="store_true")
     pt.set_defaults(func=_pretrain)
+    e = sub.add_parser("eval", help="Recall@K on the five tasks, held-out pins vs distractors -> eval.json")
+    e.add_argument("--workdir", default="pinwork")
+    e.add_argument("--run", required=True)
+    e.add_argument("--max-queries", type=int, default=5000)
+    e.add_argument("--distractors", type=int, default=50000)
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=_eval)
     p = sub.add_parser("publish", help="publish 64-d int8 embeddings as a new version")
     p.add_argument("--workdir", default="pinwork")
     p.add_argument("--name", default="pinclip")
-    p.add_argument("--source", default="oracle", help="oracle: pinworld's true content latents; topic: the topic alone (the floor)")
+    p.add_argument("--source", default="run", help="run: a trained PinCLIP run (--run); oracle: pinworld's true "
+                   "content latents; topic: the topic alone (the floor)")
+    p.add_argument("--run", default=None, help="the PinCLIP run to publish (with --source run)")
     p.add_argument("--as-of-day", type=int, default=None, help="only pins created before this day")
     p.add_argument("--since-day", type=int, default=None,
                    help="incremental: add the pins created since this day that LATEST lacks")

@@ -1,0 +1,434 @@
+"""Offline evaluation of PinCLIP (paper §4.1): Recall@K of each query's positive against random distractors.
+
+Recall@K(Q, P, N) = 1/|Q| Σ_i 1{ |{n ∈ N : s(Q_i, n) ≥ s(Q_i, P_i)}| < K } with s the dot product, so a
+tie with a distractor counts against the positive, and every query is a hit when K > |N|.
+
+Five tasks on pins held out from training (:func:`pinclip.data.engaged.heldout_split`), each a set of
+(query, positive) rows scored against one shared random sample of distractor pins:
+
+* ``pintext``: a held-out pin's image embedding -> its descriptive text (title, else description, else
+  caption); distractors are the text embeddings of the distractor pins that have text.
+* ``related_image`` / ``related_fusion``: engaged Related Pins pairs from the logs (query pin -> the pin
+  saved or clicked from its slate), image -> image and fusion -> fusion.
+* ``search_image`` / ``search_fusion``: engaged Search pairs (query text -> the pin saved after it),
+  the query's text embedding -> the pin's image or fusion embedding.
+
+For each row the distractors that are in fact positives of the same query (the pin itself for PinText;
+the query pin and every pin engaged from it for Related; every pin saved after that query for Search)
+are left out of its distractor set: they are not negatives, and a retrieved query pin is no miss.
+
+A pin's text is its descriptive text only: the keyword source comes from the search log the Search
+pairs are drawn from, so feeding it to the fusion embedding would hand the model the query.
+
+Each task is scored for every Matryoshka prefix (``model.matryoshka``) and, with ``int8``, for the
+published 64-d prefix after int8 quantize -> dequantize (the publish quantization check), and sliced by
+how much user-written text (title + description) the positive pin has: missing, short or long.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from functools import partial
+from typing import Any, Protocol
+
+import numpy as np
+import polars as pl
+import torch
+from tqdm import tqdm
+
+from pinclip.data.dataset import normalize_images
+from pinclip.data.engaged import heldout_split, related_pairs, search_pairs
+from pinclip.data.sources import text_sources
+from pinclip.models.text import tokenize
+from pinclip.quantization import PUBLISHED_DIM, dequantize, quantize
+from pinworld.world import World
+
+PIN_KINDS = ("image", "text", "fusion")
+INT8 = f"{PUBLISHED_DIM}-int8"
+TEXT_SLICES = ("missing", "short", "long")
+# Scores are accumulated in float64 from float32 embeddings: the rounding of one dot product is below
+# 1e-13 (relative to |q||n|), so a tolerance of 1e-10 only makes exact ties (duplicate vectors) robust to
+# the summation order of the matrix product, far below any difference float32 embeddings can express.
+TIE_RTOL = 1e-10
+DEFAULT_BLOCK_BYTES = 256 << 20
+
+
+# ---- the metric ------------------------------------------------------------------------------------
+
+def _as_f64(x) -> torch.Tensor:
+    return (x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))).to(torch.float64)
+
+
+def distractors_at_or_above(query_vecs, positive_vecs, distractor_vecs, *,
+                            exclude: tuple[np.ndarray, np.ndarray] | None = None,
+                            max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> np.ndarray:
+    """Per query i, ``|{n ∈ N : s(Q_i, n) ≥ s(Q_i, P_i)}|`` (int64, (|Q|,)), scoring the query x distractor
+    matrix in blocks of at most ``max_block_bytes``; ``exclude`` = (query rows, distractor columns)
+    pairs removed from that query's distractor set."""
+    q, p, d = _as_f64(query_vecs), _as_f64(positive_vecs), _as_f64(distractor_vecs)
+    if q.ndim != 2 or p.shape != q.shape or d.ndim != 2 or d.shape[1] != q.shape[1]:
+        raise ValueError(f"pinclip eval: expected queries (n, d), positives (n, d) and distractors (m, d), "
+                         f"found {tuple(q.shape)}, {tuple(p.shape)} and {tuple(d.shape)}")
+    n, m = q.shape[0], d.shape[0]
+    counts = torch.zeros(n, dtype=torch.int64)
+    if n == 0 or m == 0:
+        return counts.numpy()
+    positive = (q * p).sum(1)
+    scale = max(p.norm(dim=1).max().item(), d.norm(dim=1).max().item())
+    threshold = positive - TIE_RTOL * q.norm(dim=1) * scale
+    ex_rows = ex_cols = None
+    if exclude is not None:
+        ex_rows, ex_cols = (np.asarray(a, np.int64) for a in exclude)
+        if ex_rows.shape != ex_cols.shape or (len(ex_rows) and (ex_rows.min() < 0 or ex_rows.max() >= n
+                                                                or ex_cols.min() < 0 or ex_cols.max() >= m)):
+            raise ValueError(f"pinclip eval: exclude: expected (query row, distractor column) pairs within "
+                             f"{n} x {m}")
+        order = np.argsort(ex_rows, kind="stable")
+        ex_rows, ex_cols = ex_rows[order], ex_cols[order]
+    # a float64 score and a bool comparison per element, plus slack for the matmul's workspace
+    elements = max(1, max_block_bytes // 16)
+    bq = max(1, min(n, 1024, elements))
+    bd = max(1, min(m, elements // bq))
+    for q0 in range(0, n, bq):
+        q1 = min(n, q0 + bq)
+        if ex_rows is not None:
+            lo, hi = np.searchsorted(ex_rows, [q0, q1])
+            rows_b, cols_b = ex_rows[lo:hi], ex_cols[lo:hi]
+        for d0 in range(0, m, bd):
+            d1 = min(m, d0 + bd)
+            scores = q[q0:q1] @ d[d0:d1].T
+            if ex_rows is not None and len(rows_b):
+                inside = (cols_b >= d0) & (cols_b < d1)
+                scores[torch.from_numpy(rows_b[inside] - q0), torch.from_numpy(cols_b[inside] - d0)] = -torch.inf
+            counts[q0:q1] += (scores >= threshold[q0:q1, None]).sum(1)
+    return counts.numpy()
+
+
+def recall_from_counts(counts: np.ndarray, ks: Sequence[int] = (1, 10, 100)) -> dict[int, float]:
+    """{K: share of queries with fewer than K distractors at or above their positive} (NaN without queries)."""
+    counts = np.asarray(counts)
+    return {int(k): float((counts < k).mean()) if len(counts) else float("nan") for k in ks}
+
+
+def recall_at_k(query_vecs, positive_vecs, distractor_vecs, ks: Sequence[int] = (1, 10, 100), *,
+                exclude: tuple[np.ndarray, np.ndarray] | None = None,
+                max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> dict[int, float]:
+    """Recall@K as the paper defines it: {K: Recall_K(Q, P, N)} for each K in ``ks``."""
+    counts = distractors_at_or_above(query_vecs, positive_vecs, distractor_vecs, exclude=exclude,
+                                     max_block_bytes=max_block_bytes)
+    return recall_from_counts(counts, ks)
+
+
+# ---- embedding pins -----------------------------------------------------------------------------
+
+@dataclass
+class PinEmbeddings:
+    """Per-pin embeddings: ``vectors[kind][prefix]`` float32 (n, prefix) for kind in image, text, fusion,
+    rows in ``pin_ids`` order (sorted, unique). ``has_text`` marks pins whose text (and fusion) saw text;
+    a pin without text has an image-only fusion embedding and a text row that is not a text embedding."""
+
+    pin_ids: np.ndarray
+    vectors: dict[str, dict[int, np.ndarray]]
+    has_text: np.ndarray
+
+    def rows(self, pin_ids) -> np.ndarray:
+        """Row of each of ``pin_ids`` (KeyError for a pin that was not embedded)."""
+        want = np.asarray(pin_ids, np.int64)
+        pos = np.minimum(np.searchsorted(self.pin_ids, want), max(len(self.pin_ids) - 1, 0))
+        if len(want) and (len(self.pin_ids) == 0 or not (self.pin_ids[pos] == want).all()):
+            missing = want[self.pin_ids[pos] != want][0] if len(self.pin_ids) else want[0]
+            raise KeyError(f"pinclip eval: pin {int(missing)} was not embedded")
+        return pos
+
+    def get(self, kind: str, prefix: int, pin_ids) -> np.ndarray:
+        return self.vectors[kind][prefix][self.rows(pin_ids)]
+
+
+class PinEncoder(Protocol):
+    """What :func:`evaluate` needs from an embedder (``Embedder``, or a fake one in tests)."""
+
+    prefixes: tuple[int, ...]
+
+    def embed_pins(self, pin_ids, texts: Sequence[str | None]) -> PinEmbeddings: ...
+
+    def embed_texts(self, texts: Sequence[str]) -> dict[int, np.ndarray]: ...
+
+
+class Embedder:
+    """Batch-encodes pins (image from ``World.images``, text through ``tokenizer``) and free texts with a
+    PinCLIP model under ``torch.no_grad()``, returning every Matryoshka prefix as float32 arrays."""
+
+    def __init__(self, model, tokenizer, world: World, *, batch_size: int = 64, image_size: int | None = None,
+                 prefixes: Sequence[int] | None = None, progress: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.world = world
+        self.batch_size = batch_size
+        self.image_size = image_size or model.cfg.image.img_size
+        self.progress = progress
+        self.prefixes = tuple(prefixes or model.cfg.matryoshka_dims)  # e.g. (64,) to publish without the rest
+        unknown = sorted(set(self.prefixes) - set(model.cfg.matryoshka_dims))
+        if unknown:
+            raise ValueError(f"pinclip eval: prefixes {unknown}: the model has {tuple(model.cfg.matryoshka_dims)}")
+        self.device = next(model.parameters()).device
+
+    def _run(self, n: int, desc: str, unit: str, encode) -> list[dict[str, dict[int, torch.Tensor]]]:
+        was_training = self.model.training
+        self.model.eval()
+        out = []
+        try:
+            with torch.no_grad(), tqdm(total=n, desc=desc, unit=unit, disable=not self.progress) as bar:
+                for start in range(0, n, self.batch_size):
+                    stop = min(n, start + self.batch_size)
+                    out.append(encode(start, stop))
+                    bar.update(stop - start)
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _tokens(self, texts: Sequence[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = tokenize(self.tokenizer, list(texts))
+        return ids.to(self.device), mask.to(self.device)
+
+    def embed_pins(self, pin_ids, texts: Sequence[str | None], kinds: Sequence[str] = PIN_KINDS) -> PinEmbeddings:
+        """Embeddings of ``pin_ids`` (unique) whose texts are ``texts`` (same order; None = no text)."""
+        ids = np.asarray(pin_ids, np.int64)
+        if len(texts) != len(ids):
+            raise ValueError(f"pinclip eval: {len(ids)} pins but {len(texts)} texts")
+        order = np.argsort(ids, kind="stable")
+        ids = ids[order]
+        if len(ids) > 1 and (ids[1:] == ids[:-1]).any():
+            raise ValueError(f"pinclip eval: pin {int(ids[1:][ids[1:] == ids[:-1]][0])} given twice")
+        texts = [texts[i] for i in order]
+
+        def encode(start, stop):
+            images = normalize_images(self.world.images(ids[start:stop], self.image_size)).to(self.device)
+            input_ids, mask = self._tokens(texts[start:stop])
+            return self.model(kinds, images, input_ids, mask)
+
+        parts = self._run(len(ids), "embed pins", "pin", encode)
+        vectors = {kind: {k: _cat([p[kind][k] for p in parts], k) for k in self.prefixes} for kind in kinds}
+        return PinEmbeddings(ids, vectors, np.array([t is not None for t in texts], bool))
+
+    def embed_texts(self, texts: Sequence[str]) -> dict[int, np.ndarray]:
+        """Text embeddings {prefix: float32 (n, prefix)} of free texts (e.g. search queries)."""
+        texts = list(texts)
+
+        def encode(start, stop):
+            input_ids, mask = self._tokens(texts[start:stop])
+            return self.model(("text",), input_ids=input_ids, attention_mask=mask)
+
+        parts = self._run(len(texts), "embed texts", "text", encode)
+        return {k: _cat([p["text"][k] for p in parts], k) for k in self.prefixes}
+
+
+def _cat(parts: list[torch.Tensor], width: int) -> np.ndarray:
+    if not parts:
+        return np.zeros((0, width), np.float32)
+    return torch.cat(parts).float().cpu().numpy()
+
+
+def pin_texts(pins: pl.DataFrame, short_words: int = 8) -> pl.DataFrame:
+    """``pin_id, text, text_slice`` from ``World.pins(...)``: the descriptive text the model reads (title,
+    else description, else caption; null when none) and how much user-written text the pin has —
+    ``missing`` (no title or description), ``short`` (at most ``short_words`` words) or ``long``."""
+    words = (pl.concat_str([pl.col("title").fill_null(""), pl.col("description").fill_null("")], separator=" ")
+             .str.count_matches(r"\S+"))
+    slices = (pins.select("pin_id", words.alias("words"))
+              .select("pin_id", pl.when(pl.col("words") == 0).then(pl.lit("missing"))
+                      .when(pl.col("words") <= short_words).then(pl.lit("short"))
+                      .otherwise(pl.lit("long")).alias("text_slice")))
+    return (text_sources(pins).select("pin_id", pl.col("descriptive").alias("text"))
+            .join(slices, on="pin_id", how="left").sort("pin_id"))
+
+
+# ---- the five tasks -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    description: str
+    surface: str        # pintext | related | search: where its (query, positive) rows come from
+    query_kind: str     # image | fusion | query (a search query's text embedding)
+    target_kind: str    # text | image | fusion: the positive's and the distractors' embedding
+
+
+TASKS = (
+    Task("pintext", "PinText image->text", "pintext", "image", "text"),
+    Task("related_image", "Related Pins image->image", "related", "image", "image"),
+    Task("related_fusion", "Related Pins multimodal", "related", "fusion", "fusion"),
+    Task("search_image", "Search text->image", "search", "query", "image"),
+    Task("search_fusion", "Search multimodal", "search", "query", "fusion"),
+)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to evaluate; plain data, saved beside the results (``asdict``)."""
+
+    max_queries: int = 5_000          # (query, positive) rows per task, sampled when more are available
+    distractors: int = 50_000         # distractor pins, sampled from the pool (capped by its size)
+    distractor_pool: str = "all"      # all: any pin created before `until`; heldout: held-out pins only
+    random_share: float = 0.0         # heldout_split: share of pre-cutoff pins also held out from training
+    split_seed: int = 0
+    since: int | None = None          # engaged pairs on days [since, until); None = open
+    until: int | None = None          # also the as-of day of pin texts
+    ks: tuple[int, ...] = (1, 10, 100)
+    int8: bool = True                 # also score the 64-d prefix after int8 quantize -> dequantize
+    short_words: int = 8              # text slices: at most this many title+description words is "short"
+    seed: int = 0                     # query and distractor sampling
+    batch_size: int = 64
+    max_block_bytes: int = DEFAULT_BLOCK_BYTES
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.distractor_pool not in ("all", "heldout"):
+            raise ValueError(f"pinclip eval: distractor_pool {self.distractor_pool!r}: expected 'all' or 'heldout'")
+        if self.max_queries < 1 or self.distractors < 1 or not self.ks or min(self.ks) < 1:
+            raise ValueError("pinclip eval: max_queries, distractors and every K must be positive")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalConfig:
+        """From a parsed YAML mapping; unknown keys are errors."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"pinclip eval: unknown config keys {unknown}; expected some of {sorted(known)}")
+        data = dict(data)
+        if "ks" in data:
+            data["ks"] = tuple(data["ks"])
+        return cls(**data)
+
+
+def _sample(df: pl.DataFrame, n: int, rng: np.random.Generator) -> pl.DataFrame:
+    if df.height <= n:
+        return df
+    return df[np.sort(rng.choice(df.height, n, replace=False))]
+
+
+def _exclusions(row_keys: pl.Series, positives: pl.DataFrame,
+                distractor_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) pairs where distractor ``column`` is a positive (``positives``: key, pin_id) of the row's key."""
+    pairs = (pl.DataFrame({"row": np.arange(len(row_keys)), "key": row_keys})
+             .join(positives, on="key")
+             .join(pl.DataFrame({"pin_id": distractor_ids, "col": np.arange(len(distractor_ids))}), on="pin_id"))
+    return pairs["row"].to_numpy(), pairs["col"].to_numpy()
+
+
+def _variants(prefixes: Sequence[int], int8: bool) -> list[str]:
+    return [str(k) for k in prefixes] + ([INT8] if int8 and PUBLISHED_DIM in prefixes else [])
+
+
+def _variant(vectors: np.ndarray, variant: str) -> np.ndarray:
+    return dequantize(quantize(vectors)) if variant == INT8 else vectors
+
+
+def _recall_dict(counts: np.ndarray, ks: Sequence[int]) -> dict[str, float | None]:
+    return {f"R@{k}": (None if np.isnan(r) else r) for k, r in recall_from_counts(counts, ks).items()}
+
+
+def _score_task(task: Task, rows: pl.DataFrame, positives: pl.DataFrame, queries_of: Callable[[int], np.ndarray],
+                emb: PinEmbeddings, distractor_ids: np.ndarray, variants: list[str], slice_of: dict[int, str],
+                cfg: EvalConfig) -> dict:
+    """Counts and Recall@K of one task's rows for every variant, overall and per text slice of the positive."""
+    exclude = _exclusions(rows["key"], positives, distractor_ids)
+    positive_ids = rows["pin_id"].to_numpy()
+    slices = np.array([slice_of[int(p)] for p in positive_ids], dtype=object)
+    out = {"queries": rows.height, "distractors": len(distractor_ids), "recall": {},
+           "slices": {f"text={s}": {"queries": int((slices == s).sum()), "recall": {}} for s in TEXT_SLICES}}
+    for variant in variants:
+        prefix = PUBLISHED_DIM if variant == INT8 else int(variant)
+        counts = distractors_at_or_above(
+            _variant(queries_of(prefix), variant),
+            _variant(emb.get(task.target_kind, prefix, positive_ids), variant),
+            _variant(emb.get(task.target_kind, prefix, distractor_ids), variant),
+            exclude=exclude, max_block_bytes=cfg.max_block_bytes)
+        out["recall"][variant] = _recall_dict(counts, cfg.ks)
+        for s in TEXT_SLICES:
+            out["slices"][f"text={s}"]["recall"][variant] = _recall_dict(counts[slices == s], cfg.ks)
+    return out
+
+
+def evaluate(model, tokenizer, world: World, cutoff_day: int, cfg: EvalConfig | None = None, *,
+             embedder: PinEncoder | None = None) -> dict:
+    """Recall@K on the five tasks for a model trained with cutoff ``cutoff_day`` (see the module docstring).
+
+    ``embedder`` replaces the model's own :class:`Embedder` (then ``model`` and ``tokenizer`` are unused).
+    Returns a JSON-ready dict: per task the query and distractor counts, ``recall[variant]["R@K"]`` for
+    each prefix (and ``64-int8``), and the same per text slice of the positive pin.
+    """
+    cfg = cfg or EvalConfig()
+    if embedder is None:
+        embedder = Embedder(model, tokenizer, world, batch_size=cfg.batch_size, progress=cfg.progress)
+    rng = np.random.default_rng(cfg.seed)
+    split = heldout_split(world, cutoff_day, random_share=cfg.random_share, seed=cfg.split_seed)
+    texts = pin_texts(world.pins(as_of=cfg.until), cfg.short_words)
+    held = np.intersect1d(split.heldout, texts["pin_id"].to_numpy())
+
+    # per surface: its (key, pin_id) rows (the key is the query: a pin, or a search query's text) and every
+    # (key, pin_id) that is a positive of the key; PinText's key is the pin itself
+    pintext_all = (texts.filter(pl.col("pin_id").is_in(pl.Series(held).implode()) & pl.col("text").is_not_null())
+                   .select(pl.col("pin_id").alias("key"), "pin_id"))
+    related_all = related_pairs(world, held, cfg.since, cfg.until).select(pl.col("query_pin_id").alias("key"), "pin_id")
+    search_all = search_pairs(world, held, cfg.since, cfg.until).select(pl.col("query").alias("key"), "pin_id")
+    surfaces = {
+        "pintext": (pintext_all, pintext_all),
+        "related": (related_all, pl.concat([related_all, related_all.select("key", pl.col("key").alias("pin_id"))])
+                    .unique()),
+        "search": (search_all, search_all),
+    }
+    sampled = {name: _sample(all_rows, cfg.max_queries, rng) for name, (all_rows, _) in surfaces.items()}
+
+    pool = texts["pin_id"].to_numpy() if cfg.distractor_pool == "all" else held
+    distractor_ids = np.sort(rng.choice(pool, min(cfg.distractors, len(pool)), replace=False))
+    needed = np.unique(np.concatenate([distractor_ids, sampled["pintext"]["pin_id"].to_numpy(),
+                                       sampled["related"]["key"].to_numpy(), sampled["related"]["pin_id"].to_numpy(),
+                                       sampled["search"]["pin_id"].to_numpy()]).astype(np.int64))
+    needed_texts = (pl.DataFrame({"pin_id": needed}).join(texts, on="pin_id", how="left", maintain_order="left")
+                    ["text"].to_list())
+    emb = embedder.embed_pins(needed, needed_texts)
+    queries = sorted(set(sampled["search"]["key"].to_list()))
+    query_emb = embedder.embed_texts(queries)
+    query_row = {q: i for i, q in enumerate(queries)}
+
+    variants = _variants(embedder.prefixes, cfg.int8)
+    slice_of = dict(zip(texts["pin_id"].to_list(), texts["text_slice"].to_list()))
+    has_text = emb.has_text[emb.rows(distractor_ids)]
+
+    def query_vectors(task: Task, rows: pl.DataFrame, prefix: int) -> np.ndarray:
+        if task.query_kind == "query":
+            return query_emb[prefix][[query_row[q] for q in rows["key"].to_list()]]
+        return emb.get(task.query_kind, prefix, rows["key"].to_numpy())
+
+    results = {}
+    for task in TASKS:
+        rows, (all_rows, positives) = sampled[task.surface], surfaces[task.surface]
+        # PinText needs a text to retrieve: its distractors are the sampled pins that have one
+        task_distractors = distractor_ids[has_text] if task.target_kind == "text" else distractor_ids
+        queries_of = partial(query_vectors, task, rows)
+        results[task.name] = {"description": task.description, "query": task.query_kind,
+                              "target": task.target_kind, "pairs_available": all_rows.height,
+                              **_score_task(task, rows, positives, queries_of, emb, task_distractors, variants,
+                                            slice_of, cfg)}
+    return {"cutoff_day": cutoff_day, "config": {**asdict(cfg), "ks": list(cfg.ks)},
+            "heldout_pins": int(len(held)), "distractor_pins": int(len(distractor_ids)),
+            "ks": list(cfg.ks), "variants": variants, "tasks": results}
+
+
+def format_table(results: dict) -> str:
+    """A plain-text table: a row per task (and per text slice), a column per variant of R@K1/K2/...."""
+    ks, variants = results["ks"], results["variants"]
+    head = "R@" + "/".join(str(k) for k in ks)
+
+    def cell(recall: dict) -> str:
+        return "/".join("  -  " if recall[f"R@{k}"] is None else f"{recall[f'R@{k}']:.3f}" for k in ks)
+
+    width = max(len(head) + 8, len(ks) * 6 - 1)
+    lines = [f"{'task':<24}{'queries':>8}{'distr.':>8}  " + "".join(f"{v + ' ' + head:<{width + 2}}" for v in variants)]
+    for name, task in results["tasks"].items():
+        rows = [(name, task["queries"], task["distractors"], task["recall"])]
+        rows += [(f"  {s}", sl["queries"], "", sl["recall"]) for s, sl in task["slices"].items()]
+        for label, n, d, recall in rows:
+            lines.append(f"{label:<24}{n:>8}{d:>8}  " + "".join(f"{cell(recall[v]):<{width + 2}}" for v in variants))
+    return "\n".join(lines)
