@@ -4,14 +4,33 @@ PY := $(VENV)/bin/python
 WORKDIR ?= pinwork
 SEED ?= 0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench results clean
 
 install:
 	@bash scripts/install.sh
 
-demo: install
-	$(PY) -m pinworld.cli generate --workdir $(WORKDIR) --preset demo --seed $(SEED)
-	$(PY) -m pinworld.cli summary --workdir $(WORKDIR)
+# Every stage writes a file that marks it complete; `make demo` skips complete stages and each
+# command resumes its own unfinished work (checkpoints), so an interrupted demo picks up where it was.
+W := $(WORKDIR)
+demo: install $(W)/world/world.json $(W)/pinclip/pretrain/image/report.json $(W)/pinclip/runs/tiny/eval.json \
+      $(W)/embeddings/pinclip/LATEST $(W)/ranking/compare.json
+	$(PY) -m pinlift.summary --workdir $(W)
+
+$(W)/world/world.json:
+	$(VENV)/bin/pinworld generate --workdir $(W) --preset demo --seed $(SEED)
+
+$(W)/pinclip/pretrain/image/report.json: $(W)/world/world.json
+	$(VENV)/bin/pinclip pretrain-image --workdir $(W) --run image --steps 300
+
+$(W)/pinclip/runs/tiny/eval.json: $(W)/pinclip/pretrain/image/report.json
+	$(VENV)/bin/pinclip train tiny pretrained_image=image --workdir $(W) --run tiny
+	$(VENV)/bin/pinclip eval --workdir $(W) --run tiny
+
+$(W)/embeddings/pinclip/LATEST: $(W)/pinclip/runs/tiny/eval.json
+	$(VENV)/bin/pinclip publish --workdir $(W) --source run --run tiny --name pinclip
+
+$(W)/ranking/compare.json: $(W)/embeddings/pinclip/LATEST
+	$(PY) -m ranking.compare --workdir $(W) --arms ids,pinclip --seeds 0 --epochs 2 --results ''
 
 test: install
 	$(PY) -m pytest tests
@@ -19,6 +38,11 @@ test: install
 bench: install
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_response.py
+	$(PY) benchmarks/bench_publish.py
+
+# The full comparison tables (not part of `make demo`): all ranking arms over three seeds.
+results: demo
+	$(PY) -m ranking.compare --workdir $(W) --seeds 0 1 2 --epochs 2
 
 clean:
 	rm -rf $(WORKDIR)

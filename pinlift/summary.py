@@ -1,0 +1,74 @@
+"""`python -m pinlift.summary --workdir W`: one headline figure per stage of the loop, read from the
+files each stage wrote (stages not run yet say so)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def stage_figures(workdir: Path | str) -> list[tuple[str, str, str]]:
+    """(stage, headline, file) rows for every stage of the loop."""
+    w = Path(workdir)
+    rows = []
+    world = _read(w / "world/world.json")
+    rows.append(("world", "not generated" if world is None else
+                 f"{world['preset']} seed {world['seed']}: {world['counts']['pins']:,} pins, "
+                 f"{world['counts']['users']:,} users, {world['counts']['impressions']:,} impressions",
+                 "world/world.json"))
+    pre = _read(w / "pinclip/pretrain/image/report.json")
+    rows.append(("image pretraining", "not run" if pre is None else
+                 f"mAP {pre['mAP']:.3f} over {pre['labels_scored']} annotation labels on {pre['eval_pins']:,} new pins",
+                 "pinclip/pretrain/image/report.json"))
+    ev = _read(w / "pinclip/runs/tiny/eval.json")
+    if ev is None:
+        rows.append(("PinCLIP eval", "not run", "pinclip/runs/tiny/eval.json"))
+    else:
+        parts = [f"{t} {ev['tasks'][t]['recall']['64']['R@10']:.3f}" for t in ev["tasks"]
+                 if ev["tasks"][t].get("recall")]
+        rows.append(("PinCLIP eval", "R@10 (64-d): " + ", ".join(parts), "pinclip/runs/tiny/eval.json"))
+    latest = w / "embeddings/pinclip/LATEST"
+    if latest.is_file():
+        version = latest.read_text().strip()
+        m = _read(w / "embeddings/pinclip" / version / "manifest.json")
+        rows.append(("publish", f"pinclip@{version}: {m['rows']:,} pins, 64-d int8 = 64 bytes per pin and kind",
+                     f"embeddings/pinclip/{version}/manifest.json"))
+    else:
+        rows.append(("publish", "not run", "embeddings/pinclip/LATEST"))
+    cmp_ = _read(w / "ranking/compare.json")
+    if cmp_ is None:
+        rows.append(("ranking", "not run", "ranking/compare.json"))
+    else:
+        s = cmp_["summary"]
+        cells = []
+        for task, sl in (("homefeed/repin", "all"), ("homefeed/repin", "fresh"), ("ads/click", "new_ads")):
+            arms = s.get(task, {}).get(sl, {})
+            if "ids" in arms and "pinclip" in arms:
+                cells.append(f"{task} {sl}: AUC {arms['ids']['auc_mean']:.4f} -> {arms['pinclip']['auc_mean']:.4f}")
+        rows.append(("ranking", "; ".join(cells) or f"arms {cmp_['arms']}", "ranking/compare.json"))
+    for exp in sorted((w / "experiments").glob("*/analysis.json")):
+        a = _read(exp)
+        rows.append((f"A/B {exp.parent.name}", a.get("headline", "analysed"), str(exp.parent.relative_to(w) / "report.html")))
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pinlift.summary", description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", default="pinwork")
+    a = ap.parse_args(argv)
+    rows = stage_figures(a.workdir)
+    width = max(len(r[0]) for r in rows)
+    print(f"pinlift demo summary ({a.workdir})")
+    for stage, headline, path in rows:
+        print(f"  {stage:<{width}}  {headline}\n  {'':<{width}}  -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
