@@ -37,8 +37,9 @@ class PublishError(ValueError):
 
 @dataclass
 class EmbeddingBatch:
-    """Float embeddings to publish: ``pin_ids`` (n,) and per kind an (n, 64) array; a kind may have
-    a row mask (``present``) when it does not apply to every pin (e.g. text for pins without text)."""
+    """Embeddings to publish: ``pin_ids`` (n,) and per kind an (n, 64) array — float (normalized and
+    quantized at publish) or int8 (already quantized, e.g. copied from another version); a kind may
+    have a row mask (``present``) when it does not apply to every pin (e.g. text for pins without text)."""
 
     pin_ids: np.ndarray
     vectors: dict[str, np.ndarray]
@@ -100,7 +101,8 @@ def _part_table(batch: EmbeddingBatch, rows: np.ndarray) -> pa.Table:
     for kind in KINDS:
         if kind not in batch.vectors:
             continue
-        q = quantize(l2_normalize(np.asarray(batch.vectors[kind])[rows]))
+        v = np.asarray(batch.vectors[kind])[rows]
+        q = v if v.dtype == np.int8 else quantize(l2_normalize(v))
         mask = None
         if batch.present and kind in batch.present:
             mask = ~np.asarray(batch.present[kind], bool)[rows]

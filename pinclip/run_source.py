@@ -16,27 +16,43 @@ from pinclip.train import load_run
 from pinworld.world import World
 
 
+class RunEmbedder:
+    """A trained run, loaded once, turning pins into publishable 64-d embedding batches."""
+
+    def __init__(self, workdir: Path | str, run: str, *, world: World | None = None, batch_size: int = 256,
+                 progress: bool = True):
+        self.world = world or World(workdir)
+        self.run = run
+        model, tokenizer, self.saved = load_run(workdir, run)
+        self.embedder = Embedder(model, tokenizer, self.world, batch_size=batch_size, prefixes=(PUBLISHED_DIM,),
+                                 progress=progress)
+
+    @property
+    def source(self) -> dict:
+        return {"kind": "pinclip", "run": self.run, "model": self.saved["train"]["model"],
+                "generator_version": self.world.generator_version,
+                "train_cutoff_day": self.saved["train"]["cutoff_day"]}
+
+    def batch(self, pins: pl.DataFrame) -> EmbeddingBatch:
+        """Embeddings of ``pins`` (rows of ``World.pins(as_of=...)``, so texts known by then)."""
+        texts = pin_texts(pins)
+        ids = texts["pin_id"].to_numpy()
+        vec = self.embedder.embed_pins(ids, texts["text"].to_list())
+        rows = vec.rows(ids)
+        return EmbeddingBatch(ids, {kind: vec.vectors[kind][PUBLISHED_DIM][rows] for kind in ("fusion", "image", "text")},
+                              present={"text": vec.has_text[rows]})
+
+
 def publish_run(workdir: Path | str, run: str, name: str = "pinclip", *, as_of_day: int | None = None,
                 since_day: int | None = None, batch_size: int = 256, progress: bool = True, on_part=None) -> dict:
     """Publish the pins created before ``as_of_day`` (all when None); with ``since_day`` an incremental
     version holding only the pins created since then that LATEST lacks."""
-    world = World(workdir)
-    model, tokenizer, saved = load_run(workdir, run)
-    pins = world.pins(as_of=as_of_day)
+    embedder = RunEmbedder(workdir, run, batch_size=batch_size, progress=progress)
+    pins = embedder.world.pins(as_of=as_of_day)
     if since_day is not None:
         if latest_version(workdir, name) is None:
             raise PublishError(f"pinclip publish: --since-day {since_day}: nothing published under {name!r} yet")
         prev = open_embeddings(workdir, name)
         pins = pins.filter((pl.col("created_day") >= since_day) & ~pl.col("pin_id").is_in(prev.pin_ids))
-    texts = pin_texts(pins)
-    ids = texts["pin_id"].to_numpy()
-    emb = Embedder(model, tokenizer, world, batch_size=batch_size, prefixes=(PUBLISHED_DIM,), progress=progress)
-    vec = emb.embed_pins(ids, texts["text"].to_list())
-    rows = vec.rows(ids)
-    batch = EmbeddingBatch(ids, {kind: vec.vectors[kind][PUBLISHED_DIM][rows] for kind in ("fusion", "image", "text")},
-                           present={"text": vec.has_text[rows]})
-    source = {"kind": "pinclip", "run": run, "model": saved["train"]["model"],
-              "generator_version": world.generator_version, "train_cutoff_day": saved["train"]["cutoff_day"]}
-    return publish(workdir, name, batch, source=source, incremental=since_day is not None, as_of_day=as_of_day,
-                   on_part=on_part)
-
+    return publish(workdir, name, embedder.batch(pins), source=embedder.source, incremental=since_day is not None,
+                   as_of_day=as_of_day, on_part=on_part)

@@ -44,3 +44,22 @@ def test_publish_run_matches_model_and_is_incremental(tiny_workdir, tiny_world, 
     assert cli.main(["publish", "--workdir", str(tiny_workdir), "--source", "run", "--name", "pc2"]) == 2
     assert "expected --run" in capsys.readouterr().err
     assert torch.is_grad_enabled()
+
+
+def test_experiment_publisher_for_a_run(tiny_workdir, tiny_world, tiny_pinclip_run, tmp_path):
+    from abtest.publishers import make_publisher
+    from pinclip.run_source import publish_run
+
+    publish_run(tiny_workdir, tiny_pinclip_run, "pc_ab", progress=False)
+    pub = make_publisher(tiny_world, tmp_path, "pc_ab", lag=1)
+    first = pub.publish_until(30)
+    created = tiny_world.table("pins").sort("pin_id")["created_day"].to_numpy()
+    assert len(first) == int((created < 30).sum())          # visible: created on days <= 29 = day - lag
+    base = open_embeddings(tiny_workdir, "pc_ab")
+    np.testing.assert_array_equal(first.lookup(first.pin_ids).values, base.lookup(first.pin_ids).values)
+    second = pub.publish_until(32)
+    assert len(second) == int((created < 32).sum()) and second.manifest["parent"] == first.version
+    new = np.flatnonzero((created >= 30) & (created < 32))
+    np.testing.assert_allclose(second.lookup(new, dequantize_values=True).values,
+                               base.lookup(new, dequantize_values=True).values, atol=1.5 / 127)
+    assert pub.publish_until(32) is second and [h["added"] for h in pub.history][:2] == [len(first), len(new)]

@@ -1,0 +1,5 @@
+import sys
+
+from abtest.cli import main
+
+sys.exit(main())

@@ -1,0 +1,149 @@
+"""``abtest analyze exp.yaml``: per-variant sufficient statistics in SQL, statistics on top, a report.
+
+Per (metric, surface) cell: Welch's t-test on per-user means (CUPED-adjusted with the pre-period
+covariate when organic logs cover the pre-period), the delta method for ratio metrics (CTR, CPC) and
+for every relative-lift interval, the minimum detectable effect at the configured power; across cells,
+multiple-testing control (Benjamini–Hochberg by default); once per experiment, the sample-ratio
+mismatch check. Works on any ``exposures`` + ``events`` in the documented schemas, simulated or real.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from abtest import stats
+from abtest.config import VARIANTS, ExperimentConfig, dump_config
+from abtest.errors import input_error
+from abtest.metrics import Cell, Sources, cells_of, check_exposures, open_readonly, sufficient_stats
+
+
+def pre_window(cfg: ExperimentConfig, src: Sources) -> tuple[int, int] | None:
+    """Days [lo, hi) of organic logs used as the CUPED covariate, or None when there is none."""
+    if not cfg.cuped or cfg.pre_period_days == 0 or src.impressions is None:
+        return None
+    return (cfg.days.start - cfg.pre_period_days, cfg.days.start)
+
+
+def _num(x):
+    """A JSON-safe number (NaN and infinities become None)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _estimate(e: stats.Estimate) -> dict:
+    return {k: _num(v) for k, v in asdict(e).items()}
+
+
+def _mde(n_c, n_t, var_c, var_t, baseline, cfg: ExperimentConfig) -> dict | None:
+    if not (np.isfinite([var_c, var_t, baseline]).all()) or baseline == 0:
+        return None
+    m = stats.minimum_detectable_effect(int(n_c), int(n_t), float(var_c), float(var_t),
+                                        baseline_mean=float(baseline), alpha=cfg.alpha, power=cfg.power)
+    return {"absolute": _num(m.absolute), "relative": _num(m.relative), "power": cfg.power}
+
+
+def analyze_cell(cell: Cell, sums: dict[str, dict[str, float]], cfg: ExperimentConfig,
+                 with_covariate: bool) -> dict:
+    """Statistics of one (metric, surface) from the per-variant sums."""
+    # numpy scalars, not Python floats: stats.py relies on numpy's divide-by-zero semantics
+    i = cell.index
+    c, t = ({k: np.float64(v) for k, v in sums[v].items()} for v in ("control", "treatment"))
+    out = {"metric": cell.metric.name, "surface": cell.surface, "key": cell.key, "kind": cell.metric.kind,
+           "description": cell.metric.doc, "n": {"control": int(c["n"]), "treatment": int(t["n"])}}
+    if cell.metric.kind == "ratio":
+        rc, rt = (stats.RatioStats(s["n"], s[f"sx{i}"], s[f"sy{i}"], s[f"sxx{i}"], s[f"syy{i}"], s[f"sxy{i}"])
+                  for s in (c, t))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            effect = stats.ratio_test(rc, rt, alpha=cfg.alpha, metric=cell.key)
+            mde = _mde(rc.n, rt.n, rc.ratio_variance * rc.n, rt.ratio_variance * rt.n, rc.ratio, cfg)
+        out.update(numerator_sum={"control": c[f"sx{i}"], "treatment": t[f"sx{i}"]},
+                   denominator_sum={"control": c[f"sy{i}"], "treatment": t[f"sy{i}"]})
+        cuped = None
+    else:
+        mc, mt = (stats.MeanStats(s["n"], s[f"sx{i}"], s[f"sxx{i}"]) for s in (c, t))
+        welch = stats.welch_test(mc, mt, alpha=cfg.alpha, metric=cell.key)
+        effect, cuped, vrf = welch, None, 1.0
+        if with_covariate:
+            cc, ct = (stats.CupedStats(s["n"], s[f"sx{i}"], s[f"sxx{i}"], s[f"sc{i}"], s[f"scc{i}"], s[f"sxc{i}"])
+                      for s in (c, t))
+            res = stats.cuped_test(cc, ct, alpha=cfg.alpha, metric=cell.key)
+            effect, vrf = res.effect, float(res.variance_reduction_factor)
+            cuped = {"theta": _num(res.theta), "correlation": _num(res.correlation),
+                     "variance_reduction_factor": _num(res.variance_reduction_factor)}
+            out["unadjusted"] = {"control_mean": _num(welch.control_mean), "treatment_mean": _num(welch.treatment_mean),
+                                 "absolute": _estimate(welch.absolute), "relative": _estimate(welch.relative)}
+        mde = _mde(mc.n, mt.n, mc.variance * vrf, mt.variance * vrf, mc.mean, cfg)
+    out.update(method=effect.method, control_mean=_num(effect.control_mean), treatment_mean=_num(effect.treatment_mean),
+               absolute=_estimate(effect.absolute), relative=_estimate(effect.relative),
+               p_value=_num(effect.absolute.p_value), cuped=cuped, mde=mde)
+    return out
+
+
+def _generator_version(cfg: ExperimentConfig) -> str | None:
+    for path in (cfg.experiment_dir / "simulation.json", Path(cfg.workdir) / "world" / "world.json"):
+        if path.is_file():
+            return json.loads(path.read_text()).get("generator_version")
+    return None
+
+
+def analyze(cfg: ExperimentConfig, *, write: bool = True) -> dict:
+    """Analyse ``W/experiments/<name>/``; with ``write``, save analysis.json and the reports there."""
+    exp_dir = cfg.experiment_dir
+    if not exp_dir.is_dir():
+        raise input_error(exp_dir, "experiment", "a directory with exposures/ and events/ "
+                          "(run `abtest simulate` or write your logs there)", "no such directory")
+    src = Sources.for_experiment(cfg.workdir, exp_dir)
+    metrics = cfg.metric_list()
+    if not metrics:
+        raise cfg.error(("metrics",), "a metric on one of the experiment's surfaces", "none")
+    needs_pins = [m.name for m in metrics if m.needs_pins]
+    if needs_pins and src.pins is None:
+        raise input_error(Path(cfg.workdir) / "world" / "pins.parquet", "pins",
+                          f"the pins table (metric {needs_pins[0]!r} needs created_day / is_ad)", "no such file")
+    cells = cells_of(metrics)
+    window = pre_window(cfg, src)
+    with open_readonly(src) as con:
+        counts = check_exposures(con, src, VARIANTS)
+        sums = sufficient_stats(con, cells, window)
+        lo, hi, n_events = con.execute("SELECT MIN(day), MAX(day), COUNT(*) FROM events").fetchone()
+        if window is not None:
+            pre_rows = con.execute("SELECT COUNT(*) FROM pre_events WHERE day >= ? AND day < ?",
+                                   list(window)).fetchone()[0]
+            if pre_rows == 0:
+                window = None   # no organic activity in the pre-period: nothing to adjust with
+                sums = sufficient_stats(con, cells, None)
+    results = [analyze_cell(c, sums, cfg, window is not None) for c in cells]
+    finite = [j for j, r in enumerate(results) if r["p_value"] is not None]
+    adj = stats.adjust_p_values([results[j]["p_value"] for j in finite], cfg.multiple_testing, alpha=cfg.alpha)
+    for r in results:
+        r["p_adjusted"], r["significant"] = None, False
+    for j, p, rej in zip(finite, adj.adjusted, adj.reject):
+        results[j]["p_adjusted"], results[j]["significant"] = float(p), bool(rej)
+    srm = stats.srm_test([counts[v] for v in VARIANTS], cfg.traffic.shares(), threshold=cfg.srm_threshold)
+    analysis = {
+        "experiment": cfg.name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "generator_version": _generator_version(cfg),
+        "alpha": cfg.alpha, "power": cfg.power, "multiple_testing": cfg.multiple_testing,
+        "users": {v: counts[v] for v in VARIANTS},
+        "events": {"rows": int(n_events), "first_day": lo, "last_day": hi},
+        "pre_period": None if window is None else {"first_day": window[0], "last_day": window[1] - 1,
+                                                   "source": str(src.impressions)},
+        "srm": {"observed": srm.observed.tolist(), "expected": srm.expected.tolist(), "shares": list(cfg.traffic.shares()),
+                "chi2": _num(srm.chi2), "p_value": _num(srm.p_value), "threshold": srm.threshold,
+                "mismatch": srm.mismatch},
+        "results": results,
+        "config": dump_config(cfg),
+    }
+    if write:
+        from abtest.report import write_report
+
+        write_report(exp_dir, analysis)
+    return analysis

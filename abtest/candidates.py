@@ -1,0 +1,184 @@
+"""Requests and candidate pools for the experiment: the organic logging policy's candidate sources
+(topic, fresh-in-topic, popular, random; Related Pins from the query's topic; live ads), plus, for arms
+that ask for it, Related Pins neighbours from an HNSW index over published embeddings (the paper's
+Table 5 experiment).
+
+Popularity (saves and clicks so far) is read from the world's organic tables strictly before each day:
+the experiment's users are a small slice of traffic, the rest of production keeps logging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from pinclip.embeddings import PublishedEmbeddings
+from pinclip.index import CandidateIndex, HNSWConfig
+from pinworld.clock import FRESH_DAYS
+from pinworld.logs import POOL_FACTOR, LoggingPolicy
+from pinworld.world import World
+
+ADS_POOL_FACTOR = 4   # ads sampled per slot before the auction, as in the logging policy
+
+
+@dataclass
+class Requests:
+    """The requests of one surface on one day: who asked, the query pin (Related Pins), the pool."""
+
+    surface: str
+    user_ids: np.ndarray      # (R,)
+    request_ids: np.ndarray   # (R,)
+    pool: np.ndarray          # (R, M) candidate pin ids, may repeat
+    query: np.ndarray | None  # (R,) query pin ids for Related Pins
+    k: int                    # slate size
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+class CandidateSource(LoggingPolicy):
+    """The logging policy's candidate sources, returning pools instead of ranked slates."""
+
+    def __init__(self, world: World):
+        super().__init__(world.truth)
+        pb = world.table("pin_board").select("pin_id", "day")
+        self._saves = (pb["pin_id"].to_numpy(), pb["day"].to_numpy())
+        clicks = world.scan("impressions").filter(pl.col("click")).select("pin_id", "day").collect()
+        self._clicks = (clicks["pin_id"].to_numpy(), clicks["day"].to_numpy())
+        n = len(self.truth.pins.topic)
+        self.bid = np.zeros(n, np.float64)
+        if world.has("ads"):
+            ads = world.table("ads")
+            self.bid[ads["pin_id"].to_numpy()] = ads["bid"].to_numpy()
+            self.ad_start = np.full(n, np.iinfo(np.int32).max, np.int64)
+            self.ad_end = np.zeros(n, np.int64)
+            self.ad_start[ads["pin_id"].to_numpy()] = ads["created_day"].to_numpy()
+            self.ad_end[ads["pin_id"].to_numpy()] = ads["end_day"].to_numpy()
+        else:
+            self.ad_start = np.full(n, np.iinfo(np.int32).max, np.int64)
+            self.ad_end = np.zeros(n, np.int64)
+        self.day: int | None = None
+
+    def set_day(self, day: int) -> None:
+        """Popularity as of the start of ``day`` (events on earlier days only)."""
+        n = len(self.truth.pins.topic)
+        pins, days = self._saves
+        self.saves_so_far = np.bincount(pins[days < day], minlength=n).astype(np.float32)
+        pins, days = self._clicks
+        self.clicks_so_far = np.bincount(pins[days < day], minlength=n).astype(np.float32)
+        self.day = day
+
+    def requests(self, day: int, active_users: np.ndarray, surfaces, rng_for) -> dict[str, Requests]:
+        """Requests of ``active_users`` on ``day``; ``rng_for(surface)`` gives each surface its stream."""
+        if self.day != day:
+            self.set_day(day)
+        truth, cfg, p = self.truth, self.truth.cfg, self.truth.pins
+        lo, fresh_lo, live_hi = self._topic_ranges(day)
+        live_org = self.organic[p.created_day[self.organic] <= day]
+        pop_w = np.cumsum(self.saves_so_far[live_org] + 1.0)
+        out = {}
+        for surface in surfaces:
+            rng = rng_for(surface)
+
+            def random_live(n):
+                return live_org[rng.integers(0, len(live_org), n)]
+
+            def popular(n):
+                return live_org[np.minimum(np.searchsorted(pop_w, rng.random(n) * pop_w[-1]), len(live_org) - 1)]
+
+            if surface == "homefeed":
+                users = np.repeat(active_users, rng.poisson(cfg.requests_homefeed, len(active_users)))
+                k = cfg.slate_homefeed
+                m = k * POOL_FACTOR
+                flat_u = np.repeat(users, m)
+                topics = self._sample_topics(flat_u, rng)
+                fallback = random_live(len(flat_u))
+                src = rng.random(len(flat_u))
+                pool = np.where(src < 0.55, self._from_topics(topics, lo, live_hi, rng, fallback),
+                       np.where(src < 0.75, self._from_topics(topics, fresh_lo, live_hi, rng, fallback),
+                       np.where(src < 0.9, popular(len(flat_u)), fallback))).reshape(len(users), m)
+                out[surface] = Requests(surface, users, np.zeros(0), pool, None, k)
+            elif surface == "related":
+                users = np.repeat(active_users, rng.poisson(cfg.requests_related, len(active_users)))
+                k = cfg.slate_related
+                m = k * POOL_FACTOR
+                query = self._from_topics(self._sample_topics(users, rng), lo, live_hi, rng, random_live(len(users)))
+                flat_q = np.repeat(query, m)
+                fallback = random_live(len(flat_q))
+                src = rng.random(len(flat_q))
+                pool = np.where(src < 0.6, self._from_topics(p.topic[flat_q], lo, live_hi, rng, fallback),
+                       np.where(src < 0.8, popular(len(flat_q)), fallback)).reshape(len(users), m)
+                out[surface] = Requests(surface, users, np.zeros(0), pool, query, k)
+            elif surface == "ads":
+                users = np.repeat(active_users, rng.poisson(cfg.requests_ads, len(active_users)))
+                ads = np.flatnonzero((self.ad_start <= day) & (day < self.ad_end) & (self.bid > 0))
+                if len(ads) == 0:
+                    users = users[:0]
+                    ads = np.zeros(1, np.int64)
+                k = min(cfg.slate_ads, len(ads))
+                pool = ads[rng.integers(0, len(ads), (len(users), ADS_POOL_FACTOR * k))]
+                out[surface] = Requests(surface, users, np.zeros(0), pool, None, k)
+            else:
+                raise ValueError(f"abtest: unknown surface {surface!r}")
+        return out
+
+    # ---- features the logging-policy ranker uses -------------------------------------------------
+
+    def policy_scores(self, req: Requests, pool: np.ndarray, day: int, gumbel: np.ndarray) -> np.ndarray:
+        """The logging policy's score of each candidate (higher is better); ``gumbel`` is its
+        exploration noise, one draw per candidate. For Ads: log of a pCTR-like quality (no bid)."""
+        p, u = self.truth.pins, self.truth.users
+        safe = np.maximum(pool, 0)
+        if req.surface == "homefeed":
+            return (np.log(u.policy_taste[req.user_ids[:, None], p.topic[safe]])
+                    + 0.3 * np.log1p(self.saves_so_far[safe]) + gumbel
+                    + 0.3 * (day - p.created_day[safe] < FRESH_DAYS))
+        if req.surface == "related":
+            score = (1.5 * (p.topic[safe] == p.topic[req.query][:, None])
+                     + 0.3 * np.log1p(self.saves_so_far[safe]) + gumbel)
+            return np.where(safe == req.query[:, None], -np.inf, score)
+        return (np.log(u.policy_taste[req.user_ids[:, None], p.topic[safe]])
+                + 0.3 * np.log1p(self.clicks_so_far[safe]) + 0.5 * gumbel)
+
+
+class AnnCandidateSource:
+    """Related Pins neighbours of the query pin from an HNSW index over a published embedding,
+    updated incrementally as new versions arrive (new pins added, nothing rebuilt)."""
+
+    def __init__(self, k: int, hnsw: HNSWConfig, is_ad: np.ndarray):
+        self.k, self.hnsw, self.is_ad = k, hnsw, is_ad
+        self.index: CandidateIndex | None = None
+        self.emb: PublishedEmbeddings | None = None
+
+    def update(self, emb: PublishedEmbeddings) -> None:
+        if self.emb is not None and emb.version == self.emb.version:
+            return
+        if self.index is None:
+            self.index = CandidateIndex.build(emb, self.hnsw)
+        else:
+            new = emb.pin_ids[~np.isin(emb.pin_ids, self.index.pin_ids)]
+            look = emb.lookup(new, "fusion", dequantize_values=True)
+            if look.found.any():
+                self.index.index.add(np.ascontiguousarray(look.values[look.found], np.float32))
+                self.index.pin_ids = np.concatenate([self.index.pin_ids, new[look.found]])
+        self.emb = emb
+
+    def related(self, query: np.ndarray) -> np.ndarray:
+        """(R, k) organic neighbours of each query pin (-1 padding; all -1 for a query pin that has
+        no embedding yet)."""
+        out = np.full((len(query), self.k), -1, np.int64)
+        if self.index is None or len(query) == 0:
+            return out
+        look = self.emb.lookup(query, "fusion", dequantize_values=True)
+        rows = np.flatnonzero(look.found)
+        if len(rows) == 0:
+            return out
+        _, ids = self.index.search(look.values[rows], 2 * self.k + 1)
+        keep = (ids >= 0) & (ids != query[rows][:, None]) & ~self.is_ad[np.maximum(ids, 0)]
+        # compact the kept ids to the left of each row, order preserved
+        order = np.argsort(~keep, axis=1, kind="stable")
+        ids = np.take_along_axis(np.where(keep, ids, -1), order, 1)[:, : self.k]
+        out[rows, : ids.shape[1]] = ids
+        return out

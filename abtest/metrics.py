@@ -1,0 +1,380 @@
+"""Metrics in SQL on DuckDB: per-user values, and per-variant sufficient statistics.
+
+A metric is an aggregate of event rows per user: the number (``count``) or the sum of a column
+(``sum``) of the rows with a given action on a surface, optionally only for some pins (fresh content,
+new ads, ...). A *mean* metric compares per-user values (Welch, CUPED); a *ratio* metric compares
+Σ numerator / Σ denominator over users (CTR = clicks / impressions, CPC = spend / clicks) with the
+delta method. Each (metric, surface) pair is one test, a *cell*.
+
+SQL safety: the query text is assembled only from this module's fixed fragments, chosen by values
+the config schema has already restricted to closed vocabularies; surfaces, actions and day bounds go
+in as bound parameters; the connection is read-only (``open_readonly``). No user string is ever
+pasted into SQL except file paths of the workspace, quoted.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import numpy as np
+
+from abtest.errors import input_error
+from pinworld.clock import FRESH_DAYS, NEW_AD_DAYS
+
+SURFACES = ("homefeed", "related", "ads")
+ACTIONS = ("impression", "repin", "click", "hide")
+EVENT_COLUMNS = ("value", "position")
+PIN_FILTERS = ("any", "fresh", "new_ad", "organic", "ad")
+
+_COLUMN_SQL = {"value": "e.value", "position": "CAST(e.position AS DOUBLE)"}
+_PIN_SQL = {
+    "any": "TRUE",
+    "fresh": "(e.day - e.pin_created_day) < ?",
+    "new_ad": "(e.pin_is_ad AND (e.day - e.pin_created_day) < ?)",
+    "organic": "(NOT e.pin_is_ad)",
+    "ad": "e.pin_is_ad",
+}
+_PIN_PARAMS = {"fresh": (FRESH_DAYS,), "new_ad": (NEW_AD_DAYS,)}
+PIN_FILTERS_NEEDING_PINS = ("fresh", "new_ad", "organic", "ad")
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """Per user: count (column None) or sum of ``column`` over events with ``action`` on ``pins``."""
+
+    action: str
+    column: str | None = None
+    pins: str = "any"
+
+    def __post_init__(self):
+        # the vocabularies are what make the SQL fragments safe; enforce them here as well
+        if self.action not in ACTIONS or self.pins not in PIN_FILTERS or (
+                self.column is not None and self.column not in EVENT_COLUMNS):
+            raise ValueError(f"abtest: invalid aggregate {self}")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    kind: str                       # "mean" | "ratio"
+    numerator: Aggregate
+    denominator: Aggregate | None   # ratio metrics only
+    surfaces: tuple[str, ...]
+    doc: str = ""
+
+    def on(self, surfaces) -> "Metric":
+        return replace(self, surfaces=tuple(surfaces))
+
+    @property
+    def needs_pins(self) -> bool:
+        aggs = [self.numerator] + ([self.denominator] if self.denominator else [])
+        return any(a.pins in PIN_FILTERS_NEEDING_PINS for a in aggs)
+
+
+def _m(name, kind, num, den, surfaces, doc):
+    return Metric(name, kind, num, den, surfaces, doc)
+
+
+BUILTIN_METRICS: dict[str, Metric] = {m.name: m for m in (
+    _m("repins", "mean", Aggregate("repin"), None, SURFACES, "repins per user"),
+    _m("fresh_repins", "mean", Aggregate("repin", pins="fresh"), None, SURFACES,
+       f"repins of fresh pins (age < {FRESH_DAYS} days) per user"),
+    _m("clicks", "mean", Aggregate("click"), None, SURFACES, "clicks per user"),
+    _m("new_ad_clicks", "mean", Aggregate("click", pins="new_ad"), None, ("ads",),
+       f"clicks on new ads (age < {NEW_AD_DAYS} days) per user"),
+    _m("hides", "mean", Aggregate("hide"), None, SURFACES, "hides per user"),
+    _m("impressions", "mean", Aggregate("impression"), None, SURFACES, "impressions per user"),
+    _m("spend", "mean", Aggregate("click", column="value"), None, ("ads",), "ad spend per user (cents)"),
+    _m("ctr", "ratio", Aggregate("click"), Aggregate("impression"), SURFACES, "clicks / impressions"),
+    _m("cpc", "ratio", Aggregate("click", column="value"), Aggregate("click"), ("ads",),
+       "ad spend / ad clicks (cents per click)"),
+)}
+DEFAULT_METRICS = ("repins", "fresh_repins", "new_ad_clicks", "ctr", "cpc", "hides")
+
+
+def metric_from_spec(name: str, surfaces, aggregate: str | None, column: str | None,
+                     action: str | None, pins: str | None) -> Metric:
+    """A built-in metric (``aggregate`` None) or a custom one; ``mean`` is Σcolumn / count per variant."""
+    if aggregate is None:
+        m = BUILTIN_METRICS[name]
+        return m.on(surfaces) if surfaces else m
+    surfaces = tuple(surfaces or SURFACES)
+    pins = pins or "any"
+    if aggregate == "count":
+        return Metric(name, "mean", Aggregate(action, None, pins), None, surfaces, f"{action} events per user")
+    if aggregate == "sum":
+        return Metric(name, "mean", Aggregate(action, column, pins), None, surfaces,
+                      f"sum of {column} over {action} events per user")
+    return Metric(name, "ratio", Aggregate(action, column, pins), Aggregate(action, None, pins), surfaces,
+                  f"mean {column} of {action} events")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (metric, surface) pair: one test. Its SQL columns are x{i}, y{i} (ratio), c{i} (covariate)."""
+
+    index: int
+    metric: Metric
+    surface: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.metric.name}/{self.surface}"
+
+
+def cells_of(metrics: list[Metric]) -> list[Cell]:
+    out = []
+    for m in metrics:
+        for s in m.surfaces:
+            out.append(Cell(len(out), m, s))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources and the read-only connection
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the tables are: experiment ``exposures``/``events`` (Parquet directories), the world's
+    ``pins`` table and the organic ``impressions`` logs (for the pre-period; optional)."""
+
+    exposures: Path
+    events: Path
+    pins: Path | None = None
+    impressions: Path | None = None
+
+    @classmethod
+    def for_experiment(cls, workdir: Path | str, experiment_dir: Path | str) -> "Sources":
+        w, e = Path(workdir), Path(experiment_dir)
+        pins = w / "world" / "pins.parquet"
+        imp = w / "logs" / "impressions"
+        return cls(e / "exposures", e / "events", pins if pins.is_file() else None,
+                   imp if imp.is_dir() and any(imp.rglob("*.parquet")) else None)
+
+
+_TYPE_FAMILIES = {
+    "int": ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "HUGEINT"),
+    "string": ("VARCHAR",),
+    "float": ("FLOAT", "DOUBLE", "REAL", "DECIMAL", "TINYINT", "SMALLINT", "INTEGER", "BIGINT"),
+    "bool": ("BOOLEAN",),
+}
+EVENTS_COLUMNS = {"day": "int", "user_id": "int", "surface": "string", "request_id": "int", "pin_id": "int",
+                  "position": "int", "action": "string", "value": "float"}
+EXPOSURES_COLUMNS = {"experiment": "string", "user_id": "int", "variant": "string", "first_exposure_day": "int"}
+PINS_COLUMNS = {"pin_id": "int", "created_day": "int", "is_ad": "bool"}
+IMPRESSIONS_COLUMNS = {"day": "int", "user_id": "int", "surface": "string", "request_id": "int",
+                       "pin_id": "int", "position": "int", "repin": "bool", "click": "bool", "hide": "bool"}
+
+
+def _q(path: Path) -> str:
+    return str(path.resolve()).replace("'", "''")
+
+
+def _scan(path: Path) -> str:
+    if path.suffix == ".parquet":
+        return f"read_parquet('{_q(path)}')"
+    return f"read_parquet('{_q(path)}/**/*.parquet', hive_partitioning = false)"
+
+
+def _check_dataset(con, path: Path, table: str, columns: dict[str, str]) -> None:
+    if path.suffix != ".parquet" and (not path.is_dir() or not any(path.rglob("*.parquet"))):
+        raise input_error(path, table, "Parquet files", "none" if path.is_dir() else "no such directory")
+    try:
+        described = con.execute(f"DESCRIBE SELECT * FROM {_scan(path)}").fetchall()
+    except duckdb.Error as exc:
+        raise input_error(path, table, "readable Parquet", str(exc).splitlines()[0]) from None
+    types = {row[0]: row[1] for row in described}
+    for name, kind in columns.items():
+        if name not in types:
+            raise input_error(path, f"column {name!r}", f"a {kind} column", "no such column")
+        base = types[name].split("(")[0]
+        if base not in _TYPE_FAMILIES[kind]:
+            raise input_error(path, f"column {name!r}", kind, types[name])
+
+
+def _create_views(con, src: Sources) -> None:
+    _check_dataset(con, src.exposures, "exposures", EXPOSURES_COLUMNS)
+    _check_dataset(con, src.events, "events", EVENTS_COLUMNS)
+    con.execute(f"""CREATE VIEW exposures AS SELECT CAST(experiment AS VARCHAR) AS experiment,
+        CAST(user_id AS BIGINT) AS user_id, CAST(variant AS VARCHAR) AS variant,
+        CAST(first_exposure_day AS INTEGER) AS first_exposure_day FROM {_scan(src.exposures)}""")
+    con.execute(f"""CREATE VIEW events AS SELECT CAST(day AS INTEGER) AS day, CAST(user_id AS BIGINT) AS user_id,
+        CAST(surface AS VARCHAR) AS surface, CAST(request_id AS BIGINT) AS request_id,
+        CAST(pin_id AS BIGINT) AS pin_id, CAST(position AS INTEGER) AS position,
+        CAST(action AS VARCHAR) AS action, CAST(value AS DOUBLE) AS value FROM {_scan(src.events)}""")
+    if src.pins is not None:
+        _check_dataset(con, src.pins, "pins", PINS_COLUMNS)
+        con.execute(f"""CREATE VIEW pins AS SELECT CAST(pin_id AS BIGINT) AS pin_id,
+            CAST(created_day AS INTEGER) AS created_day, CAST(is_ad AS BOOLEAN) AS is_ad FROM {_scan(src.pins)}""")
+    else:
+        con.execute("CREATE VIEW pins AS SELECT CAST(NULL AS BIGINT) AS pin_id, CAST(NULL AS INTEGER) AS created_day, "
+                    "CAST(NULL AS BOOLEAN) AS is_ad WHERE FALSE")
+    if src.impressions is not None:
+        _check_dataset(con, src.impressions, "impressions", IMPRESSIONS_COLUMNS)
+        # organic logs in the events schema: one impression row per slot plus one row per action
+        con.execute(f"""CREATE VIEW pre_events AS
+            WITH imp AS (SELECT CAST(day AS INTEGER) AS day, CAST(user_id AS BIGINT) AS user_id,
+                                CAST(surface AS VARCHAR) AS surface, CAST(request_id AS BIGINT) AS request_id,
+                                CAST(pin_id AS BIGINT) AS pin_id, CAST(position AS INTEGER) AS position,
+                                repin, click, hide FROM {_scan(src.impressions)})
+            SELECT day, user_id, surface, request_id, pin_id, position, 'impression' AS action,
+                   CAST(NULL AS DOUBLE) AS value FROM imp
+            UNION ALL
+            SELECT day, user_id, surface, request_id, pin_id, position, action, CAST(NULL AS DOUBLE) AS value
+            FROM imp UNPIVOT (happened FOR action IN (repin, click, hide)) WHERE happened""")
+
+
+@contextmanager
+def open_readonly(src: Sources) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only DuckDB connection with views ``exposures``, ``events``, ``pins`` and (when organic
+    logs exist) ``pre_events``. The views live in a scratch database file, written once and reopened
+    read-only, so no metric query can write anything."""
+    with tempfile.TemporaryDirectory(prefix="abtest-duckdb-") as tmp:
+        db = str(Path(tmp) / "views.duckdb")
+        con = duckdb.connect(db)
+        try:
+            _create_views(con, src)
+        finally:
+            con.close()
+        con = duckdb.connect(db, read_only=True, config={"threads": 2})
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+def check_exposures(con, src: Sources, variants=("control", "treatment"), min_users: int = 2) -> dict[str, int]:
+    """Users per variant; errors on unknown variants, duplicate users, empty or missing arms."""
+    rows = con.execute("SELECT variant, COUNT(*), COUNT(DISTINCT user_id) FROM exposures GROUP BY variant").fetchall()
+    counts = {v: 0 for v in variants}
+    for variant, n, distinct in rows:
+        if variant not in counts:
+            raise input_error(src.exposures, "column 'variant'", f"one of {', '.join(variants)}", repr(variant))
+        counts[variant] = int(n)
+    dup = con.execute("SELECT user_id FROM exposures GROUP BY user_id HAVING COUNT(*) > 1 LIMIT 1").fetchone()
+    if dup:
+        raise input_error(src.exposures, "column 'user_id'", "one row per user", f"user {dup[0]} twice")
+    for v, n in counts.items():
+        if n < min_users:
+            raise input_error(src.exposures, f"variant {v!r}", f"at least {min_users} users", n)
+    n_events = con.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    if n_events == 0:
+        raise input_error(src.events, "events", "event rows", "none")
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# SQL
+
+
+class _Sql:
+    """Query text and its positional parameters, assembled left to right."""
+
+    def __init__(self):
+        self.parts: list[str] = []
+        self.params: list = []
+
+    def add(self, text: str, *params) -> "_Sql":
+        self.parts.append(text)
+        self.params.extend(params)
+        return self
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _aggregate(q: _Sql, agg: Aggregate, surface: str, alias: str) -> None:
+    value = "1.0" if agg.column is None else _COLUMN_SQL[agg.column]
+    q.add("SUM(CASE WHEN e.surface = ? AND e.action = ? AND ", surface, agg.action)
+    q.add(_PIN_SQL[agg.pins], *_PIN_PARAMS.get(agg.pins, ()))
+    q.add(f" THEN {value} ELSE 0.0 END) AS {alias}")
+
+
+def _select_cells(q: _Sql, cells: list[Cell], covariate: bool) -> None:
+    first = True
+    for c in cells:
+        if covariate and c.metric.kind != "mean":
+            continue
+        pairs = [(c.metric.numerator, f"c{c.index}")] if covariate else (
+            [(c.metric.numerator, f"x{c.index}")]
+            + ([(c.metric.denominator, f"y{c.index}")] if c.metric.kind == "ratio" else []))
+        for agg, alias in pairs:
+            q.add("" if first else ", ")
+            _aggregate(q, agg, c.surface, alias)
+            first = False
+    if first:
+        q.add("0.0 AS no_cells")
+
+
+def value_columns(cells: list[Cell], covariate: bool) -> list[str]:
+    """Per-user columns of the per-user query: x{i} [y{i}] for every cell, then c{i} for mean cells."""
+    cols = []
+    for c in cells:
+        cols.append(f"x{c.index}")
+        if c.metric.kind == "ratio":
+            cols.append(f"y{c.index}")
+    if covariate:
+        cols += [f"c{c.index}" for c in cells if c.metric.kind == "mean"]
+    return cols
+
+
+def per_user_query(cells: list[Cell], pre_window: tuple[int, int] | None) -> tuple[str, list]:
+    """SQL for one row per exposed user: user_id, variant, first_exposure_day and the value columns.
+
+    Events count from the user's first exposure day on; ``pre_window`` [lo, hi) adds the CUPED
+    covariates c{i} from the organic logs of those days (0 for users with no organic activity)."""
+    q = _Sql()
+    q.add("WITH ev AS (SELECT e.day, e.user_id, e.surface, e.action, e.value, e.position, "
+          "p.created_day AS pin_created_day, p.is_ad AS pin_is_ad FROM events e "
+          "JOIN exposures x ON e.user_id = x.user_id AND e.day >= x.first_exposure_day "
+          "LEFT JOIN pins p ON e.pin_id = p.pin_id), ")
+    q.add("during AS (SELECT e.user_id, ")
+    _select_cells(q, cells, covariate=False)
+    q.add(" FROM ev e GROUP BY e.user_id)")
+    if pre_window is not None:
+        q.add(", pre AS (SELECT e.user_id, ")
+        _select_cells(q, cells, covariate=True)
+        q.add(" FROM (SELECT pe.day, pe.user_id, pe.surface, pe.action, pe.value, pe.position, "
+              "p.created_day AS pin_created_day, p.is_ad AS pin_is_ad FROM pre_events pe "
+              "LEFT JOIN pins p ON pe.pin_id = p.pin_id WHERE pe.day >= ? AND pe.day < ?) e "
+              "GROUP BY e.user_id)", int(pre_window[0]), int(pre_window[1]))
+    cols = value_columns(cells, covariate=pre_window is not None)
+    select = ", ".join(f"COALESCE({'pr' if c[0] == 'c' else 'd'}.{c}, 0.0) AS {c}" for c in cols)
+    q.add(f" SELECT x.user_id, x.variant, x.first_exposure_day, {select} FROM exposures x "
+          "LEFT JOIN during d ON d.user_id = x.user_id")
+    if pre_window is not None:
+        q.add(" LEFT JOIN pre pr ON pr.user_id = x.user_id")
+    q.add(" ORDER BY x.user_id")
+    return q.text, q.params
+
+
+def per_user_values(con, cells: list[Cell], pre_window: tuple[int, int] | None) -> dict[str, np.ndarray]:
+    """Per-user values as numpy arrays (user_id, variant, first_exposure_day, x*, y*, c*)."""
+    sql, params = per_user_query(cells, pre_window)
+    out = con.execute(sql, params).fetchnumpy()
+    return {k: (np.asarray(v) if k == "variant" else np.asarray(v, dtype=np.float64 if k[0] in "xyc" else np.int64))
+            for k, v in out.items()}
+
+
+def sufficient_stats(con, cells: list[Cell], pre_window: tuple[int, int] | None) -> dict[str, dict[str, float]]:
+    """Per variant: n and, per cell, Σx, Σx² (+ Σy, Σy², Σxy for ratios; + Σc, Σc², Σxc with covariates)."""
+    sql, params = per_user_query(cells, pre_window)
+    sums = ["COUNT(*) AS n"]
+    for c in cells:
+        i = c.index
+        sums += [f"SUM(x{i}) AS sx{i}", f"SUM(x{i} * x{i}) AS sxx{i}"]
+        if c.metric.kind == "ratio":
+            sums += [f"SUM(y{i}) AS sy{i}", f"SUM(y{i} * y{i}) AS syy{i}", f"SUM(x{i} * y{i}) AS sxy{i}"]
+        elif pre_window is not None:
+            sums += [f"SUM(c{i}) AS sc{i}", f"SUM(c{i} * c{i}) AS scc{i}", f"SUM(x{i} * c{i}) AS sxc{i}"]
+    rows = con.execute(f"WITH u AS ({sql}) SELECT variant, {', '.join(sums)} FROM u GROUP BY variant",
+                       params).fetchall()
+    names = ["variant"] + [s.rsplit(" AS ", 1)[1] for s in sums]
+    return {r[0]: {k: float(v) for k, v in zip(names[1:], r[1:])} for r in rows}

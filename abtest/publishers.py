@@ -1,0 +1,157 @@
+"""Embeddings published during an experiment, with a lag: new pins get their embedding ``lag`` days
+after they are created, as a new incremental version each day.
+
+An ``EmbeddingPublisher`` publishes into the experiment's own directory (``<exp>/embeddings/<name>/``)
+through the ordinary publishing contract (pinclip.publish: versions, manifest, checksums, LATEST), so
+the experiment records exactly which version served which day and re-running it reproduces it. The
+publisher for an embedding name is chosen by the source kind of the workspace's LATEST version of that
+name: ``oracle``, ``topic`` and ``pinclip`` (a trained run) are implemented here; other sources
+register theirs with ``register_publisher``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import polars as pl
+
+from abtest.errors import AbtestError
+from pinclip.embeddings import PublishedEmbeddings, open_embeddings
+from pinclip.publish import EmbeddingBatch, embeddings_dir, latest_version, publish
+from pinworld.oracle import oracle_embeddings
+from pinworld.text import TEXT_MISSING
+from pinworld.world import World
+
+
+class EmbeddingPublisher(Protocol):
+    """Publishes the embeddings of every pin created up to ``day - lag`` and returns that version."""
+
+    name: str
+    lag: int
+
+    def publish_until(self, day: int) -> PublishedEmbeddings:
+        """Publish (incrementally) what is visible on ``day`` and return the version to serve with."""
+        ...
+
+
+def visible_before(day: int, lag: int) -> int:
+    """Pins created on days < this have embeddings on ``day`` (created ≤ day − lag)."""
+    return day - lag + 1
+
+
+class OracleEmbeddingPublisher:
+    """pinworld's oracle (or topic-only) embeddings, published day by day like a production pipeline."""
+
+    def __init__(self, world: World, out_workdir: Path | str, name: str, lag: int, *, topic_only: bool = False):
+        self.world, self.out_workdir, self.name, self.lag = world, Path(out_workdir), name, lag
+        self.topic_only = topic_only
+        pins = world.table("pins").select("pin_id", "created_day").sort("pin_id")
+        self._ids = pins["pin_id"].to_numpy()
+        self._created = pins["created_day"].to_numpy()
+        self._as_of: int | None = None
+        self._current: PublishedEmbeddings | None = None
+        self.history: list[dict] = []
+
+    def publish_until(self, day: int) -> PublishedEmbeddings:
+        as_of = visible_before(day, self.lag)
+        if self._as_of is not None and as_of <= self._as_of:
+            return self._current
+        new = self._created < as_of
+        if self._as_of is not None:
+            new &= self._created >= self._as_of
+        ids = self._ids[new]
+        if self._current is None or len(ids):
+            vectors = oracle_embeddings(self.world, ids, topic_only=self.topic_only)
+            has_text = self.world.truth.pins.text_quality[ids] != TEXT_MISSING
+            source = {"kind": "topic" if self.topic_only else "oracle",
+                      "generator_version": self.world.generator_version, "lag_days": self.lag}
+            manifest = publish(self.out_workdir, self.name, EmbeddingBatch(ids, vectors, {"text": has_text}),
+                               source=source, incremental=self._current is not None, as_of_day=as_of)
+            self._current = open_embeddings(self.out_workdir, f"{self.name}@{manifest['version']}")
+        self._as_of = as_of
+        self.history.append({"day": day, "as_of_day": as_of, "version": self._current.version,
+                             "rows": len(self._current), "added": int(len(ids))})
+        return self._current
+
+
+class PinCLIPRunPublisher:
+    """A PinCLIP run's embeddings, published day by day: the first version takes the pins visible then
+    from the workspace's published version of the same run (its int8 rows, unchanged); every later
+    day embeds only the pins created since, with the run's model and the texts known that day."""
+
+    def __init__(self, world: World, out_workdir: Path | str, name: str, lag: int, manifest: dict):
+        from pinclip.run_source import RunEmbedder
+
+        self.world, self.out_workdir, self.name, self.lag = world, Path(out_workdir), name, lag
+        self.base = open_embeddings(world.workdir, f"{name}@{manifest['version']}")
+        self.embedder = RunEmbedder(world.workdir, manifest["source"]["run"], world=world, progress=False)
+        pins = world.table("pins").select("pin_id", "created_day").sort("pin_id")
+        self._ids, self._created = pins["pin_id"].to_numpy(), pins["created_day"].to_numpy()
+        self._as_of: int | None = None
+        self._current: PublishedEmbeddings | None = None
+        self.history: list[dict] = []
+
+    def publish_until(self, day: int) -> PublishedEmbeddings:
+        as_of = visible_before(day, self.lag)
+        if self._as_of is not None and as_of <= self._as_of:
+            return self._current
+        source = {**self.embedder.source, "lag_days": self.lag}
+        if self._current is None:
+            ids = self._ids[self._created < as_of]
+            batch = EmbeddingBatch(ids, {k: self.base.lookup(ids, k).values for k in self.base.kinds},
+                                   present={k: self.base.lookup(ids, k).found for k in self.base.kinds})
+        else:
+            ids = self._ids[(self._created >= self._as_of) & (self._created < as_of)]
+            pins = self.world.pins(as_of=as_of).filter(pl.col("pin_id").is_in(ids))
+            batch = self.embedder.batch(pins) if len(ids) else None
+        if batch is not None:
+            manifest = publish(self.out_workdir, self.name, batch, source=source,
+                               incremental=self._current is not None, as_of_day=as_of)
+            self._current = open_embeddings(self.out_workdir, f"{self.name}@{manifest['version']}")
+        self._as_of = as_of
+        self.history.append({"day": day, "as_of_day": as_of, "version": self._current.version,
+                             "rows": len(self._current), "added": int(len(ids))})
+        return self._current
+
+
+PublisherFactory = Callable[[World, Path, str, int, dict], EmbeddingPublisher]
+PUBLISHERS: dict[str, PublisherFactory] = {
+    "oracle": lambda world, out, name, lag, manifest: OracleEmbeddingPublisher(world, out, name, lag),
+    "topic": lambda world, out, name, lag, manifest: OracleEmbeddingPublisher(world, out, name, lag, topic_only=True),
+    "pinclip": PinCLIPRunPublisher,
+}
+
+
+def register_publisher(kind: str, factory: PublisherFactory) -> None:
+    """Make ``abtest simulate`` publish embeddings whose LATEST source kind is ``kind``."""
+    PUBLISHERS[kind] = factory
+
+
+def source_manifest(workdir: Path | str, name: str) -> dict:
+    """The manifest of the workspace's LATEST version of embedding ``name``."""
+    version = latest_version(workdir, name)
+    if version is None:
+        raise AbtestError(f"{embeddings_dir(workdir, name)}: LATEST: expected a published version of {name!r}, "
+                          "found none")
+    return json.loads((embeddings_dir(workdir, name) / version / "manifest.json").read_text())
+
+
+def make_publisher(world: World, out_workdir: Path, name: str, lag: int) -> EmbeddingPublisher:
+    """The publisher for embedding ``name``, by the source kind of its LATEST version."""
+    manifest = source_manifest(world.workdir, name)
+    kind = manifest.get("source", {}).get("kind")
+    if kind not in PUBLISHERS:
+        raise AbtestError(f"{embeddings_dir(world.workdir, name)}: source kind: expected one with an "
+                          f"EmbeddingPublisher ({', '.join(sorted(PUBLISHERS))}; register others with "
+                          f"abtest.publishers.register_publisher), found {kind!r}")
+    return PUBLISHERS[kind](world, Path(out_workdir), name, lag, manifest)
+
+
+def new_pin_ids(previous: np.ndarray | None, current: PublishedEmbeddings) -> np.ndarray:
+    """Pins of ``current`` missing from ``previous`` (sorted ids), for incremental index updates."""
+    if previous is None:
+        return current.pin_ids
+    return current.pin_ids[~np.isin(current.pin_ids, previous)]

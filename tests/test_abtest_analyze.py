@@ -1,0 +1,241 @@
+"""abtest analyze on synthetic logs with a known injected effect: the SQL sufficient statistics match
+numpy, the CI covers the effect, CUPED reduces variance, SRM flags a skewed split, BH adjusts, and bad
+input fails with one clear line and nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from statsmodels.stats.multitest import multipletests
+
+from abtest import stats
+from abtest.analyze import analyze
+from abtest.assign import assign
+from abtest.cli import main
+from abtest.config import load_config
+from abtest.errors import AbtestError
+from abtest.metrics import Sources, cells_of, open_readonly, per_user_values
+from abtest.report import render_markdown
+from abtest.simulate import EVENTS_SCHEMA, EXPOSURES_SCHEMA
+
+N_USERS, START, PRE_DAYS, DAYS = 3000, 20, 10, 5
+DELTA = 0.30          # injected relative lift of the repin probability for treatment users
+N_PINS = 500
+
+
+def _events(rng, users, day, surface, n_imp, p_repin, p_click, start_request):
+    """Event rows for impressions drawn per user: impressions, then repin / click rows (clicks on ads
+    cost 50 cents)."""
+    rows = {k: [] for k in ("day", "user_id", "surface", "request_id", "pin_id", "position", "action", "value")}
+    u = np.repeat(users, n_imp)
+    pins = rng.integers(0, N_PINS, len(u))
+    pos = np.concatenate([np.arange(k) for k in n_imp]) if len(n_imp) else np.zeros(0, int)
+    req = start_request + np.arange(len(u))
+    repin = rng.random(len(u)) < np.repeat(p_repin, n_imp)
+    click = rng.random(len(u)) < np.repeat(p_click, n_imp)
+    for action, mask in (("impression", np.ones(len(u), bool)), ("repin", repin), ("click", click)):
+        n = int(mask.sum())
+        rows["day"].append(np.full(n, day, np.int32))
+        rows["user_id"].append(u[mask])
+        rows["surface"] += [surface] * n
+        rows["request_id"].append(req[mask])
+        rows["pin_id"].append(pins[mask])
+        rows["position"].append(pos[mask].astype(np.int16))
+        rows["action"] += [action] * n
+        rows["value"].append(np.full(n, 50.0 if (action == "click" and surface == "ads") else np.nan))
+    cat = {k: (np.concatenate(v) if k not in ("surface", "action") else v) for k, v in rows.items()}
+    return pa.table({**cat, "value": pa.array(cat["value"], mask=np.isnan(cat["value"]))}, schema=EVENTS_SCHEMA)
+
+
+def make_workspace(root: Path, *, skew_drop: float = 0.0, seed: int = 0) -> tuple[Path, dict]:
+    """A workspace with pins, organic pre-period logs and one experiment's exposures + events.
+
+    Users have a persistent activity level (so the pre-period predicts the experiment: CUPED), the
+    treatment multiplies P(repin) by 1 + DELTA; ``skew_drop`` loses that share of treatment users
+    (a logging bug: SRM)."""
+    rng = np.random.default_rng(seed)
+    w = root / "ws"
+    (w / "world").mkdir(parents=True)
+    pq.write_table(pa.table({"pin_id": np.arange(N_PINS, dtype=np.int64),
+                             "created_day": rng.integers(-30, START, N_PINS).astype(np.int32),
+                             "is_ad": rng.random(N_PINS) < 0.2}), w / "world" / "pins.parquet")
+    users = np.arange(N_USERS, dtype=np.int64)
+    activity = rng.gamma(2.0, 1.0, N_USERS)
+    taste = rng.beta(2, 30, N_USERS)
+    variant = assign("synthetic", users, (0.5, 0.5))
+    # organic pre-period logs (the impressions table schema)
+    for day in range(START - PRE_DAYS, START):
+        n_imp = rng.poisson(activity * 2)
+        u = np.repeat(users, n_imp)
+        part = w / "logs" / "impressions" / f"day={day}" / "surface=homefeed"
+        part.mkdir(parents=True)
+        pq.write_table(pa.table({
+            "request_id": np.arange(len(u), dtype=np.int64) + day * 10**6, "day": np.full(len(u), day, np.int32),
+            "surface": ["homefeed"] * len(u), "user_id": u, "query_pin_id": pa.nulls(len(u), pa.int64()),
+            "pin_id": rng.integers(0, N_PINS, len(u)), "position": np.zeros(len(u), np.int16),
+            "repin": rng.random(len(u)) < np.repeat(taste, n_imp), "click": rng.random(len(u)) < 0.05,
+            "hide": np.zeros(len(u), bool)}), part / "part-0.parquet")
+    exp = w / "experiments" / "synth"
+    keep = ~((variant == 1) & (rng.random(N_USERS) < skew_drop))
+    p_repin = taste * np.where(variant == 1, 1 + DELTA, 1.0)
+    request = 0
+    for day in range(START, START + DAYS):
+        part = exp / "events" / f"day={day}"
+        part.mkdir(parents=True)
+        tables = []
+        for surface, scale in (("homefeed", 2.0), ("ads", 0.5)):
+            n_imp = np.where(keep, rng.poisson(activity * scale), 0)
+            tables.append(_events(rng, users, day, surface, n_imp, p_repin, np.full(N_USERS, 0.08), request))
+            request += int(n_imp.sum())
+        pq.write_table(pa.concat_tables(tables), part / "part-0.parquet")
+    (exp / "exposures").mkdir(parents=True)
+    pq.write_table(pa.table({"experiment": ["synth"] * int(keep.sum()), "user_id": users[keep],
+                             "variant": np.where(variant == 1, "treatment", "control")[keep].tolist(),
+                             "first_exposure_day": np.full(int(keep.sum()), START, np.int32)},
+                            schema=EXPOSURES_SCHEMA), exp / "exposures" / "part-0.parquet")
+    cfg = root / "exp.yaml"
+    cfg.write_text(f"""name: synth
+workdir: {w}
+salt: synthetic
+arms:
+  control: {{ranker: logging_policy}}
+  treatment: {{ranker: logging_policy}}
+surfaces: [homefeed, ads]
+days: {{start: {START}, count: {DAYS}}}
+pre_period_days: {PRE_DAYS}
+metrics:
+  - repins
+  - ctr
+  - cpc
+  - hides
+  - {{name: ad_spend, surfaces: [ads], aggregate: sum, column: value, action: click}}
+""")
+    return cfg, {"variant": variant, "keep": keep}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    cfg_path, truth = make_workspace(tmp_path_factory.mktemp("synth"))
+    cfg = load_config(cfg_path)
+    return cfg_path, cfg, analyze(cfg), truth
+
+
+def _result(analysis, key):
+    return next(r for r in analysis["results"] if r["key"] == key)
+
+
+def test_sql_sufficient_statistics_match_numpy(synth):
+    cfg_path, cfg, analysis, truth = synth
+    src = Sources.for_experiment(cfg.workdir, cfg.experiment_dir)
+    cells = cells_of(cfg.metric_list())
+    with open_readonly(src) as con:
+        per_user = per_user_values(con, cells, (START - PRE_DAYS, START))
+        with pytest.raises(duckdb.Error):           # the metrics connection cannot write
+            con.execute("CREATE TABLE t (x INTEGER)")
+    events = pq.read_table(cfg.experiment_dir / "events", partitioning=None).to_pandas()
+    rep = events[(events.action == "repin") & (events.surface == "homefeed")].groupby("user_id").size()
+    x = rep.reindex(per_user["user_id"], fill_value=0).to_numpy()
+    i = next(c.index for c in cells if c.key == "repins/homefeed")
+    np.testing.assert_array_equal(per_user[f"x{i}"], x)
+    treated = per_user["variant"] == "treatment"
+    r = _result(analysis, "repins/homefeed")
+    assert r["n"] == {"control": int((~treated).sum()), "treatment": int(treated.sum())}
+    welch = stats.welch_test(stats.MeanStats.from_values(x[~treated]), stats.MeanStats.from_values(x[treated]))
+    assert r["unadjusted"]["absolute"]["value"] == pytest.approx(float(welch.absolute.value))
+    assert r["unadjusted"]["absolute"]["p_value"] == pytest.approx(float(welch.absolute.p_value))
+    spend = events[(events.action == "click") & (events.surface == "ads")].groupby("user_id")["value"].sum()
+    j = next(c.index for c in cells if c.key == "ad_spend/ads")
+    np.testing.assert_allclose(per_user[f"x{j}"], spend.reindex(per_user["user_id"], fill_value=0).to_numpy())
+    clicks = events[(events.action == "click") & (events.surface == "ads")].shape[0]
+    cpc = _result(analysis, "cpc/ads")
+    assert cpc["control_mean"] == pytest.approx(50.0) and cpc["treatment_mean"] == pytest.approx(50.0)
+    assert sum(cpc["denominator_sum"].values()) == clicks
+
+
+def test_recovers_injected_lift_with_cuped(synth):
+    _, cfg, analysis, _ = synth
+    r = _result(analysis, "repins/homefeed")
+    assert r["method"] == "cuped_welch" and r["significant"]
+    assert r["relative"]["ci_low"] < DELTA < r["relative"]["ci_high"]
+    # the pre-period predicts the experiment: CUPED narrows the interval
+    assert r["cuped"]["variance_reduction_factor"] < 0.8
+    assert r["absolute"]["se"] < r["unadjusted"]["absolute"]["se"] * 0.92
+    # click probability was not lifted
+    ctr = _result(analysis, "ctr/homefeed")
+    assert ctr["method"] == "delta_ratio" and ctr["relative"]["ci_low"] < 0 < ctr["relative"]["ci_high"]
+    assert r["mde"]["relative"] > 0 and r["mde"]["power"] == 0.8
+    assert not analysis["srm"]["mismatch"]
+
+
+def test_multiple_testing_adjusts_family(synth):
+    _, cfg, analysis, _ = synth
+    res = [r for r in analysis["results"] if r["p_value"] is not None]
+    expected = multipletests([r["p_value"] for r in res], method="fdr_bh")[1]
+    np.testing.assert_allclose([r["p_adjusted"] for r in res], expected)
+    assert all(r["p_adjusted"] >= r["p_value"] for r in res)
+    # the zero-variance hides metric has no p-value and is never significant
+    assert all(not r["significant"] for r in analysis["results"] if r["metric"] == "hides")
+
+
+def test_reports_written(synth):
+    _, cfg, analysis, _ = synth
+    d = cfg.experiment_dir
+    saved = json.loads((d / "analysis.json").read_text())
+    assert saved["users"] == analysis["users"] and len(saved["results"]) == len(analysis["results"])
+    html = (d / "report.html").read_text()
+    assert "data:image/png;base64," in html and "SRM: ok" in html and "repins" in html
+    assert (d / "forest.png").read_bytes()[:4] == b"\x89PNG"
+    md = (d / "report.md").read_text()
+    assert "| repins | homefeed | cuped_welch |" in md
+    assert not list(d.glob(".tmp*"))
+
+
+def test_srm_flags_lost_treatment_users(tmp_path):
+    cfg_path, truth = make_workspace(tmp_path, skew_drop=0.12, seed=1)
+    a = analyze(load_config(cfg_path), write=False)
+    assert a["srm"]["mismatch"] and a["srm"]["p_value"] < 0.001
+    assert "MISMATCH" in render_markdown(a)
+
+
+def test_bad_input_fails_cleanly(tmp_path, capsys):
+    cfg_path, _ = make_workspace(tmp_path, seed=2)
+    cfg = load_config(cfg_path)
+    exp = cfg.experiment_dir
+    # an arm with no users
+    table = pq.read_table(exp / "exposures" / "part-0.parquet")
+    pq.write_table(table.filter(pa.compute.equal(table["variant"], "control")), exp / "exposures" / "part-0.parquet")
+    with pytest.raises(AbtestError, match="variant 'treatment': expected at least 2 users, found 0"):
+        analyze(cfg)
+    assert not (exp / "analysis.json").exists()
+    # an unknown variant
+    pq.write_table(table.set_column(2, "variant", pa.array(["b"] * table.num_rows)), exp / "exposures" / "part-0.parquet")
+    with pytest.raises(AbtestError, match="column 'variant': expected one of control, treatment, found 'b'"):
+        analyze(cfg)
+    pq.write_table(table, exp / "exposures" / "part-0.parquet")
+    # empty events
+    events = pq.read_table(exp / "events", partitioning=None)
+    for f in (exp / "events").rglob("*.parquet"):
+        f.unlink()
+    pq.write_table(events.slice(0, 0), exp / "events" / "day=20" / "part-0.parquet")
+    assert main(["analyze", str(cfg_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"abtest: {exp / 'events'}: events: expected event rows, found none"
+    # missing events, wrong column type
+    for f in (exp / "events").rglob("*.parquet"):
+        f.unlink()
+    with pytest.raises(AbtestError, match="events: expected Parquet files, found none"):
+        analyze(cfg)
+    pq.write_table(events.set_column(6, "action", pa.array(np.zeros(events.num_rows, np.int64))),
+                   exp / "events" / "day=20" / "part-0.parquet")
+    with pytest.raises(AbtestError, match="column 'action': expected string, found BIGINT"):
+        analyze(cfg)
+    assert not (exp / "analysis.json").exists() and not list(exp.glob(".tmp*"))
+    missing = load_config(cfg_path, workdir=str(tmp_path / "nowhere"))
+    with pytest.raises(AbtestError, match="experiment: expected a directory with exposures"):
+        analyze(missing)

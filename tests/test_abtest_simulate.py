@@ -1,0 +1,196 @@
+"""abtest simulate on the tiny world: auction and slates by hand, deterministic salted assignment,
+outputs in the documented schemas, common random numbers, incremental embedding publishing with a
+lag, a real ranking run as an arm, atomic failure."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from abtest.analyze import analyze
+from abtest.assign import BUCKETS, assign, bucket_bounds, buckets, sample_users, variant_of_buckets
+from abtest.config import load_config
+from abtest.errors import AbtestError
+from abtest.publishers import OracleEmbeddingPublisher
+from abtest.rankers import auction, rank_slates
+from abtest.simulate import EVENTS_SCHEMA, EXPOSURES_SCHEMA, simulate, simulate_potential_outcomes
+from pinworld.world import World
+
+START = 30   # tiny world: 40 days of logs, rankers' default cutoff 26
+
+
+def _yaml(tmp_path, workdir, body: str, name="exp") -> object:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\nworkdir: {workdir}\nsalt: test-salt\ndays: {{start: {START}, count: 2}}\n"
+                    f"users: {{count: 200}}\npre_period_days: 7\n{body}")
+    return load_config(path)
+
+
+def test_auction_by_hand():
+    pool = np.array([[10, 11, 12, 13]])
+    pctr = np.array([[0.10, 0.05, 0.02, 0.04]])
+    bid = np.array([[1.0, 3.0, 2.0, 0.5]])
+    # eCPM 0.10, 0.15, 0.04, 0.02 -> ads 11, 10, 12; ad 13 bids below the reserve of 0.6
+    slate, price = auction(pool, pctr, bid, k=2, reserve=0.6)
+    np.testing.assert_array_equal(slate, [[11, 10]])
+    # 11 pays eCPM(10) / pCTR(11) = 0.10 / 0.05 = 2.0; 10 pays 0.04 / 0.10 = 0.4 -> the reserve 0.6
+    np.testing.assert_allclose(price, [[2.0, 0.6]])
+    slate, price = auction(pool[:, :1], pctr[:, :1], bid[:, :1], k=2, reserve=0.6)
+    np.testing.assert_array_equal(slate, [[10, -1]])
+    assert price[0, 0] == 0.6 and np.isnan(price[0, 1])   # no runner-up: the reserve
+    capped, p = auction(np.array([[1, 2]]), np.array([[0.01, 0.5]]), np.array([[5.0, 1.0]]), k=1, reserve=0.1)
+    assert capped[0, 0] == 2 and p[0, 0] == pytest.approx(0.1)   # 0.05 / 0.5 = 0.1
+
+
+def test_rank_slates_dedups_and_pads():
+    pool = np.array([[5, 7, 5, 9], [3, -1, 3, 3]])
+    score = np.array([[0.1, 0.5, 0.9, -np.inf], [0.2, 0.9, 0.3, 0.1]])
+    np.testing.assert_array_equal(rank_slates(pool, score, 3), [[5, 7, -1], [3, -1, -1]])
+
+
+def test_assignment_is_deterministic_salted_and_split():
+    users = np.arange(20_000)
+    a = assign("s1", users, (0.5, 0.5))
+    np.testing.assert_array_equal(a, assign("s1", users, (0.5, 0.5)))
+    assert abs((a == 1).mean() - 0.5) < 0.015
+    b = assign("s2", users, (0.5, 0.5))
+    assert abs((a == b).mean() - 0.5) < 0.015              # a new salt re-randomises independently
+    c = assign("s1", users, (0.1, 0.1))
+    assert abs((c == -1).mean() - 0.8) < 0.015 and ((c == 0) <= (a == 0)).all()  # nested bucket ranges
+    np.testing.assert_array_equal(bucket_bounds((0.5, 0.5)), [5000, 10000])
+    bk = buckets("s1", users[:5])
+    assert ((0 <= bk) & (bk < BUCKETS)).all()
+    np.testing.assert_array_equal(variant_of_buckets(np.array([[0, 4999, 5000, 9999]]), (0.5, 0.5)), [[0, 0, 1, 1]])
+    s = sample_users(users, count=300, seed=3)
+    assert len(s) == 300 and np.array_equal(s, sample_users(users[::-1], count=300, seed=3))
+
+
+def test_oracle_publisher_is_incremental_with_lag(tiny_workdir, tiny_oracle, tmp_path):
+    world = World(tiny_workdir)
+    pub = OracleEmbeddingPublisher(world, tmp_path, "oracle", lag=2)
+    created = world.table("pins").sort("pin_id")["created_day"].to_numpy()
+    v1 = pub.publish_until(30)
+    assert v1.version == "v0001" and created[v1.pin_ids].max() == 28   # created <= day - lag
+    v2 = pub.publish_until(31)
+    assert v2.version == "v0002" and v2.manifest["parent"] == "v0001" and v2.manifest["as_of_day"] == 30
+    assert set(created[np.setdiff1d(v2.pin_ids, v1.pin_ids)]) == {29}
+    assert pub.publish_until(31) is v2
+    np.testing.assert_array_equal(v2.lookup(v1.pin_ids[:50]).values, tiny_oracle.lookup(v1.pin_ids[:50]).values)
+
+
+def test_logging_policy_experiment_end_to_end(tiny_workdir, tmp_path):
+    cfg = _yaml(tmp_path, tiny_workdir, "arms:\n  control: {ranker: logging_policy}\n"
+                "  treatment: {ranker: logging_policy, lift: {repin: 0.5}}\n")
+    out = simulate(cfg, progress=False)
+    exposures = pq.read_table(out / "exposures")
+    assert exposures.schema.equals(EXPOSURES_SCHEMA)
+    users = exposures["user_id"].to_numpy()
+    assert len(np.unique(users)) == len(users) <= 200
+    v = np.asarray(exposures["variant"].to_pylist())
+    expect = np.where(assign("test-salt", users, (0.5, 0.5)) == 1, "treatment", "control")
+    np.testing.assert_array_equal(v, expect)
+    parts = sorted(p.parent.name for p in (out / "events").rglob("*.parquet"))
+    assert set(parts) == {f"day={START}", f"day={START + 1}"}
+    events = pq.read_table(out / "events", partitioning=None)
+    assert events.schema.equals(EVENTS_SCHEMA)
+    assert set(events["action"].to_pylist()) <= {"impression", "repin", "click", "hide"}
+    ev = events.to_pandas()
+    clicks = ev[(ev.action == "click") & (ev.surface == "ads")]
+    assert len(clicks) and (clicks.value > 0).all() and ev[ev.action != "click"].value.isna().all()
+    first = ev.groupby("user_id").day.min()
+    fe = dict(zip(users, exposures["first_exposure_day"].to_numpy()))
+    assert all(fe[u] == d for u, d in first.items())
+    meta = json.loads((out / "simulation.json").read_text())
+    assert meta["exposed"]["control"] + meta["exposed"]["treatment"] == len(users)
+    # deterministic: the same file gives the same events
+    again = pq.read_table(simulate(cfg, progress=False) / "events", partitioning=None)
+    assert again.equals(events)
+    a = analyze(cfg)
+    assert (out / "report.html").is_file() and a["users"]["treatment"] == int((v == "treatment").sum())
+
+
+def test_common_random_numbers_potential_outcomes(tiny_workdir, tmp_path):
+    cfg = _yaml(tmp_path, tiny_workdir, "aa: true\narms:\n  control: {ranker: logging_policy}\n")
+    base = cfg.arms.control
+    dirs = simulate_potential_outcomes(
+        cfg, {"base": base, "lifted": base.model_copy(update={"lift": {"repin": 0.3}})}, tmp_path / "po",
+        progress=False)
+    b = pq.read_table(dirs["base"] / "events", partitioning=None).to_pandas()
+    lifted = pq.read_table(dirs["lifted"] / "events", partitioning=None).to_pandas()
+    imp = ["request_id", "position", "pin_id"]
+    # same slates, same hides and clicks; repins only added (u < p implies u < p (1 + δ))
+    for action in ("impression", "click", "hide"):
+        assert b[b.action == action][imp].reset_index(drop=True).equals(
+            lifted[lifted.action == action][imp].reset_index(drop=True))
+    rb = set(map(tuple, b[b.action == "repin"][imp].to_numpy()))
+    rl = set(map(tuple, lifted[lifted.action == "repin"][imp].to_numpy()))
+    assert rb < rl and 1.1 < len(rl) / len(rb) < 1.5
+
+
+@pytest.fixture(scope="module")
+def oracle_run(tiny_workdir, tiny_oracle):
+    """A one-epoch ranking run with oracle content features, trained inside the test (seconds)."""
+    from ranking import train
+    from ranking.model import ModelConfig
+
+    cfg = train.TrainConfig(workdir=str(tiny_workdir), run="ab_oracle", surfaces=("ads",), epochs=1,
+                            batch_size=512, embeddings="oracle",
+                            model=ModelConfig(embedding_dim=8, dense_hidden=(16,), over_hidden=(16,), dcn_low_rank=4))
+    train.Trainer(dataclasses.replace(cfg)).fit(resume=False)
+    return "ab_oracle"
+
+
+def test_ranking_run_arm_with_lagged_embeddings_and_ann(tiny_workdir, tmp_path, oracle_run):
+    cfg = _yaml(tmp_path, tiny_workdir, "embedding_lag_days: 1\narms:\n  control: {ranker: logging_policy}\n"
+                f"  treatment: {{run: {oracle_run}, related_ann: {{k: 8}}}}\n", name="ranked")
+    out = simulate(cfg, progress=False)
+    meta = json.loads((out / "simulation.json").read_text())
+    assert meta["embeddings_served"]["treatment"] == {str(START): "oracle@v0001", str(START + 1): "oracle@v0002"}
+    assert [p["as_of_day"] for p in meta["publishes"]["oracle"]] == [START, START + 1]
+    served = pq.read_table(out / "embeddings" / "oracle" / "v0002" / "part-00001.parquet")["pin_id"].to_numpy()
+    created = World(tiny_workdir).table("pins").sort("pin_id")["created_day"].to_numpy()
+    assert (created[served] == START).all()
+    events = pq.read_table(out / "events", partitioning=None).to_pandas()
+    assert {"homefeed", "related", "ads"} <= set(events.surface)
+    a = analyze(cfg, write=False)
+    assert {r["key"] for r in a["results"]} >= {"repins/related", "cpc/ads", "new_ad_clicks/ads"}
+
+
+def test_bad_arm_leaves_nothing(tiny_workdir, tmp_path):
+    cfg = _yaml(tmp_path, tiny_workdir, "arms:\n  control: {ranker: logging_policy}\n"
+                "  treatment: {run: no_such_run}\n", name="broken")
+    with pytest.raises(AbtestError, match=r"broken.yaml:\d+: arms.treatment.run: expected a trained ranking run"):
+        simulate(cfg, progress=False)
+    early = _yaml(tmp_path, tiny_workdir, "arms:\n  control: {ranker: logging_policy}\n"
+                  "  treatment: {ranker: logging_policy, related_ann: {k: 4}}\n", name="noemb")
+    with pytest.raises(AbtestError, match="arms.treatment.related_ann: expected an arm with `embeddings:`"):
+        simulate(early, progress=False)
+    exp_root = tiny_workdir / "experiments"
+    assert not (exp_root / "broken").exists() and not (exp_root / "noemb").exists()
+    assert not list(exp_root.glob(".tmp*"))
+
+
+def test_validation_study_runs_small(tiny_workdir, tmp_path):
+    from abtest.metrics import BUILTIN_METRICS
+    from abtest.validation import expected_lift, run_validation
+
+    lift = {"repin": 0.1, "click": 0.2}
+    assert expected_lift(BUILTIN_METRICS["repins"], lift) == pytest.approx(0.1)
+    assert expected_lift(BUILTIN_METRICS["ctr"], lift) == pytest.approx(0.2)
+    assert expected_lift(BUILTIN_METRICS["cpc"], lift) == pytest.approx(0.0)
+    assert expected_lift(BUILTIN_METRICS["hides"], lift) == 0.0
+    cfg = _yaml(tmp_path, tiny_workdir, "aa: true\narms:\n  control: {ranker: logging_policy}\n"
+                "metrics: [repins, ctr, cpc]\n", name="val")
+    report = run_validation(cfg, resalts=150, lift=0.3, out_dir=tmp_path / "v", progress=False)
+    study = report["study"]
+    assert study["resalts"] == 150 and len(study["cells"]) == 3 + 3 + 1
+    rep = next(c for c in study["cells"] if c["key"] == "repins/homefeed")
+    assert 0.0 <= rep["aa"]["fpr"] <= 0.15 and rep["injected"]["expected_lift"] == pytest.approx(0.3)
+    assert rep["injected"]["coverage"] > 0.8 and rep["injected"]["power"] > rep["aa"]["fpr"]
+    assert "naive_impression_ttest" in next(c for c in study["cells"] if c["key"] == "ctr/homefeed")
+    assert {"false_alarm_rate", "skewed"} <= set(study["srm"]) and report["checks"]
+    assert (tmp_path / "v" / "validation.json").is_file() and (tmp_path / "v" / "validation.md").is_file()
