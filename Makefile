@@ -13,7 +13,7 @@ install:
 # command resumes its own unfinished work (checkpoints), so an interrupted demo picks up where it was.
 W := $(WORKDIR)
 demo: install $(W)/world/world.json $(W)/pinclip/pretrain/image/report.json $(W)/pinclip/runs/tiny/eval.json \
-      $(W)/embeddings/pinclip/LATEST $(W)/ranking/compare.json
+      $(W)/embeddings/pinclip/LATEST $(W)/ranking/compare.json $(W)/experiments/pinclip_ranking/analysis.json
 	$(PY) -m pinlift.summary --workdir $(W)
 
 $(W)/world/world.json:
@@ -31,6 +31,9 @@ $(W)/embeddings/pinclip/LATEST: $(W)/pinclip/runs/tiny/eval.json
 
 $(W)/ranking/compare.json: $(W)/embeddings/pinclip/LATEST
 	$(PY) -m ranking.compare --workdir $(W) --arms ids,pinclip --seeds 0 --epochs 2 --results ''
+
+$(W)/experiments/pinclip_ranking/analysis.json: $(W)/ranking/compare.json
+	$(VENV)/bin/abtest simulate examples/pinclip_ranking.yaml --workdir $(W) --analyze
 
 test: install
 	$(PY) -m pytest tests

@@ -54,7 +54,12 @@ def stage_figures(workdir: Path | str) -> list[tuple[str, str, str]]:
         rows.append(("ranking", "; ".join(cells) or f"arms {cmp_['arms']}", "ranking/compare.json"))
     for exp in sorted((w / "experiments").glob("*/analysis.json")):
         a = _read(exp)
-        rows.append((f"A/B {exp.parent.name}", a.get("headline", "analysed"), str(exp.parent.relative_to(w) / "report.html")))
+        by_key = {r["key"]: r for r in a["results"]}
+        cells = [f"{key} {r['relative']['value']:+.1%} [{r['relative']['ci_low']:+.1%}, {r['relative']['ci_high']:+.1%}]"
+                 + ("*" if r.get("significant") else "")
+                 for key in ("repins/homefeed", "fresh_repins/homefeed", "new_ad_clicks/ads") if (r := by_key.get(key))]
+        rows.append((f"A/B {exp.parent.name}", "; ".join(cells) + "  (* significant after multiple-testing control)",
+                     str(exp.parent.relative_to(w) / "report.html")))
     return rows
 
 
