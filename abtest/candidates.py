@@ -17,7 +17,7 @@ import polars as pl
 from pinclip.embeddings import PublishedEmbeddings
 from pinclip.index import CandidateIndex, HNSWConfig
 from pinworld.clock import FRESH_DAYS
-from pinworld.logs import POOL_FACTOR, LoggingPolicy
+from pinworld.logs import LoggingPolicy
 from pinworld.world import World
 
 ADS_POOL_FACTOR = 4   # ads sampled per slot before the auction, as in the logging policy
@@ -74,43 +74,19 @@ class CandidateSource(LoggingPolicy):
         """Requests of ``active_users`` on ``day``; ``rng_for(surface)`` gives each surface its stream."""
         if self.day != day:
             self.set_day(day)
-        truth, cfg, p = self.truth, self.truth.cfg, self.truth.pins
-        lo, fresh_lo, live_hi = self._topic_ranges(day)
-        live_org = self.organic[p.created_day[self.organic] <= day]
-        pop_w = np.cumsum(self.saves_so_far[live_org] + 1.0)
+        cfg = self.truth.cfg
+        ctx = self.day_context(day)
         out = {}
         for surface in surfaces:
             rng = rng_for(surface)
-
-            def random_live(n):
-                return live_org[rng.integers(0, len(live_org), n)]
-
-            def popular(n):
-                return live_org[np.minimum(np.searchsorted(pop_w, rng.random(n) * pop_w[-1]), len(live_org) - 1)]
-
             if surface == "homefeed":
                 users = np.repeat(active_users, rng.poisson(cfg.requests_homefeed, len(active_users)))
-                k = cfg.slate_homefeed
-                m = k * POOL_FACTOR
-                flat_u = np.repeat(users, m)
-                topics = self._sample_topics(flat_u, rng)
-                fallback = random_live(len(flat_u))
-                src = rng.random(len(flat_u))
-                pool = np.where(src < 0.55, self._from_topics(topics, lo, live_hi, rng, fallback),
-                       np.where(src < 0.75, self._from_topics(topics, fresh_lo, live_hi, rng, fallback),
-                       np.where(src < 0.9, popular(len(flat_u)), fallback))).reshape(len(users), m)
-                out[surface] = Requests(surface, users, np.zeros(0), pool, None, k)
+                out[surface] = Requests(surface, users, np.zeros(0), self.homefeed_pool(ctx, users, rng), None,
+                                        cfg.slate_homefeed)
             elif surface == "related":
                 users = np.repeat(active_users, rng.poisson(cfg.requests_related, len(active_users)))
-                k = cfg.slate_related
-                m = k * POOL_FACTOR
-                query = self._from_topics(self._sample_topics(users, rng), lo, live_hi, rng, random_live(len(users)))
-                flat_q = np.repeat(query, m)
-                fallback = random_live(len(flat_q))
-                src = rng.random(len(flat_q))
-                pool = np.where(src < 0.6, self._from_topics(p.topic[flat_q], lo, live_hi, rng, fallback),
-                       np.where(src < 0.8, popular(len(flat_q)), fallback)).reshape(len(users), m)
-                out[surface] = Requests(surface, users, np.zeros(0), pool, query, k)
+                query, pool = self.related_pool(ctx, users, rng)
+                out[surface] = Requests(surface, users, np.zeros(0), pool, query, cfg.slate_related)
             elif surface == "ads":
                 users = np.repeat(active_users, rng.poisson(cfg.requests_ads, len(active_users)))
                 ads = np.flatnonzero((self.ad_start <= day) & (day < self.ad_end) & (self.bid > 0))

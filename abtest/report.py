@@ -90,7 +90,7 @@ def render_markdown(a: dict) -> str:
     lines = [f"# A/B experiment `{a['experiment']}`", "",
              f"- {_srm_line(a)}",
              f"- events: {a['events']['rows']:,} rows, days {a['events']['first_day']}–{a['events']['last_day']}",
-             f"- CUPED pre-period: " + ("none" if pre is None else f"organic logs, days {pre['first_day']}–{pre['last_day']}"),
+             "- CUPED pre-period: " + ("none" if pre is None else f"organic logs, days {pre['first_day']}–{pre['last_day']}"),
              f"- alpha {a['alpha']}, multiple testing: {a['multiple_testing']} across {len(a['results'])} tests, "
              f"MDE at power {a['power']}",
              f"- generator version: {a['generator_version']}", "",

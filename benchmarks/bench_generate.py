@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -24,23 +23,10 @@ from pathlib import Path
 
 import psutil
 
+from machine_info import machine
+
 GIB = 1024 ** 3
 TARGETS = {"pins": 100_000, "users": 10_000, "impressions": 2_000_000, "seconds": 180.0, "peak_rss_gib": 4.0}
-
-
-def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "cpu_count": os.cpu_count(), "cpu_model": model,
-            "memory_gib": round(psutil.virtual_memory().total / GIB, 1),
-            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def tree_rss(proc: psutil.Process) -> int:

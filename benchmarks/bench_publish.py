@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from machine_info import machine
 from pinclip.embeddings import open_embeddings
 from pinclip.index import CandidateIndex, HNSWConfig, recall_against_exact
 from pinclip.publish import EmbeddingBatch, publish
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     vectors = clustered(args.pins, rng)
     ids = np.arange(args.pins, dtype=np.int64)
-    out: dict = {"machine": {"cpus": __import__("os").cpu_count(), "processor": platform.processor() or platform.machine()}}
+    out: dict = {"machine": machine()}
     with tempfile.TemporaryDirectory() as tmp:
         n = [0]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -21,23 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from machine_info import machine
 from pinworld.engagement import SURFACES
 from pinworld.world import World
 
 TARGET_RESPONSES_PER_S = 1_000_000
-
-
-def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "cpu_model": model, "python": platform.python_version(), "numpy": np.__version__}
 
 
 def timings(fn, repeats: int) -> list[float]:

@@ -14,8 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pinclip.publish import KINDS, embeddings_dir, latest_version, sha256
+from pinclip.publish import KINDS, embeddings_dir, latest_version
 from pinclip.quantization import PUBLISHED_DIM, SCHEME, dequantize, quantization_spec
+from pinworld.files import sha256_file as sha256
 
 
 class EmbeddingError(ValueError):

@@ -8,7 +8,6 @@ previous version's parts and adds parts for the new pins only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pinclip.quantization import PUBLISHED_DIM, l2_normalize, quantization_spec, quantize
+from pinworld.files import sha256_file as sha256
 
 KINDS = ("fusion", "image", "text")
 PART_ROWS = 131_072
@@ -109,14 +109,6 @@ def _part_table(batch: EmbeddingBatch, rows: np.ndarray) -> pa.Table:
         values = pa.array(q.reshape(-1), pa.int8())
         cols[kind] = pa.FixedSizeListArray.from_arrays(values, PUBLISHED_DIM, mask=pa.array(mask) if mask is not None else None)
     return pa.table(cols)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:

@@ -6,7 +6,6 @@ so an interrupted run never leaves a half-written world.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -20,6 +19,7 @@ from tqdm import tqdm
 from pinworld import catalog
 from pinworld.config import GENERATOR_VERSION, WorldConfig
 from pinworld.engagement import GroundTruth
+from pinworld.files import sha256_file
 from pinworld.images import SHARD_SIZE, shard_uri
 from pinworld.latents import PinLatents, UserLatents, sample_pins, sample_topic_trend, sample_users, stream
 from pinworld.logs import Saves, history_saves, simulate_organic_logs
@@ -31,14 +31,6 @@ from pinworld.text import TEXT_MISSING, TextWriter
 CATCH_ALL_BOARD = {"en": "saved ideas", "es": "ideas guardadas", "fr": "idées enregistrées",
                    "de": "gemerkte ideen", "it": "idee salvate", "pt": "ideias salvas"}
 CATCH_ALL_SHARE = 0.08
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write(table: str, columns: dict, path: Path) -> None:

@@ -114,54 +114,67 @@ class LoggingPolicy:
         top = np.argsort(-score, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(pool, top, 1)
 
+    def day_context(self, day: int) -> "DayContext":
+        """What the candidate sources need for ``day``: live ranges per topic, live organic pins and
+        the popularity distribution over them."""
+        lo, fresh_lo, live_hi = self._topic_ranges(day)
+        live_org = self.organic[self.truth.pins.created_day[self.organic] <= day]
+        return DayContext(day, lo, fresh_lo, live_hi, live_org, np.cumsum(self.saves_so_far[live_org] + 1.0))
+
+    def _random_live(self, ctx: "DayContext", n: int, rng) -> np.ndarray:
+        return ctx.live_org[rng.integers(0, len(ctx.live_org), n)]
+
+    def _popular(self, ctx: "DayContext", n: int, rng) -> np.ndarray:
+        w = ctx.popularity
+        return ctx.live_org[np.minimum(np.searchsorted(w, rng.random(n) * w[-1]), len(ctx.live_org) - 1)]
+
+    def homefeed_pool(self, ctx: "DayContext", users: np.ndarray, rng) -> np.ndarray:
+        """Candidates (R, k * POOL_FACTOR): topic (55%), fresh-in-topic (20%), popular (15%), random."""
+        m = self.truth.cfg.slate_homefeed * POOL_FACTOR
+        flat_u = np.repeat(users, m)
+        topics = self._sample_topics(flat_u, rng)
+        fallback = self._random_live(ctx, len(flat_u), rng)
+        src = rng.random(len(flat_u))
+        return np.where(src < 0.55, self._from_topics(topics, ctx.lo, ctx.live_hi, rng, fallback),
+               np.where(src < 0.75, self._from_topics(topics, ctx.fresh_lo, ctx.live_hi, rng, fallback),
+               np.where(src < 0.9, self._popular(ctx, len(flat_u), rng), fallback))).reshape(len(users), m)
+
+    def related_pool(self, ctx: "DayContext", users: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+        """A query pin per request from the user's interests, and candidates (R, k * POOL_FACTOR):
+        the query's topic (60%), popular (20%), random."""
+        m = self.truth.cfg.slate_related * POOL_FACTOR
+        query = self._from_topics(self._sample_topics(users, rng), ctx.lo, ctx.live_hi, rng,
+                                  self._random_live(ctx, len(users), rng))
+        flat_q = np.repeat(query, m)
+        fallback = self._random_live(ctx, len(flat_q), rng)
+        src = rng.random(len(flat_q))
+        pool = np.where(src < 0.6, self._from_topics(self.truth.pins.topic[flat_q], ctx.lo, ctx.live_hi, rng, fallback),
+               np.where(src < 0.8, self._popular(ctx, len(flat_q), rng), fallback)).reshape(len(users), m)
+        return query, pool
+
     def serve_day(self, day: int, rng: np.random.Generator) -> dict[str, tuple]:
         """Requests for every surface on ``day``: {surface: (user_ids, slates, query_pin_ids)}."""
-        truth, cfg, p, u = self.truth, self.truth.cfg, self.truth.pins, self.truth.users
-        lo, fresh_lo, live_hi = self._topic_ranges(day)
-        live_org = self.organic[p.created_day[self.organic] <= day]
+        cfg, p, u = self.truth.cfg, self.truth.pins, self.truth.users
+        ctx = self.day_context(day)
         active = np.flatnonzero((u.signup_day <= day) & (rng.random(len(u.activity)) < u.activity))
-        pop_w = np.cumsum(self.saves_so_far[live_org] + 1.0)
         out = {}
 
-        def random_live(n):
-            return live_org[rng.integers(0, len(live_org), n)]
-
-        def popular(n):
-            return live_org[np.minimum(np.searchsorted(pop_w, rng.random(n) * pop_w[-1]), len(live_org) - 1)]
-
-        def pin_score(users, pool):
+        def pin_score(pool):
             return 0.3 * np.log1p(self.saves_so_far[pool]) + rng.gumbel(size=pool.shape)
 
-        # Homefeed: topic, fresh-in-topic, popular and random sources
         users = np.repeat(active, rng.poisson(cfg.requests_homefeed, len(active)))
         if len(users):
-            k = cfg.slate_homefeed
-            m = k * POOL_FACTOR
-            flat_u = np.repeat(users, m)
-            topics = self._sample_topics(flat_u, rng)
-            fallback = random_live(len(flat_u))
-            src = rng.random(len(flat_u))
-            pool = np.where(src < 0.55, self._from_topics(topics, lo, live_hi, rng, fallback),
-                   np.where(src < 0.75, self._from_topics(topics, fresh_lo, live_hi, rng, fallback),
-                   np.where(src < 0.9, popular(len(flat_u)), fallback))).reshape(len(users), m)
-            score = (np.log(u.policy_taste[users[:, None], p.topic[pool]]) + pin_score(users, pool)
+            pool = self.homefeed_pool(ctx, users, rng)
+            score = (np.log(u.policy_taste[users[:, None], p.topic[pool]]) + pin_score(pool)
                      + 0.3 * (day - p.created_day[pool] < FRESH_DAYS))
-            out["homefeed"] = (users, self._ranked(pool, score, k), None)
+            out["homefeed"] = (users, self._ranked(pool, score, cfg.slate_homefeed), None)
 
-        # Related Pins: a query pin from the user's interests, candidates mostly from its topic
         users = np.repeat(active, rng.poisson(cfg.requests_related, len(active)))
         if len(users):
-            k = cfg.slate_related
-            m = k * POOL_FACTOR
-            query = self._from_topics(self._sample_topics(users, rng), lo, live_hi, rng, random_live(len(users)))
-            flat_q = np.repeat(query, m)
-            fallback = random_live(len(flat_q))
-            src = rng.random(len(flat_q))
-            pool = np.where(src < 0.6, self._from_topics(p.topic[flat_q], lo, live_hi, rng, fallback),
-                   np.where(src < 0.8, popular(len(flat_q)), fallback)).reshape(len(users), m)
-            score = 1.5 * (p.topic[pool] == p.topic[query][:, None]) + pin_score(users, pool)
+            query, pool = self.related_pool(ctx, users, rng)
+            score = 1.5 * (p.topic[pool] == p.topic[query][:, None]) + pin_score(pool)
             score[pool == query[:, None]] = -np.inf
-            out["related"] = (users, self._ranked(pool, score, k), query)
+            out["related"] = (users, self._ranked(pool, score, cfg.slate_related), query)
 
         # Ads: active ads scored by estimated interest x bid
         users = np.repeat(active, rng.poisson(cfg.requests_ads, len(active)))
@@ -173,6 +186,16 @@ class LoggingPolicy:
                      + 0.3 * np.log1p(self.clicks_so_far[pool]) + 0.5 * rng.gumbel(size=pool.shape))
             out["ads"] = (users, self._ranked(pool, score, k), None)
         return out
+
+
+@dataclass
+class DayContext:
+    day: int
+    lo: np.ndarray
+    fresh_lo: np.ndarray
+    live_hi: np.ndarray
+    live_org: np.ndarray
+    popularity: np.ndarray   # cumulative (saves so far + 1) over live_org
 
 
 def simulate_organic_logs(truth: GroundTruth, log_dir: Path, saves: Saves, progress=None) -> dict[str, int]:

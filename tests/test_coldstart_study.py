@@ -18,7 +18,6 @@ import pytest
 
 from pinworld.coldstart_study import ARMS, SLICES, main, run_study
 from pinworld.oracle import oracle_features
-from pinworld.world import World
 
 
 @pytest.fixture(scope="module")
