@@ -20,7 +20,8 @@ import numpy as np
 from abtest import stats
 from abtest.config import VARIANTS, ExperimentConfig, dump_config
 from abtest.errors import input_error
-from abtest.metrics import Cell, Sources, cells_of, check_exposures, open_readonly, sufficient_stats
+from abtest.metrics import (Cell, Sources, cells_of, check_exposures, open_readonly, per_user_values,
+                            sufficient_stats)
 
 
 def pre_window(cfg: ExperimentConfig, src: Sources) -> tuple[int, int] | None:
@@ -87,6 +88,31 @@ def analyze_cell(cell: Cell, sums: dict[str, dict[str, float]], cfg: ExperimentC
     return out
 
 
+LIFT_PAIRS = (("fresh_repins", "repins"), ("new_ad_clicks", "clicks"))
+
+
+def lift_differences(con, cells: list[Cell], cfg: ExperimentConfig) -> list[dict]:
+    """For each surface with both metrics of a pair: the lift of the cold-start metric (fresh repins,
+    new-ad clicks) minus the lift of its overall metric, with a delta-method CI that accounts for the
+    two being measured on the same users."""
+    by_key = {c.key: c for c in cells}
+    out = []
+    for a_name, b_name in LIFT_PAIRS:
+        for surface in cfg.surfaces:
+            a, b = by_key.get(f"{a_name}/{surface}"), by_key.get(f"{b_name}/{surface}")
+            if a is None or b is None:
+                continue
+            values = per_user_values(con, [a, b], None)
+            paired = {v: stats.PairedMeanStats.from_values(values[f"x{a.index}"][values["variant"] == v],
+                                                           values[f"x{b.index}"][values["variant"] == v])
+                      for v in VARIANTS}
+            r = stats.lift_difference_test(paired["control"], paired["treatment"], alpha=cfg.alpha,
+                                           metric_a=a.key, metric_b=b.key)
+            out.append({"key": f"{a.key} - {b.key}", "lift_a": _estimate(r.lift_a), "lift_b": _estimate(r.lift_b),
+                        "lift_correlation": _num(r.lift_correlation), "difference": _estimate(r.difference)})
+    return out
+
+
 def _generator_version(cfg: ExperimentConfig) -> str | None:
     for path in (cfg.experiment_dir / "simulation.json", Path(cfg.workdir) / "world" / "world.json"):
         if path.is_file():
@@ -120,6 +146,7 @@ def analyze(cfg: ExperimentConfig, *, write: bool = True) -> dict:
             if pre_rows == 0:
                 window = None   # no organic activity in the pre-period: nothing to adjust with
                 sums = sufficient_stats(con, cells, None)
+        differences = lift_differences(con, cells, cfg)
     results = [analyze_cell(c, sums, cfg, window is not None) for c in cells]
     finite = [j for j, r in enumerate(results) if r["p_value"] is not None]
     adj = stats.adjust_p_values([results[j]["p_value"] for j in finite], cfg.multiple_testing, alpha=cfg.alpha)
@@ -140,6 +167,7 @@ def analyze(cfg: ExperimentConfig, *, write: bool = True) -> dict:
                 "chi2": _num(srm.chi2), "p_value": _num(srm.p_value), "threshold": srm.threshold,
                 "mismatch": srm.mismatch},
         "results": results,
+        "lift_differences": differences,
         "config": dump_config(cfg),
     }
     if write:

@@ -85,6 +85,16 @@ def _srm_line(a: dict) -> str:
             f"expected split {' / '.join(f'{x:g}' for x in s['shares'])})")
 
 
+DIFF_HEADER = ("cold-start metric − overall metric", "lift (cold start)", "lift (overall)", "difference", "95% CI")
+
+
+def _diff_rows(a: dict) -> list[list[str]]:
+    """Rows comparing a cold-start lift with its overall lift (paired delta-method CI)."""
+    return [[d["key"], _pct(d["lift_a"]["value"]), _pct(d["lift_b"]["value"]), _pct(d["difference"]["value"]),
+             f"[{_pct(d['difference']['ci_low'])}, {_pct(d['difference']['ci_high'])}]"]
+            for d in a.get("lift_differences", [])]
+
+
 def render_markdown(a: dict) -> str:
     pre = a["pre_period"]
     lines = [f"# A/B experiment `{a['experiment']}`", "",
@@ -99,6 +109,11 @@ def render_markdown(a: dict) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in _rows(a)]
     lines += ["", "Lift = treatment / control − 1 with a delta-method CI; means are per exposed user "
               "(CUPED-adjusted where a pre-period exists), ratios are Σ numerator / Σ denominator.", ""]
+    if _diff_rows(a):
+        lines += ["## Cold-start lift vs overall lift", "",
+                  "| " + " | ".join(DIFF_HEADER) + " |", "|" + "---|" * len(DIFF_HEADER)]
+        lines += ["| " + " | ".join(row) + " |" for row in _diff_rows(a)]
+        lines += ["", "Unadjusted lifts on the same users; the CI of the difference uses their covariance.", ""]
     return "\n".join(lines)
 
 
@@ -108,6 +123,7 @@ def render_html(a: dict, png: bytes) -> str:
     srm_class = "bad" if a["srm"]["mismatch"] else "ok"
     table = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _rows(a))
     pre = a["pre_period"]
+    diffs = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _diff_rows(a))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>abtest: {esc(a['experiment'])}</title>
 <style>
@@ -125,6 +141,8 @@ CUPED pre-period: {esc('none' if pre is None else f"organic logs, days {pre['fir
 Alpha {a['alpha']}, multiple testing {esc(a['multiple_testing'])} across {len(a['results'])} tests.</p>
 <img alt="forest plot of relative lifts" src="data:image/png;base64,{img}">
 <table><tr>{''.join(f'<th>{esc(h)}</th>' for h in HEADER)}</tr>{table}</table>
+<h2>Cold-start lift vs overall lift</h2>
+<table><tr>{''.join(f'<th>{esc(h)}</th>' for h in DIFF_HEADER)}</tr>{diffs}</table>
 <p>Lift = treatment / control − 1 with a delta-method CI. Generated {esc(a['created'])}, generator
 {esc(str(a['generator_version']))}.</p>
 </body></html>

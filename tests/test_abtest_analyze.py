@@ -111,6 +111,7 @@ days: {{start: {START}, count: {DAYS}}}
 pre_period_days: {PRE_DAYS}
 metrics:
   - repins
+  - fresh_repins
   - ctr
   - cpc
   - hides
@@ -171,6 +172,18 @@ def test_recovers_injected_lift_with_cuped(synth):
     assert ctr["method"] == "delta_ratio" and ctr["relative"]["ci_low"] < 0 < ctr["relative"]["ci_high"]
     assert r["mde"]["relative"] > 0 and r["mde"]["power"] == 0.8
     assert not analysis["srm"]["mismatch"]
+
+
+def test_fresh_minus_overall_lift(synth):
+    _, _, analysis, _ = synth
+    d = {x["key"]: x for x in analysis["lift_differences"]}["fresh_repins/homefeed - repins/homefeed"]
+    # the injected lift is the same on fresh and old pins: both lifts cover it, their difference covers 0
+    assert d["lift_b"]["ci_low"] < DELTA < d["lift_b"]["ci_high"]
+    assert d["difference"]["ci_low"] < 0 < d["difference"]["ci_high"]
+    assert 0 < d["lift_correlation"] < 1
+    # the paired CI is narrower than treating the two lifts as independent
+    independent = (d["lift_a"]["se"] ** 2 + d["lift_b"]["se"] ** 2) ** 0.5
+    assert d["difference"]["se"] < independent
 
 
 def test_multiple_testing_adjusts_family(synth):
