@@ -45,7 +45,8 @@ bench: install
 
 # The full comparison tables (not part of `make demo`): all ranking arms over three seeds.
 results: demo
-	$(PY) -m ranking.compare --workdir $(W) --seeds 0 1 2 --epochs 2
+	$(PY) -m ranking.compare --workdir $(W) --seeds 0 1 2 --epochs 2 --results ''
+	$(PY) -m pinlift.results --workdir $(W) --out docs/results.md
 
 clean:
 	rm -rf $(WORKDIR)
