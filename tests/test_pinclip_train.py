@@ -93,3 +93,23 @@ def test_config_errors(tmp_path):
         load_train_config("tiny", ["stepz=3"])
     assert load_train_config("tiny", ["steps=7"]).steps == 7
     assert cli.main(["train", "tiny", "steps"]) == 2
+
+
+def test_tower_embeddings_do_not_collapse(tiny_workdir, tiny_world, tiny_pinclip_run):
+    """Pooled image and text embeddings start (and stay) spread out, so the image-text loss can align
+    pairs instead of falling into its collapsed optimum where every pair scores the same."""
+    from pinclip.data.dataset import normalize_images
+    from pinclip.data.sources import text_sources
+    from pinclip.models.text import tokenize
+
+    model, tok, _ = load_run(tiny_workdir, tiny_pinclip_run)
+    model.train()                         # batch statistics for the centering
+    texts = text_sources(tiny_world.pins(as_of=20)).head(64)
+    ids, mask = tokenize(tok, texts["descriptive"].to_list())
+    with torch.no_grad():
+        out = model(["image", "text"], normalize_images(tiny_world.images(texts["pin_id"].to_numpy(), 64)), ids, mask)
+    for kind in ("image", "text"):
+        e = out[kind][256]
+        sims = e @ e.T
+        off = (sims.sum() - sims.trace()) / (len(e) * (len(e) - 1))
+        assert off < 0.3, (kind, float(off))

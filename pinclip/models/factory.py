@@ -65,6 +65,13 @@ class PinCLIP(nn.Module):
         self.missing_text = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.image_pool = attention_pooler(cfg.width, cfg.embed_dim, cfg.pool_heads)
         self.text_pool = attention_pooler(cfg.width, cfg.embed_dim, cfg.pool_heads)
+        # Centering of the tower embeddings (batch statistics in training, running ones in eval). At init
+        # every pooled image is nearly the same vector (mean pairwise cosine ~0.87; texts ~0.94): the
+        # sigmoid image-text loss then falls straight into its collapsed optimum — one image vector, one
+        # text vector, every pair scored alike (loss log B + (B-1) log(1 + 1/(B-1))) — and never leaves it.
+        # Centered, the embeddings start near-orthogonal as SigLIP's init (t = 10, b = -10) assumes.
+        self.image_center = nn.BatchNorm1d(cfg.embed_dim, affine=False)
+        self.text_center = nn.BatchNorm1d(cfg.embed_dim, affine=False)
         self.fusion = FusionEncoder(cfg.width, cfg.embed_dim, cfg.pool_heads, cfg.fusion)
         self.matryoshka_heads = MatryoshkaHeads(cfg.matryoshka_dims)
         trunc_normal_(self.missing_text, std=0.02)
@@ -97,10 +104,10 @@ class PinCLIP(nn.Module):
         return self.matryoshka_heads(emb)
 
     def _image_embedding(self, visual: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_pool(visual), dim=-1)
+        return F.normalize(self.image_center(self.image_pool(visual)), dim=-1)
 
     def _text_embedding(self, text: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_pool(text, attn_mask=key_padding_bias(keep, text.dtype)), dim=-1)
+        return F.normalize(self.text_center(self.text_pool(text, attn_mask=key_padding_bias(keep, text.dtype))), dim=-1)
 
     def _fusion_embedding(self, visual: torch.Tensor, text: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.fusion(visual, text, keep), dim=-1)
