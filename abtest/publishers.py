@@ -42,18 +42,24 @@ def visible_before(day: int, lag: int) -> int:
     return day - lag + 1
 
 
-class OracleEmbeddingPublisher:
-    """pinworld's oracle (or topic-only) embeddings, published day by day like a production pipeline."""
+class DailyPublisher:
+    """Publishes, each day, the pins that became visible since the last version (created <= day - lag),
+    as an incremental version in the experiment's own directory; subclasses say how to embed them."""
 
-    def __init__(self, world: World, out_workdir: Path | str, name: str, lag: int, *, topic_only: bool = False):
+    def __init__(self, world: World, out_workdir: Path | str, name: str, lag: int):
         self.world, self.out_workdir, self.name, self.lag = world, Path(out_workdir), name, lag
-        self.topic_only = topic_only
         pins = world.table("pins").select("pin_id", "created_day").sort("pin_id")
-        self._ids = pins["pin_id"].to_numpy()
-        self._created = pins["created_day"].to_numpy()
+        self._ids, self._created = pins["pin_id"].to_numpy(), pins["created_day"].to_numpy()
         self._as_of: int | None = None
         self._current: PublishedEmbeddings | None = None
         self.history: list[dict] = []
+
+    def embed(self, ids: np.ndarray, as_of: int, first: bool) -> EmbeddingBatch:
+        raise NotImplementedError
+
+    @property
+    def source(self) -> dict:
+        raise NotImplementedError
 
     def publish_until(self, day: int) -> PublishedEmbeddings:
         as_of = visible_before(day, self.lag)
@@ -64,12 +70,9 @@ class OracleEmbeddingPublisher:
             new &= self._created >= self._as_of
         ids = self._ids[new]
         if self._current is None or len(ids):
-            vectors = oracle_embeddings(self.world, ids, topic_only=self.topic_only)
-            has_text = self.world.truth.pins.text_quality[ids] != TEXT_MISSING
-            source = {"kind": "topic" if self.topic_only else "oracle",
-                      "generator_version": self.world.generator_version, "lag_days": self.lag}
-            manifest = publish(self.out_workdir, self.name, EmbeddingBatch(ids, vectors, {"text": has_text}),
-                               source=source, incremental=self._current is not None, as_of_day=as_of)
+            manifest = publish(self.out_workdir, self.name, self.embed(ids, as_of, self._current is None),
+                               source={**self.source, "lag_days": self.lag},
+                               incremental=self._current is not None, as_of_day=as_of)
             self._current = open_embeddings(self.out_workdir, f"{self.name}@{manifest['version']}")
         self._as_of = as_of
         self.history.append({"day": day, "as_of_day": as_of, "version": self._current.version,
@@ -77,7 +80,23 @@ class OracleEmbeddingPublisher:
         return self._current
 
 
-class PinCLIPRunPublisher:
+class OracleEmbeddingPublisher(DailyPublisher):
+    """pinworld's oracle (or topic-only) embeddings, published day by day like a production pipeline."""
+
+    def __init__(self, world: World, out_workdir: Path | str, name: str, lag: int, *, topic_only: bool = False):
+        super().__init__(world, out_workdir, name, lag)
+        self.topic_only = topic_only
+
+    @property
+    def source(self) -> dict:
+        return {"kind": "topic" if self.topic_only else "oracle", "generator_version": self.world.generator_version}
+
+    def embed(self, ids: np.ndarray, as_of: int, first: bool) -> EmbeddingBatch:
+        vectors = oracle_embeddings(self.world, ids, topic_only=self.topic_only)
+        return EmbeddingBatch(ids, vectors, {"text": self.world.truth.pins.text_quality[ids] != TEXT_MISSING})
+
+
+class PinCLIPRunPublisher(DailyPublisher):
     """A PinCLIP run's embeddings, published day by day: the first version takes the pins visible then
     from the workspace's published version of the same run (its int8 rows, unchanged); every later
     day embeds only the pins created since, with the run's model and the texts known that day."""
@@ -85,36 +104,19 @@ class PinCLIPRunPublisher:
     def __init__(self, world: World, out_workdir: Path | str, name: str, lag: int, manifest: dict):
         from pinclip.run_source import RunEmbedder
 
-        self.world, self.out_workdir, self.name, self.lag = world, Path(out_workdir), name, lag
+        super().__init__(world, out_workdir, name, lag)
         self.base = open_embeddings(world.workdir, f"{name}@{manifest['version']}")
         self.embedder = RunEmbedder(world.workdir, manifest["source"]["run"], world=world, progress=False)
-        pins = world.table("pins").select("pin_id", "created_day").sort("pin_id")
-        self._ids, self._created = pins["pin_id"].to_numpy(), pins["created_day"].to_numpy()
-        self._as_of: int | None = None
-        self._current: PublishedEmbeddings | None = None
-        self.history: list[dict] = []
 
-    def publish_until(self, day: int) -> PublishedEmbeddings:
-        as_of = visible_before(day, self.lag)
-        if self._as_of is not None and as_of <= self._as_of:
-            return self._current
-        source = {**self.embedder.source, "lag_days": self.lag}
-        if self._current is None:
-            ids = self._ids[self._created < as_of]
-            batch = EmbeddingBatch(ids, {k: self.base.lookup(ids, k).values for k in self.base.kinds},
-                                   present={k: self.base.lookup(ids, k).found for k in self.base.kinds})
-        else:
-            ids = self._ids[(self._created >= self._as_of) & (self._created < as_of)]
-            pins = self.world.pins(as_of=as_of).filter(pl.col("pin_id").is_in(ids))
-            batch = self.embedder.batch(pins) if len(ids) else None
-        if batch is not None:
-            manifest = publish(self.out_workdir, self.name, batch, source=source,
-                               incremental=self._current is not None, as_of_day=as_of)
-            self._current = open_embeddings(self.out_workdir, f"{self.name}@{manifest['version']}")
-        self._as_of = as_of
-        self.history.append({"day": day, "as_of_day": as_of, "version": self._current.version,
-                             "rows": len(self._current), "added": int(len(ids))})
-        return self._current
+    @property
+    def source(self) -> dict:
+        return self.embedder.source
+
+    def embed(self, ids: np.ndarray, as_of: int, first: bool) -> EmbeddingBatch:
+        if first:
+            return EmbeddingBatch(ids, {k: self.base.lookup(ids, k).values for k in self.base.kinds},
+                                  present={k: self.base.lookup(ids, k).found for k in self.base.kinds})
+        return self.embedder.batch(self.world.pins(as_of=as_of).filter(pl.col("pin_id").is_in(ids)))
 
 
 PublisherFactory = Callable[[World, Path, str, int, dict], EmbeddingPublisher]
