@@ -92,9 +92,10 @@ def format_table(summary: dict, arms: list[str]) -> str:
                 if e is None:
                     cells.append("")
                 elif arm == "ids" or "lift_mean" not in e:
-                    cells.append(f"{e['auc_mean']:.4f} ± {e['auc_sd']:.4f}")
+                    cells.append(f"{e['auc_mean']:.4f}" + (f" ± {e['auc_sd']:.4f}" if e["seeds"] > 1 else ""))
                 else:
-                    cells.append(f"{e['auc_mean']:.4f} ({e['lift_mean']:+.4f} ± {e['lift_sd']:.4f})")
+                    sd = f" ± {e['lift_sd']:.4f}" if e["seeds"] > 1 else ""
+                    cells.append(f"{e['auc_mean']:.4f} ({e['lift_mean']:+.4f}{sd})")
             n = next(iter(row.values()))["n"]
             lines.append(f"| {task} | {sl} | {n:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
