@@ -4,41 +4,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pytest
-import yaml
-
-from abtest import cli as abtest_cli
 from pinclip import cli as pinclip_cli
 from pinlift import summary
 from pinworld import cli as pinworld_cli
-from ranking import compare
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pinclip_ranking.yaml"
-
-
-@pytest.fixture(scope="session")
-def loop_workdir(tmp_path_factory):
-    """A tiny workspace of its own, taken through every stage once (the stages write their files)."""
-    w = tmp_path_factory.mktemp("loop")
-    W = str(w)
-    assert pinworld_cli.main(["generate", "--workdir", W, "--preset", "tiny", "--seed", "0", "--quiet"]) == 0
-    assert pinclip_cli.main(["pretrain-image", "--workdir", W, "--steps", "20", "--batch-size", "32", "--quiet"]) == 0
-    assert pinclip_cli.main(["train", "tiny", "steps=20", "batch_size=32", "vocab_size=2000", "pretrained_image=image",
-                             "--workdir", W, "--run", "tiny", "--quiet"]) == 0
-    assert pinclip_cli.main(["eval", "--workdir", W, "--run", "tiny", "--max-queries", "200", "--distractors", "1000",
-                             "--quiet"]) == 0
-    assert pinclip_cli.main(["publish", "--workdir", W, "--source", "run", "--run", "tiny", "--name", "pinclip",
-                             "--quiet"]) == 0
-    assert compare.main(["--workdir", W, "--arms", "ids,pinclip", "--seeds", "0", "--epochs", "1",
-                         "--results", ""]) == 0
-    exp = yaml.safe_load(EXAMPLE.read_text())
-    exp.update(days={"start": 26, "count": 3}, pre_period_days=7, users={"count": 300})   # tiny: cutoff day 26
-    exp_path = w / "exp.yaml"
-    exp_path.write_text(yaml.safe_dump(exp))
-    assert abtest_cli.main(["simulate", str(exp_path), "--workdir", W, "--analyze", "--quiet"]) == 0
-    return w
 
 
 def test_every_stage_reports_a_figure(loop_workdir, capsys):
