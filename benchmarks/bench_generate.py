@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from machine_info import machine
+from machine_info import machine, save
 
 GIB = 1024 ** 3
 TARGETS = {"pins": 100_000, "users": 10_000, "impressions": 2_000_000, "seconds": 180.0, "peak_rss_gib": 4.0}
@@ -117,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         op = "<=" if k in ("seconds", "peak_rss_gib") else ">="
         print(f"{k:<12} {measured[k]:>12,} {op + ' ' + format(v, ','):>12}  {'yes' if met[k] else 'NO'}")
     print(f"stages (cumulative s): {summary.get('seconds')}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    save(result, args.out)
     return 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from machine_info import machine
+from machine_info import machine, save
 from pinclip.embeddings import open_embeddings
 from pinclip.index import CandidateIndex, HNSWConfig, recall_against_exact
 from pinclip.publish import EmbeddingBatch, publish
@@ -103,8 +103,7 @@ def main(argv=None) -> int:
         cand.set_ef_search(ef)
         out["hnsw"]["by_ef_search"].append(recall_against_exact(cand, queries, k=10))
     print(json.dumps(out, indent=2))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    save(out, args.out)
     return 0
 
 

@@ -10,7 +10,6 @@ Timings depend on what else runs on the machine: the load average before and aft
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from machine_info import machine
+from machine_info import machine, save
 from pinworld.engagement import SURFACES
 from pinworld.world import World
 
@@ -110,10 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     for s, r in result["surfaces"].items():
         print(f"{s:<10} {r['respond']['responses_per_s']:>14,.0f} {r['probabilities']['responses_per_s']:>16,.0f} "
               f"{n / r['respond']['median_s']:>17,.0f}  {'yes' if r['met'] else 'NO'}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    save(result, args.out)
     return 0
 
 

@@ -167,8 +167,8 @@ class Trainer:
         rows_out, preds_out = [], []
         for rows in _batches(len(ex), 4 * self.cfg.batch_size, self.env, None):
             if len(rows) == 0:
-                rows = np.zeros(1, np.int64)          # a dummy row keeps the collectives in step
-                self.model(*_features(self.batch(ex, rows)))
+                dummy = self.batch(ex, np.zeros(1, np.int64))   # keeps the collectives in step
+                self.model(dummy.dense_features, dummy.sparse_features)
                 continue
             b = self.batch(ex, rows)
             preds_out.append(torch.sigmoid(self.model(b.dense_features, b.sparse_features)).float().cpu().numpy())
@@ -221,10 +221,6 @@ class Trainer:
             (self.run_dir / "eval.json").write_text(json.dumps(report, indent=2))
             np.save(self.run_dir / "eval_predictions.npy", preds, allow_pickle=False)
         return report
-
-
-def _features(b):
-    return b.dense_features, b.sparse_features
 
 
 def format_report(report: dict) -> str:
