@@ -168,7 +168,8 @@ def publish(workdir: Path | str, name: str, batch: EmbeddingBatch, *, source: di
     def write_part(i: int) -> dict:
         rows = chunks[i]
         fname = f"part-{first + i:05d}.parquet"
-        pq.write_table(_part_table(batch, rows), tmp / fname)
+        # statistics on pin_id only: min/max of embedding components help no reader and cost time
+        pq.write_table(_part_table(batch, rows), tmp / fname, write_statistics=["pin_id"])
         _fsync(tmp / fname)
         ids = np.asarray(batch.pin_ids)[rows]
         return {"file": fname, "rows": int(len(rows)), "sha256": sha256(tmp / fname),
