@@ -20,7 +20,7 @@ import numpy as np
 from abtest import stats
 from abtest.config import VARIANTS, ExperimentConfig, dump_config
 from abtest.errors import input_error
-from abtest.metrics import (Cell, Sources, cells_of, check_exposures, open_readonly, per_user_values,
+from abtest.metrics import (Cell, Sources, cells_of, check_exposures, cross_sum_name, open_readonly,
                             sufficient_stats)
 
 
@@ -91,25 +91,34 @@ def analyze_cell(cell: Cell, sums: dict[str, dict[str, float]], cfg: ExperimentC
 LIFT_PAIRS = (("fresh_repins", "repins"), ("new_ad_clicks", "clicks"))
 
 
-def lift_differences(con, cells: list[Cell], cfg: ExperimentConfig) -> list[dict]:
-    """For each surface with both metrics of a pair: the lift of the cold-start metric (fresh repins,
-    new-ad clicks) minus the lift of its overall metric, with a delta-method CI that accounts for the
-    two being measured on the same users."""
+def lift_pairs(cells: list[Cell], surfaces) -> list[tuple[Cell, Cell]]:
+    """(cold-start cell, overall cell) for each ``LIFT_PAIRS`` pair and each of ``surfaces`` (in that
+    order) that has both cells."""
     by_key = {c.key: c for c in cells}
+    return [(by_key[f"{a}/{s}"], by_key[f"{b}/{s}"]) for a, b in LIFT_PAIRS for s in surfaces
+            if f"{a}/{s}" in by_key and f"{b}/{s}" in by_key]
+
+
+def paired_stats(sums: dict[str, float], a: Cell, b: Cell) -> stats.PairedMeanStats:
+    """Paired sufficient statistics of cells a and b in one variant's sums (``sufficient_stats`` with
+    (a, b) among its pairs)."""
+    s = {k: np.float64(v) for k, v in sums.items()}
+    return stats.PairedMeanStats(int(s["n"]), s[f"sx{a.index}"], s[f"sxx{a.index}"], s[f"sx{b.index}"],
+                                 s[f"sxx{b.index}"], s[cross_sum_name(a, b)])
+
+
+def lift_differences(sums: dict[str, dict[str, float]], pairs: list[tuple[Cell, Cell]],
+                     cfg: ExperimentConfig) -> list[dict]:
+    """For each (a, b) in ``pairs`` (``lift_pairs``): the lift of the cold-start metric a (fresh repins,
+    new-ad clicks) minus the lift of its overall metric b, with a delta-method CI that accounts for the
+    two being measured on the same users. ``sums``: per-variant ``sufficient_stats`` with these pairs."""
     out = []
-    for a_name, b_name in LIFT_PAIRS:
-        for surface in cfg.surfaces:
-            a, b = by_key.get(f"{a_name}/{surface}"), by_key.get(f"{b_name}/{surface}")
-            if a is None or b is None:
-                continue
-            values = per_user_values(con, [a, b], None)
-            paired = {v: stats.PairedMeanStats.from_values(values[f"x{a.index}"][values["variant"] == v],
-                                                           values[f"x{b.index}"][values["variant"] == v])
-                      for v in VARIANTS}
-            r = stats.lift_difference_test(paired["control"], paired["treatment"], alpha=cfg.alpha,
-                                           metric_a=a.key, metric_b=b.key)
-            out.append({"key": f"{a.key} - {b.key}", "lift_a": _estimate(r.lift_a), "lift_b": _estimate(r.lift_b),
-                        "lift_correlation": _num(r.lift_correlation), "difference": _estimate(r.difference)})
+    for a, b in pairs:
+        paired = {v: paired_stats(sums[v], a, b) for v in VARIANTS}
+        r = stats.lift_difference_test(paired["control"], paired["treatment"], alpha=cfg.alpha,
+                                       metric_a=a.key, metric_b=b.key)
+        out.append({"key": f"{a.key} - {b.key}", "lift_a": _estimate(r.lift_a), "lift_b": _estimate(r.lift_b),
+                    "lift_correlation": _num(r.lift_correlation), "difference": _estimate(r.difference)})
     return out
 
 
@@ -135,18 +144,19 @@ def analyze(cfg: ExperimentConfig, *, write: bool = True) -> dict:
         raise input_error(Path(cfg.workdir) / "world" / "pins.parquet", "pins",
                           f"the pins table (metric {needs_pins[0]!r} needs created_day / is_ad)", "no such file")
     cells = cells_of(metrics)
+    pairs = lift_pairs(cells, cfg.surfaces)
     window = pre_window(cfg, src)
     with open_readonly(src) as con:
         counts = check_exposures(con, src, VARIANTS)
-        sums = sufficient_stats(con, cells, window)
         lo, hi, n_events = con.execute("SELECT MIN(day), MAX(day), COUNT(*) FROM events").fetchone()
         if window is not None:
             pre_rows = con.execute("SELECT COUNT(*) FROM pre_events WHERE day >= ? AND day < ?",
                                    list(window)).fetchone()[0]
             if pre_rows == 0:
                 window = None   # no organic activity in the pre-period: nothing to adjust with
-                sums = sufficient_stats(con, cells, None)
-        differences = lift_differences(con, cells, cfg)
+        # the one pass over the events: every cell's sums and the cross sums of the lift pairs
+        sums = sufficient_stats(con, cells, window, pairs)
+    differences = lift_differences(sums, pairs, cfg)
     results = [analyze_cell(c, sums, cfg, window is not None) for c in cells]
     finite = [j for j, r in enumerate(results) if r["p_value"] is not None]
     adj = stats.adjust_p_values([results[j]["p_value"] for j in finite], cfg.multiple_testing, alpha=cfg.alpha)

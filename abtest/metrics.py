@@ -18,7 +18,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import duckdb
 import numpy as np
@@ -363,9 +363,20 @@ def per_user_values(con, cells: list[Cell], pre_window: tuple[int, int] | None) 
             for k, v in out.items()}
 
 
-def sufficient_stats(con, cells: list[Cell], pre_window: tuple[int, int] | None) -> dict[str, dict[str, float]]:
-    """Per variant: n and, per cell, Σx, Σx² (+ Σy, Σy², Σxy for ratios; + Σc, Σc², Σxc with covariates)."""
+def cross_sum_name(a: Cell, b: Cell) -> str:
+    """Name of Σ x_a·x_b, the per-variant sum of the products of two cells' per-user values."""
+    return f"sx{int(a.index)}x{int(b.index)}"
+
+
+def sufficient_stats(con, cells: list[Cell], pre_window: tuple[int, int] | None,
+                     pairs: Sequence[tuple[Cell, Cell]] = ()) -> dict[str, dict[str, float]]:
+    """Per variant: n and, per cell, Σx, Σx² (+ Σy, Σy², Σxy for ratios; + Σc, Σc², Σxc with covariates);
+    per (a, b) in ``pairs``, Σ x_a·x_b (``cross_sum_name``), for statistics of two cells on the same users.
+
+    One pass over the events whatever ``pairs`` holds: the cross sums are extra columns of the same
+    aggregate, so paired statistics never re-run the per-user query."""
     sql, params = per_user_query(cells, pre_window)
+    known = set(cells)
     sums = ["COUNT(*) AS n"]
     for c in cells:
         i = c.index
@@ -374,6 +385,10 @@ def sufficient_stats(con, cells: list[Cell], pre_window: tuple[int, int] | None)
             sums += [f"SUM(y{i}) AS sy{i}", f"SUM(y{i} * y{i}) AS syy{i}", f"SUM(x{i} * y{i}) AS sxy{i}"]
         elif pre_window is not None:
             sums += [f"SUM(c{i}) AS sc{i}", f"SUM(c{i} * c{i}) AS scc{i}", f"SUM(x{i} * c{i}) AS sxc{i}"]
+    for a, b in dict.fromkeys((a, b) for a, b in pairs):
+        if a not in known or b not in known:
+            raise ValueError(f"abtest: pair ({a.key}, {b.key}) is not among the cells")
+        sums.append(f"SUM(x{int(a.index)} * x{int(b.index)}) AS {cross_sum_name(a, b)}")
     rows = con.execute(f"WITH u AS ({sql}) SELECT variant, {', '.join(sums)} FROM u GROUP BY variant",
                        params).fetchall()
     names = ["variant"] + [s.rsplit(" AS ", 1)[1] for s in sums]

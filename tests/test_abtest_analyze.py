@@ -15,12 +15,12 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 
 from abtest import stats
-from abtest.analyze import analyze
+from abtest.analyze import analyze, lift_pairs
 from abtest.assign import assign
 from abtest.cli import main
 from abtest.config import load_config
 from abtest.errors import AbtestError
-from abtest.metrics import Sources, cells_of, open_readonly, per_user_values
+from abtest.metrics import Sources, cells_of, cross_sum_name, open_readonly, per_user_values, sufficient_stats
 from abtest.report import render_markdown
 from abtest.simulate import EVENTS_SCHEMA, EXPOSURES_SCHEMA
 
@@ -184,6 +184,92 @@ def test_fresh_minus_overall_lift(synth):
     # the paired CI is narrower than treating the two lifts as independent
     independent = (d["lift_a"]["se"] ** 2 + d["lift_b"]["se"] ** 2) ** 0.5
     assert d["difference"]["se"] < independent
+
+
+def _as_json(e: stats.Estimate) -> dict:
+    """An estimate as analysis.json holds it (non-finite numbers as None)."""
+    return {k: float(v) if np.isfinite(v) else None for k, v in vars(e).items()}
+
+
+def test_lift_differences_match_a_per_user_computation(synth):
+    # the paired sums come from the one aggregate query; recompute them from per-user values
+    _, cfg, analysis, _ = synth
+    cells = cells_of(cfg.metric_list())
+    pairs = lift_pairs(cells, cfg.surfaces)
+    assert [f"{a.key} - {b.key}" for a, b in pairs] == [d["key"] for d in analysis["lift_differences"]]
+    assert len(pairs) == 2
+    with open_readonly(Sources.for_experiment(cfg.workdir, cfg.experiment_dir)) as con:
+        per_user = per_user_values(con, cells, None)
+    for (a, b), got in zip(pairs, analysis["lift_differences"]):
+        paired = {v: stats.PairedMeanStats.from_values(per_user[f"x{a.index}"][per_user["variant"] == v],
+                                                       per_user[f"x{b.index}"][per_user["variant"] == v])
+                  for v in ("control", "treatment")}
+        r = stats.lift_difference_test(paired["control"], paired["treatment"])
+        for name in ("lift_a", "lift_b", "difference"):
+            assert got[name] == _as_json(getattr(r, name))
+        assert got["lift_correlation"] == float(r.lift_correlation)
+
+
+def _tiny_workspace(root: Path) -> Path:
+    """Six users, homefeed repins of one fresh pin (0) and one old pin (1); hand-counted below."""
+    w = root / "ws"
+    (w / "world").mkdir(parents=True)
+    pq.write_table(pa.table({"pin_id": np.array([0, 1], np.int64), "created_day": np.array([5, -100], np.int32),
+                             "is_ad": [False, False]}), w / "world" / "pins.parquet")
+    exp = w / "experiments" / "tiny"
+    (exp / "exposures").mkdir(parents=True)
+    pq.write_table(pa.table({"experiment": ["tiny"] * 6, "user_id": np.arange(6, dtype=np.int64),
+                             "variant": ["control"] * 3 + ["treatment"] * 3,
+                             "first_exposure_day": np.array([10, 10, 10, 10, 10, 11], np.int32)},
+                            schema=EXPOSURES_SCHEMA), exp / "exposures" / "part-0.parquet")
+    # (day, user, pin) of each repin; user 2 has none; user 5's day-10 repin precedes its exposure
+    repins = [(10, 0, 0), (10, 0, 0), (11, 0, 1), (11, 1, 1),
+              (10, 3, 0), (11, 3, 0), (10, 4, 0), (10, 4, 1), (11, 4, 1), (11, 4, 1), (10, 5, 0), (11, 5, 0)]
+    day, user, pin = (np.array(c) for c in zip(*repins))
+    n = len(repins)
+    (exp / "events" / "all").mkdir(parents=True)
+    pq.write_table(pa.table({"day": day.astype(np.int32), "user_id": user.astype(np.int64),
+                             "surface": ["homefeed"] * n, "request_id": np.arange(n, dtype=np.int64),
+                             "pin_id": pin.astype(np.int64), "position": np.zeros(n, np.int16),
+                             "action": ["repin"] * n, "value": pa.nulls(n, pa.float64())}, schema=EVENTS_SCHEMA),
+                   exp / "events" / "all" / "part-0.parquet")
+    cfg = root / "exp.yaml"
+    cfg.write_text(f"""name: tiny
+workdir: {w}
+arms: {{control: {{ranker: logging_policy}}, treatment: {{ranker: logging_policy}}}}
+surfaces: [homefeed]
+days: {{start: 10, count: 2}}
+pre_period_days: 0
+metrics: [repins, fresh_repins]
+""")
+    return cfg
+
+
+def test_lift_difference_by_hand(tmp_path):
+    cfg = load_config(_tiny_workspace(tmp_path))
+    # per user (fresh repins a, repins b): control (2, 3), (0, 1), (0, 0); treatment (2, 2), (1, 4), (1, 1)
+    a_c, b_c, a_t, b_t = [2, 0, 0], [3, 1, 0], [2, 1, 1], [2, 4, 1]
+    cells = cells_of(cfg.metric_list())
+    [(a, b)] = lift_pairs(cells, cfg.surfaces)
+    assert (a.key, b.key) == ("fresh_repins/homefeed", "repins/homefeed")
+    with open_readonly(Sources.for_experiment(cfg.workdir, cfg.experiment_dir)) as con:
+        sums = sufficient_stats(con, cells, None, [(a, b)])
+    hand = {"control": (3, 2, 4, 4, 10, 6), "treatment": (3, 4, 6, 7, 21, 9)}   # n, Σa, Σa², Σb, Σb², Σab
+    for v, expected in hand.items():
+        s = sums[v]
+        got = (s["n"], s[f"sx{a.index}"], s[f"sxx{a.index}"], s[f"sx{b.index}"], s[f"sxx{b.index}"],
+               s[cross_sum_name(a, b)])
+        assert got == expected
+    [d] = analyze(cfg, write=False)["lift_differences"]
+    # fresh: (4/3) / (2/3) − 1 = 1; all repins: (7/3) / (4/3) − 1 = 0.75
+    assert d["key"] == "fresh_repins/homefeed - repins/homefeed"
+    assert d["lift_a"]["value"] == pytest.approx(1.0) and d["lift_b"]["value"] == pytest.approx(0.75)
+    assert d["difference"]["value"] == pytest.approx(0.25)
+    r = stats.lift_difference_test(stats.PairedMeanStats.from_values(a_c, b_c),
+                                   stats.PairedMeanStats.from_values(a_t, b_t))
+    for name in ("lift_a", "lift_b", "difference"):
+        assert d[name] == _as_json(getattr(r, name))
+    assert d["lift_correlation"] == float(r.lift_correlation)
 
 
 def test_multiple_testing_adjusts_family(synth):
