@@ -42,6 +42,7 @@ bench: install
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_response.py
 	$(PY) benchmarks/bench_publish.py
+	$(PY) benchmarks/bench_ranking.py
 	$(PY) benchmarks/bench_analyze.py
 
 # The full comparison tables (not part of `make demo`): all ranking arms over three seeds.
