@@ -22,7 +22,7 @@ from torchrec.datasets.utils import Batch
 
 from pinclip.embeddings import PublishedEmbeddings
 from pinworld.world import World
-from ranking.history import History, gather_jagged
+from ranking.history import History, entity_day_keys, gather_jagged
 
 SURFACES = ("homefeed", "related", "ads")
 TASKS = (("homefeed", "repin"), ("homefeed", "click"), ("related", "repin"), ("related", "click"), ("ads", "click"))
@@ -66,7 +66,7 @@ class Examples:
     dense: np.ndarray             # float32 (n, len(BASE_DENSE))
     labels: np.ndarray            # float32 (n, len(TASKS)), NaN where the task does not apply
     boards: tuple[np.ndarray, np.ndarray]
-    history: tuple[np.ndarray, np.ndarray]
+    history: tuple[np.ndarray, np.ndarray]   # the user's recent saves before the day: equal for equal (user_id, day)
 
     def __len__(self) -> int:
         return len(self.pin_id)
@@ -150,21 +150,31 @@ class ContentFeatures:
     def __init__(self, emb: PublishedEmbeddings, shuffle_seed: int | None = None):
         look = emb.lookup(emb.pin_ids, "fusion", dequantize_values=True)
         self.ids = emb.pin_ids
-        self.vectors = look.values.astype(np.float32)
+        vectors = look.values.astype(np.float32)
         self.present = look.found
         if shuffle_seed is not None:
             # the control arm: the same vectors, assigned to the wrong pins
             perm = np.random.default_rng(shuffle_seed).permutation(len(self.ids))
-            self.vectors, self.present = self.vectors[perm], self.present[perm]
+            vectors, self.present = vectors[perm], self.present[perm]
+        # one extra all-zero row that every missing pin maps to, so a lookup is a single gather
+        self.missing_row = len(self.ids)
+        self.table = np.zeros((len(self.ids) + 1, CONTENT_DIM), np.float32)
+        self.table[:-1][self.present] = vectors[self.present]
+        self.vectors = self.table[:-1]   # zero where the pin has no embedding
         self.ref = emb.ref + (f"+shuffled({shuffle_seed})" if shuffle_seed is not None else "")
 
-    def rows(self, pin_ids) -> tuple[np.ndarray, np.ndarray]:
+    def index(self, pin_ids) -> np.ndarray:
+        """Rows of ``table`` for pin ids; an unknown pin or one without an embedding -> ``missing_row``."""
         ids = np.asarray(pin_ids, np.int64)
         if len(self.ids) == 0:
-            return np.zeros((len(ids), CONTENT_DIM), np.float32), np.zeros(len(ids), bool)
+            return np.zeros(len(ids), np.int64)
         pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
-        found = (self.ids[pos] == ids) & self.present[pos]
-        return np.where(found[:, None], self.vectors[pos], 0.0).astype(np.float32), found
+        return np.where((self.ids[pos] == ids) & self.present[pos], pos, self.missing_row)
+
+    def rows(self, pin_ids) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors (zero where missing) and whether each pin has an embedding."""
+        idx = self.index(pin_ids)
+        return self.table[idx], idx != self.missing_row
 
 
 @dataclass
@@ -197,22 +207,9 @@ def dense_width(content: bool) -> int:
 
 def make_batch(ex: Examples, rows: np.ndarray, vocabs: Vocabs, content: ContentFeatures | None) -> Batch:
     """A TorchRec ``Batch`` for example rows."""
-    dense = [ex.dense[rows]]
-    if content is not None:
-        cand, cand_ok = content.rows(ex.pin_id[rows])
-        q_ids = ex.query_pin_id[rows]
-        query, query_ok = content.rows(q_ids)
-        query_ok &= q_ids >= 0
-        h_vals, h_len = gather_jagged(ex.history[0], ex.history[1], rows)
-        h_vec, h_ok = content.rows(h_vals)
-        owner = np.repeat(np.arange(len(rows)), h_len)
-        summed = np.zeros((len(rows), CONTENT_DIM), np.float32)
-        np.add.at(summed, owner[h_ok], h_vec[h_ok])
-        counts = np.bincount(owner[h_ok], minlength=len(rows)).astype(np.float32)
-        pooled = summed / np.maximum(counts, 1)[:, None]
-        dense += [cand, (~cand_ok)[:, None], query * query_ok[:, None], (~query_ok)[:, None],
-                  pooled, (counts == 0)[:, None]]
-    dense_t = torch.from_numpy(np.concatenate(dense, 1).astype(np.float32))
+    base = ex.dense[rows]
+    dense = base if content is None else np.concatenate([base, _content_dense(ex, rows, content)], 1)
+    dense_t = torch.from_numpy(dense)
     b_vals, b_len = gather_jagged(ex.boards[0], ex.boards[1], rows)
     h_vals, h_len = gather_jagged(ex.history[0], ex.history[1], rows)
     n = len(rows)
@@ -232,3 +229,39 @@ def make_batch(ex: Examples, rows: np.ndarray, vocabs: Vocabs, content: ContentF
         values=torch.from_numpy(np.concatenate([feats[k][0] for k in SPARSE_FEATURES]).astype(np.int64)),
         lengths=torch.from_numpy(np.concatenate([feats[k][1] for k in SPARSE_FEATURES]).astype(np.int32)))
     return Batch(dense_features=dense_t, sparse_features=kjt, labels=torch.from_numpy(ex.labels[rows]))
+
+
+def _content_dense(ex: Examples, rows: np.ndarray, content: ContentFeatures) -> np.ndarray:
+    """Candidate, query pin and pooled history vectors, each followed by its missing indicator (n, 3 * 65)."""
+    out = np.empty((len(rows), 3 * (CONTENT_DIM + 1)), np.float32)
+    q = ex.query_pin_id[rows]
+    for j, idx in enumerate((content.index(ex.pin_id[rows]),
+                             np.where(q >= 0, content.index(q), content.missing_row))):
+        o = j * (CONTENT_DIM + 1)
+        out[:, o:o + CONTENT_DIM] = content.table[idx]
+        out[:, o + CONTENT_DIM] = idx == content.missing_row
+    o = 2 * (CONTENT_DIM + 1)
+    pooled, count = pooled_history(ex, rows, content)
+    out[:, o:o + CONTENT_DIM] = pooled
+    out[:, o + CONTENT_DIM] = count == 0
+    return out
+
+
+def pooled_history(ex: Examples, rows: np.ndarray, content: ContentFeatures) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the mean content vector over the user's recent saves that have one (zero if none) and how
+    many had one. A history is a function of (user, day), so each distinct one is pooled once: a slate
+    of one request pools a single history, not one per candidate."""
+    key = entity_day_keys(ex.user_id[rows], ex.day[rows])
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    vals, lengths = gather_jagged(ex.history[0], ex.history[1], rows[first])
+    # histories padded to (distinct, longest) with the zero row; a missing save is the zero row too
+    owner = np.repeat(np.arange(len(first)), lengths)
+    slot = np.arange(len(vals)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    padded = np.full((len(first), int(lengths.max(initial=0))), content.missing_row)
+    padded[owner, slot] = content.index(vals)
+    count = (padded != content.missing_row).sum(1).astype(np.float32)
+    summed = np.zeros((len(first), CONTENT_DIM), np.float32)
+    for j in range(padded.shape[1]):
+        # one save position at a time: each history is summed in order, as a running sum would
+        summed += content.table[padded[:, j]]
+    return (summed / np.maximum(count, 1)[:, None])[inverse], count[inverse]

@@ -12,7 +12,8 @@ import numpy as np
 DAY_OFFSET = 1 << 20   # days may be negative (back catalog); keys stay positive and ordered
 
 
-def _keys(entity, day) -> np.ndarray:
+def entity_day_keys(entity, day) -> np.ndarray:
+    """One ordered int64 key per (entity, day): sorts by entity, then day."""
     return np.asarray(entity, np.int64) * (2 * DAY_OFFSET) + (np.asarray(day, np.int64) + DAY_OFFSET)
 
 
@@ -20,7 +21,7 @@ class History:
     """Sorted events of entities, with optional items (e.g. the pin a user saved) and weights."""
 
     def __init__(self, entity, day, item=None, weight=None):
-        keys = _keys(entity, day)
+        keys = entity_day_keys(entity, day)
         order = np.argsort(keys, kind="stable")
         self.keys = keys[order]
         self.entity = np.asarray(entity, np.int64)[order]
@@ -29,8 +30,8 @@ class History:
         self.cumulative = np.concatenate([[0.0], np.cumsum(w)])
 
     def _bounds(self, entity, day) -> tuple[np.ndarray, np.ndarray]:
-        lo = np.searchsorted(self.keys, _keys(entity, -DAY_OFFSET + 1), side="left")
-        hi = np.searchsorted(self.keys, _keys(entity, day), side="left")
+        lo = np.searchsorted(self.keys, entity_day_keys(entity, -DAY_OFFSET + 1), side="left")
+        hi = np.searchsorted(self.keys, entity_day_keys(entity, day), side="left")
         return lo, hi
 
     def count_before(self, entity, day) -> np.ndarray:

@@ -9,8 +9,8 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from pinclip.embeddings import open_embeddings
 from pinclip.publish import EmbeddingBatch, publish
-from ranking.features import (BASE_DENSE, CONTENT_DIM, SPARSE_FEATURES, TASKS, ContentFeatures, FeatureSource,
-                              Vocab, Vocabs, dense_width, make_batch)
+from ranking.features import (BASE_DENSE, CONTENT_DIM, SPARSE_FEATURES, TASKS, ContentFeatures, Examples,
+                              FeatureSource, Vocab, Vocabs, dense_width, make_batch, pooled_history)
 from ranking.history import History, gather_jagged
 from ranking.metrics import binary_metrics, slice_masks
 
@@ -85,6 +85,11 @@ def test_batch_with_partial_embeddings_flags_missing(tiny_world, source, tmp_pat
     q0 = base + CONTENT_DIM + 1
     q_missing = d[:, q0 + CONTENT_DIM]
     assert (q_missing == ~np.isin(ex.query_pin_id[rows], known)).all()
+    h0 = base + 2 * (CONTENT_DIM + 1)
+    ref, ref_missing = _reference_pooled(ex, rows, known, look_of=open_embeddings(tmp_path, "half"))
+    np.testing.assert_allclose(d[:, h0:h0 + CONTENT_DIM], ref, rtol=1e-6, atol=1e-7)
+    assert (d[:, h0 + CONTENT_DIM] == ref_missing).all()
+    assert 0 < ref_missing.sum() < len(rows)          # both cases occur on this slice
     kjt = b.sparse_features
     assert list(kjt.keys()) == list(SPARSE_FEATURES)
     assert (kjt["query_pin"].lengths() == 1).all() and (kjt["advertiser"].lengths() == 0).all()
@@ -94,6 +99,56 @@ def test_batch_with_partial_embeddings_flags_missing(tiny_world, source, tmp_pat
     shuffled = ContentFeatures(open_embeddings(tmp_path, "half"), shuffle_seed=1)
     assert not np.allclose(shuffled.rows(known)[0], content.rows(known)[0])
     assert sorted(map(tuple, shuffled.vectors.round(4))) == sorted(map(tuple, content.vectors.round(4)))
+
+
+def _reference_pooled(ex, rows, known, look_of):
+    """Row by row: the float64 mean of the published vectors of the row's history pins that have one."""
+    pooled, missing = np.zeros((len(rows), CONTENT_DIM)), np.zeros(len(rows), bool)
+    for n, i in enumerate(rows):
+        saves = ex.history[0][ex.history[1][i]:ex.history[1][i + 1]]
+        have = saves[np.isin(saves, known)]
+        if len(have):
+            pooled[n] = look_of.lookup(have, dequantize_values=True).values.astype(np.float64).mean(0)
+        missing[n] = len(have) == 0
+    return pooled, missing
+
+
+def _examples(user, day, pin, history):
+    """Hand-made Homefeed examples; ``history`` is each row's list of saved pin ids."""
+    n = len(user)
+    return Examples(
+        user_id=np.array(user, np.int64), pin_id=np.array(pin, np.int64), query_pin_id=np.full(n, -1, np.int64),
+        advertiser_id=np.full(n, -1, np.int64), surface=np.zeros(n, np.int8), day=np.array(day, np.int32),
+        created_day=np.zeros(n, np.int32), is_ad=np.zeros(n, bool), dense=np.zeros((n, len(BASE_DENSE)), np.float32),
+        labels=np.zeros((n, len(TASKS)), np.float32), boards=(np.zeros(0, np.int64), np.zeros(n + 1, np.int64)),
+        history=(np.array([p for h in history for p in h], np.int64),
+                 np.concatenate([[0], np.cumsum([len(h) for h in history])]).astype(np.int64)))
+
+
+def test_pooled_history_matches_reference_with_empty_and_missing(tmp_path):
+    known = np.array([10, 11, 12, 13, 14])             # pins 20 and 21 have no embedding
+    vec = np.random.default_rng(1).normal(size=(len(known), 64))
+    publish(tmp_path, "some", EmbeddingBatch(known, {"fusion": vec}), source={"kind": "test"})
+    emb = open_embeddings(tmp_path, "some")
+    content = ContentFeatures(emb)
+    histories = {(1, 5): [10, 20, 11], (1, 6): [10, 20, 11, 12], (2, 5): [], (3, 5): [20, 21], (4, 5): [14],
+                 (5, 5): [13, 12, 11, 10, 14, 20, 21, 10]}
+    # users interleaved, several candidates per (user, day), as in a batch of slates
+    keys = [(1, 5), (2, 5), (1, 5), (3, 5), (1, 6), (4, 5), (5, 5), (2, 5), (1, 5), (5, 5)]
+    ex = _examples([u for u, _ in keys], [d for _, d in keys], [10 + i % 12 for i in range(len(keys))],
+                   [histories[k] for k in keys])
+    for rows in (np.arange(len(ex)), np.array([9, 3, 0, 0, 4, 1])):
+        ref, ref_missing = _reference_pooled(ex, rows, known, emb)
+        pooled, count = pooled_history(ex, rows, content)
+        assert pooled.dtype == np.float32 and pooled.shape == (len(rows), CONTENT_DIM)
+        np.testing.assert_allclose(pooled, ref, rtol=1e-6, atol=1e-7)
+        assert list(count) == [sum(p in known for p in histories[keys[i]]) for i in rows]
+        d = make_batch(ex, rows, Vocabs.fit(ex), content).dense_features.numpy()
+        h0 = len(BASE_DENSE) + 2 * (CONTENT_DIM + 1)
+        np.testing.assert_array_equal(d[:, h0:h0 + CONTENT_DIM], pooled)
+        # the indicator is on when no save has an embedding: an empty history or only missing pins
+        assert list(d[:, h0 + CONTENT_DIM]) == list(ref_missing) == [keys[i][0] in (2, 3) for i in rows]
+        assert (d[ref_missing, h0:h0 + CONTENT_DIM] == 0).all()
 
 
 def test_unknown_surface_and_missing_pin_are_clear_errors(source, tiny_world):
