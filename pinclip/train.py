@@ -96,6 +96,13 @@ def load_train_config(path_or_name: str, overrides: list[str] | None = None) -> 
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ValueError(f"pinclip train: {path}: field {unknown[0]!r}: expected one of {', '.join(known)}")
+    for key, value in data.items():
+        # YAML 1.1 reads 2e-4 (no dot) as a string; a float field takes it as the number it means
+        if known[key].type == "float" and isinstance(value, (str, int)) and not isinstance(value, bool):
+            try:
+                data[key] = float(value)
+            except ValueError:
+                raise ValueError(f"pinclip train: {path}: field {key!r}: expected a number, found {value!r}") from None
     return TrainConfig(**data)
 
 

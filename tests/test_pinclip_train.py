@@ -92,6 +92,9 @@ def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="field 'stepz'"):
         load_train_config("tiny", ["stepz=3"])
     assert load_train_config("tiny", ["steps=7"]).steps == 7
+    assert load_train_config("tiny", ["lr=6e-4"]).lr == 6e-4       # YAML 1.1 reads 6e-4 as a string
+    with pytest.raises(ValueError, match="field 'lr': expected a number"):
+        load_train_config("tiny", ["lr=fast"])
     assert cli.main(["train", "tiny", "steps"]) == 2
 
 
