@@ -20,7 +20,7 @@ $(W)/world/world.json:
 	$(VENV)/bin/pinworld generate --workdir $(W) --preset demo --seed $(SEED)
 
 $(W)/pinclip/pretrain/image/report.json: $(W)/world/world.json
-	$(VENV)/bin/pinclip pretrain-image --workdir $(W) --run image --steps 300
+	$(VENV)/bin/pinclip pretrain-image --workdir $(W) --run image --steps 600
 
 $(W)/pinclip/runs/tiny/eval.json: $(W)/pinclip/pretrain/image/report.json
 	$(VENV)/bin/pinclip train tiny pretrained_image=image --workdir $(W) --run tiny

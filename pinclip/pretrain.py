@@ -3,7 +3,13 @@ pin images on their annotations, the paper's recipe for the image tower before c
 
 Labels are the most frequent annotation terms known before the cutoff T; a pin's target for a term is
 the annotation's score (0 where absent). The image tower plus a linear head on its attention-pooled
-embedding is trained with BCE; held-out pins (created on or after T) give the mAP.
+embedding is trained with BCE; held-out pins (created on or after T) give the mAP, over all labels and
+over the most frequent ones (the macro mAP over every label is dominated by rare terms and by the
+described attributes, which are text-only by construction and so cannot be predicted from pixels).
+
+The optimizer is AdamW with linear warmup then cosine: measured on the demo world, the from-scratch
+tower under Lion at 1e-4..5e-4 for 200-400 steps stayed at the label prior (loss and mAP), while AdamW
+at 1e-3 learned; PinCLIP training itself keeps Lion, as the paper does.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import numpy as np
 import polars as pl
 import torch
 from sklearn.metrics import average_precision_score
-from timm.optim import Lion
 from torch import nn
 from tqdm import tqdm
 
@@ -37,9 +42,11 @@ class PretrainConfig:
     labels: int = 256
     steps: int = 400
     batch_size: int = 128
-    lr: float = 5e-4
-    weight_decay: float = 5e-4
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 30
     eval_pins: int = 2000
+    top_labels: int = 32            # also report the mAP over this many most frequent labels
     seed: int = 0
 
 
@@ -81,14 +88,14 @@ def pretrain_image(cfg: PretrainConfig, progress: bool = True) -> dict:
     y_eval = label_matrix(world, eval_pins, vocab, world.config.days + 10) > 0   # their annotations, for scoring only
     model = ImageClassifier(cfg.model, len(vocab))
     size = model.img_size
-    opt = Lion(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     bar = tqdm(range(cfg.steps), desc=f"pretrain-image {cfg.run}", unit="step", disable=not progress, file=sys.stderr)
     losses = []
     for step in bar:
         rows = rng.integers(0, len(train_pins), cfg.batch_size)
         images = normalize_images(world.images(train_pins[rows], size))
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * 0.5 * (1 + np.cos(np.pi * step / cfg.steps))
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1)) * 0.5 * (1 + np.cos(np.pi * step / cfg.steps))
         loss = nn.functional.binary_cross_entropy_with_logits(model(images), torch.from_numpy(y_train[rows]))
         opt.zero_grad()
         loss.backward()
@@ -100,12 +107,15 @@ def pretrain_image(cfg: PretrainConfig, progress: bool = True) -> dict:
         scores = np.concatenate([torch.sigmoid(model(normalize_images(world.images(eval_pins[i:i + 256], size)))).numpy()
                                  for i in range(0, len(eval_pins), 256)])
     valid = y_eval.any(0) & ~y_eval.all(0)
-    m_ap = float(average_precision_score(y_eval[:, valid], scores[:, valid], average="macro"))
+    ap = average_precision_score(y_eval[:, valid], scores[:, valid], average=None)
+    prevalence = y_eval[:, valid].mean(0)       # the AP of a scorer that knows nothing
+    top = slice(0, min(cfg.top_labels, int(valid.sum())))   # vocab is by frequency, most frequent first
     out_dir = Path(cfg.workdir) / "pinclip" / "pretrain" / cfg.run
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model.tower.state_dict(), out_dir / "image_tower.pt")
     report = {"config": asdict(cfg), "cutoff_day": t, "labels": len(vocab), "eval_pins": int(len(eval_pins)),
-              "labels_scored": int(valid.sum()), "mAP": m_ap, "final_loss": float(np.mean(losses[-20:])),
+              "labels_scored": int(valid.sum()), "mAP": float(ap.mean()), "mAP_chance": float(prevalence.mean()),
+              "mAP_top": float(ap[top].mean()), "mAP_top_chance": float(prevalence[top].mean()), "top_labels": top.stop, "final_loss": float(np.mean(losses[-20:])),
               "generator_version": world.generator_version}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report

@@ -56,6 +56,7 @@ class TrainConfig:
     batch_size: int = 128                   # image–text pairs per rank per step (neighbors: 1/8 of it)
     lr: float = 2e-4
     text_lr_scale: float = 0.1
+    loss_lr_scale: float = 1.0              # LR multiplier of the losses' temperatures and biases
     weight_decay: float = 5e-4              # image tower, fusion, heads
     text_weight_decay: float = 0.5
     warmup_steps: int = 50
@@ -140,7 +141,8 @@ def _param_groups(step: TrainStep, cfg: TrainConfig) -> list[dict]:
     return [{"params": rest, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
             {"params": text, "lr": cfg.lr * cfg.text_lr_scale, "weight_decay": cfg.text_weight_decay,
              "base_lr": cfg.lr * cfg.text_lr_scale},
-            {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0, "base_lr": cfg.lr}]
+            {"params": no_decay, "lr": cfg.lr * cfg.loss_lr_scale, "weight_decay": 0.0,
+             "base_lr": cfg.lr * cfg.loss_lr_scale}]
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:

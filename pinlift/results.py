@@ -35,8 +35,12 @@ def pinclip_section(w: Path, run: str) -> list[str]:
     pre = _read(w / "pinclip/pretrain/image/report.json")
     if pre:
         out += ["## Image-tower pretraining", "",
-                f"Multi-label classification on {pre['labels']} annotation terms: mAP {pre['mAP']:.3f} over "
-                f"{pre['labels_scored']} labels on {pre['eval_pins']:,} pins created after day {pre['cutoff_day']}.", ""]
+                f"Multi-label classification on {pre['labels']} annotation terms, {pre['config']['steps']} steps: "
+                f"mAP {pre['mAP']:.3f} over {pre['labels_scored']} labels (chance {pre.get('mAP_chance', float('nan')):.3f}); "
+                f"over the {pre.get('top_labels', 0)} most frequent, {pre.get('mAP_top', float('nan')):.3f} "
+                f"(chance {pre.get('mAP_top_chance', float('nan')):.3f}); on {pre['eval_pins']:,} pins created "
+                f"after day {pre['cutoff_day']}. Attribute terms are text-only by construction, so no image "
+                "model can predict them.", ""]
     ev = _read(w / f"pinclip/runs/{run}/eval.json")
     if ev:
         variants = ev["variants"]

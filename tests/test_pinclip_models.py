@@ -113,6 +113,13 @@ def test_base_has_the_papers_hybrid_vit_b_shape():
     assert {kind: v[256].shape for kind, v in out.items()} == {k: (1, 256) for k in ("image", "text", "fusion")}
 
 
+def test_layer_scale_starts_the_tiny_trunk_near_identity():
+    tiny_blocks = create_model("tiny").image.blocks
+    assert all(torch.allclose(b.ls1.gamma, torch.full_like(b.ls1.gamma, 1e-4)) for b in tiny_blocks)
+    # the base (paper-shape) tower keeps plain ViT blocks
+    assert isinstance(create_model("base").image.blocks[0].ls1, torch.nn.Identity)
+
+
 def test_freezing_leaves_only_the_last_n_image_blocks_trainable():
     model = create_model("tiny")
     model.freeze_image_tower(2)

@@ -31,6 +31,7 @@ class ImageTowerConfig:
     modules: int = 3
     heads: int = 4
     mlp_ratio: float = 4.0
+    layer_scale_init: float | None = None   # LayerScale (timm Block init_values): None = off
 
 
 @dataclass(frozen=True)

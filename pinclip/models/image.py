@@ -51,7 +51,8 @@ class FunnelViT(nn.Module):
         self.grid = (grid, grid)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, cfg.width))
         self.stages = nn.ModuleList(
-            nn.ModuleList(Block(cfg.width, cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True) for _ in range(cfg.depth))
+            nn.ModuleList(Block(cfg.width, cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True,
+                                init_values=cfg.layer_scale_init) for _ in range(cfg.depth))
             for _ in range(cfg.modules)
         )
         self.norm = nn.LayerNorm(cfg.width)
