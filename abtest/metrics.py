@@ -87,6 +87,12 @@ BUILTIN_METRICS: dict[str, Metric] = {m.name: m for m in (
     _m("clicks", "mean", Aggregate("click"), None, SURFACES, "clicks per user"),
     _m("new_ad_clicks", "mean", Aggregate("click", pins="new_ad"), None, ("ads",),
        f"clicks on new ads (age < {NEW_AD_DAYS} days) per user"),
+    # delivery and quality of new ads, to read new-ad clicks by: an auction that overrates new ads wins
+    # them clicks by showing them more, not by showing better ones
+    _m("new_ad_impressions", "mean", Aggregate("impression", pins="new_ad"), None, ("ads",),
+       f"impressions of new ads (age < {NEW_AD_DAYS} days) per user"),
+    _m("new_ad_ctr", "ratio", Aggregate("click", pins="new_ad"), Aggregate("impression", pins="new_ad"), ("ads",),
+       "new-ad clicks / new-ad impressions"),
     _m("hides", "mean", Aggregate("hide"), None, SURFACES, "hides per user"),
     _m("impressions", "mean", Aggregate("impression"), None, SURFACES, "impressions per user"),
     _m("spend", "mean", Aggregate("click", column="value"), None, ("ads",), "ad spend per user (cents)"),

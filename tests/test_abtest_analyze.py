@@ -20,7 +20,8 @@ from abtest.assign import assign
 from abtest.cli import main
 from abtest.config import load_config
 from abtest.errors import AbtestError
-from abtest.metrics import Sources, cells_of, cross_sum_name, open_readonly, per_user_values, sufficient_stats
+from abtest.metrics import (Sources, cells_of, cross_sum_name, metric_from_spec, open_readonly, per_user_values,
+                            sufficient_stats)
 from abtest.report import render_markdown
 from abtest.simulate import EVENTS_SCHEMA, EXPOSURES_SCHEMA
 
@@ -157,6 +158,25 @@ def test_sql_sufficient_statistics_match_numpy(synth):
     cpc = _result(analysis, "cpc/ads")
     assert cpc["control_mean"] == pytest.approx(50.0) and cpc["treatment_mean"] == pytest.approx(50.0)
     assert sum(cpc["denominator_sum"].values()) == clicks
+
+
+def test_new_ad_delivery_and_ctr_match_pandas(synth):
+    cfg_path, cfg, analysis, truth = synth
+    cells = cells_of([metric_from_spec(n, None, None, None, None, None) for n in ("new_ad_impressions", "new_ad_ctr")])
+    with open_readonly(Sources.for_experiment(cfg.workdir, cfg.experiment_dir)) as con:
+        sums = sufficient_stats(con, cells, None)
+    events = pq.read_table(cfg.experiment_dir / "events", partitioning=None).to_pandas()
+    pins = pq.read_table(Path(cfg.workdir) / "world" / "pins.parquet").to_pandas()
+    e = events[events.surface == "ads"].merge(pins, on="pin_id")
+    new = e[e.is_ad & (e.day - e.created_day < 14)]
+    exposures = pq.read_table(cfg.experiment_dir / "exposures").to_pandas()
+    new = new.merge(exposures[["user_id", "variant"]], on="user_id")
+    imp, ctr = cells
+    for v in ("control", "treatment"):
+        n_imp = int((new[new.variant == v].action == "impression").sum())
+        n_click = int((new[new.variant == v].action == "click").sum())
+        assert sums[v][f"sx{imp.index}"] == n_imp > 0
+        assert (sums[v][f"sx{ctr.index}"], sums[v][f"sy{ctr.index}"]) == (n_click, n_imp)
 
 
 def test_recovers_injected_lift_with_cuped(synth):
