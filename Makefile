@@ -44,6 +44,7 @@ bench: install
 	$(PY) benchmarks/bench_publish.py
 	$(PY) benchmarks/bench_ranking.py
 	$(PY) benchmarks/bench_analyze.py
+	$(PY) benchmarks/bench_pinclip.py
 
 # The full comparison tables (not part of `make demo`): all ranking arms over three seeds.
 results: demo
