@@ -67,11 +67,13 @@ def latest_version(workdir: Path | str, name: str) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-def _check(batch: EmbeddingBatch) -> None:
+def _check(batch: EmbeddingBatch) -> np.ndarray:
+    """Refuse bad input with a clear error; returns the rows in pin_id order (one sort serves both)."""
     ids = np.asarray(batch.pin_ids)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise PublishError(f"pinclip publish: pin_ids: expected a 1-D integer array, found {ids.dtype} {ids.shape}")
-    if len(np.unique(ids)) != len(ids):
+    order = np.argsort(ids, kind="stable")
+    if len(ids) > 1 and (np.diff(ids[order]) == 0).any():
         raise PublishError("pinclip publish: pin_ids: expected unique ids, found duplicates")
     if "fusion" not in batch.vectors:
         raise PublishError("pinclip publish: expected a 'fusion' kind, found " + ", ".join(batch.vectors))
@@ -84,17 +86,25 @@ def _check(batch: EmbeddingBatch) -> None:
                                f"found {v.shape}")
         mask = None if not batch.present or kind not in batch.present else np.asarray(batch.present[kind], bool)
         rows = v if mask is None else v[mask]
-        bad = ~np.isfinite(rows)
-        if bad.any():
-            r = int(np.argwhere(bad)[0][0])
-            r = r if mask is None else int(np.flatnonzero(mask)[r])
-            raise PublishError(f"pinclip publish: {kind} embeddings: expected finite values, found "
-                               f"{rows[bad][0]} at pin_id {int(ids[r])}")
-        norms = np.linalg.norm(rows, axis=1)
-        if (norms == 0).any():
-            r = int(np.flatnonzero(norms == 0)[0])
+        if rows.dtype == np.int8:
+            squared = np.einsum("ij,ij->i", rows, rows, dtype=np.int64)
+        else:
+            # one pass: a row's squared norm is finite and non-zero exactly when the row is usable (a
+            # finite row whose squared norm overflows is refused too: it cannot be normalized as given)
+            squared = np.einsum("ij,ij->i", rows, rows)
+            bad_rows = np.flatnonzero(~np.isfinite(squared))
+            if len(bad_rows):
+                r = int(bad_rows[0])
+                bad = rows[r][~np.isfinite(rows[r])]
+                r = r if mask is None else int(np.flatnonzero(mask)[r])
+                found = bad[0] if len(bad) else f"a row whose norm overflows {rows.dtype}"
+                raise PublishError(f"pinclip publish: {kind} embeddings: expected finite values, found "
+                                   f"{found} at pin_id {int(ids[r])}")
+        if (squared == 0).any():
+            r = int(np.flatnonzero(squared == 0)[0])
             r = r if mask is None else int(np.flatnonzero(mask)[r])
             raise PublishError(f"pinclip publish: {kind} embeddings: expected non-zero vectors, found zero at pin_id {int(ids[r])}")
+    return order
 
 
 def _quantized_rows(v: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -139,7 +149,7 @@ def publish(workdir: Path | str, name: str, batch: EmbeddingBatch, *, source: di
     With ``incremental`` the previous version's parts are reused (hard-linked) and ``batch`` must
     hold only pins that version lacks. ``on_part(i, n_parts)`` is called after each new part.
     """
-    _check(batch)
+    order = _check(batch)
     root = embeddings_dir(workdir, name)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):
@@ -173,7 +183,6 @@ def publish(workdir: Path | str, name: str, batch: EmbeddingBatch, *, source: di
             except OSError:
                 shutil.copy2(src, tmp / p["file"])
             parts.append({**p, "reused_from": p.get("reused_from") or parent})
-    order = np.argsort(np.asarray(batch.pin_ids), kind="stable")
     chunks = [order[i:i + PART_ROWS] for i in range(0, len(order), PART_ROWS)] or [order]
     first = len(parts)
 

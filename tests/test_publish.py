@@ -70,6 +70,8 @@ def test_missing_pins_are_flagged_not_silent(tmp_path):
 @pytest.mark.parametrize("bad,message", [
     ("nan", "expected finite values, found nan at pin_id 2"),
     ("inf", "expected finite values, found inf at pin_id 2"),
+    ("huge", "expected finite values, found a row whose norm overflows float64 at pin_id 2"),
+    ("zero", "expected non-zero vectors, found zero at pin_id 2"),
     ("dim", "expected shape (4, 64), found (4, 32)"),
     ("dup", "expected unique ids"),
 ])
@@ -80,6 +82,10 @@ def test_bad_embeddings_refused_nothing_written(tmp_path, bad, message):
         b.vectors["fusion"][2, 5] = np.nan
     elif bad == "inf":
         b.vectors["fusion"][2, 5] = np.inf
+    elif bad == "huge":
+        b.vectors["fusion"][2, 5] = 1e200
+    elif bad == "zero":
+        b.vectors["fusion"][2] = 0
     elif bad == "dim":
         b.vectors["fusion"] = b.vectors["fusion"][:, :32]
     else:
