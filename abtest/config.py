@@ -173,6 +173,9 @@ class ExperimentConfig(_Strict):
     embedding_lag_days: int = Field(1, ge=0, le=60)
     users: UserSample = UserSample()
     reserve_cpc: float = Field(1.0, gt=0)   # Ads: auction reserve price per click (cents)
+    # Ads: recalibrate each ranking run's pCTR per segment (new ad x ID seen in training) on the logged
+    # Ads impressions between the run's training cutoff and the experiment's start
+    calibrate_ads: bool = True
     pre_period_days: int = Field(14, ge=0, le=365)
     cuped: bool = True
     metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(name=m) for m in DEFAULT_METRICS])

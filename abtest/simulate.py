@@ -143,6 +143,7 @@ class Simulator:
                 self.publishers[embeddings] = make_publisher(world, self.out_workdir, embeddings,
                                                              cfg.embedding_lag_days)
             self.groups.append(_Group(arm, ranker, [v], embeddings, ann))
+        self.calibration = self._calibrate(scorers)
         self.first_day = np.full(len(users), np.iinfo(np.int32).max, np.int64)
         self.counts: dict[str, dict[str, int]] = {name: {} for name, _ in variants}
         self.next_request = 0
@@ -165,6 +166,20 @@ class Simulator:
             scorers[arm.run] = Scorer(self.world.workdir, arm.run, world=self.world)
         emb = run_cfg.get("embeddings")
         return RunRanker(scorers[arm.run]), (emb.split("@")[0] if emb else None)
+
+    def _calibrate(self, scorers: dict) -> dict[str, dict]:
+        """Fit each ranking run's Ads pCTR calibration on the logged days [its cutoff, the start)."""
+        if not self.cfg.calibrate_ads or "ads" not in self.cfg.surfaces:
+            return {}
+        out = {}
+        for run, scorer in scorers.items():
+            since, until = scorer.cfg["cutoff_day"], self.cfg.days.start
+            if until <= since:
+                raise self.cfg.error(("calibrate_ads",), f"logged days between run {run!r}'s training cutoff "
+                                     f"({since}) and days.start to calibrate Ads pCTR on, or `calibrate_ads: "
+                                     "false`", f"days.start {until}")
+            out[run] = {"days": [since, until], **scorer.fit_ads_calibration(since, until).to_dict()}
+        return out
 
     def _active(self, day: int) -> np.ndarray:
         u = self.truth.users
@@ -319,6 +334,7 @@ def simulate(cfg: ExperimentConfig, *, progress: bool = True) -> Path:
             "embeddings_served": {VARIANTS[v]: {str(d): ref for d, ref in g.versions.items()}
                                   for g in sim.groups for v in g.variants},
             "publishes": {name: getattr(p, "history", []) for name, p in sim.publishers.items()},
+            "ads_calibration": sim.calibration,
             "notes": notes, "seconds": round(time.time() - start, 2),
         }
         (tmp / "simulation.json").write_text(json.dumps(meta, indent=2, default=str))

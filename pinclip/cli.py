@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -83,20 +82,24 @@ def _pretrain(args) -> int:
     return 0
 
 
-def _eval(args) -> int:
-    from pinclip.evaluate import EvalConfig, evaluate, format_table
-    from pinclip.train import load_run
-    from pinworld.world import World
+def _ablate(args) -> int:
+    from pinclip.ablations import ABLATIONS, run_ablations
 
-    model, tokenizer, saved = load_run(args.workdir, args.run)
-    cfg = EvalConfig(max_queries=args.max_queries, distractors=args.distractors, random_share=saved["train"]["heldout_share"],
-                     split_seed=saved["train"]["seed"], progress=not args.quiet)
-    results = evaluate(model, tokenizer, World(args.workdir), saved["train"]["cutoff_day"], cfg)
-    results["run"] = args.run
-    out = Path(args.workdir) / "pinclip" / "runs" / args.run / "eval.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=str))
-    tmp.replace(out)
+    names = args.only.split(",") if args.only else list(ABLATIONS)
+    out = run_ablations(args.workdir, args.reference, names, max_queries=args.max_queries,
+                        distractors=args.distractors, progress=not args.quiet)
+    print("\n".join(out["table"]))
+    for k, checks in out["checks"].items():
+        for c in checks:
+            print(f"{k}: {'holds' if c['holds'] else 'FAILS'}: {c['claim']} ({c['value']:.4f} vs {c['reference']:.4f})")
+    return 0
+
+
+def _eval(args) -> int:
+    from pinclip.evaluate import evaluate_run, format_table
+
+    results = evaluate_run(args.workdir, args.run, max_queries=args.max_queries, distractors=args.distractors,
+                           progress=not args.quiet)
     print(format_table(results))
     return 0
 
@@ -128,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--distractors", type=int, default=50000)
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_eval)
+    a = sub.add_parser("ablate", help="train and evaluate the baselines and ablations of a reference run "
+                                      "-> pinclip/ablations.json")
+    a.add_argument("--workdir", default="pinwork")
+    a.add_argument("--reference", required=True, help="the trained, evaluated run the ablations change")
+    a.add_argument("--only", default="", help="comma-separated subset of the ablations")
+    a.add_argument("--max-queries", type=int, default=5000)
+    a.add_argument("--distractors", type=int, default=50000)
+    a.add_argument("--quiet", action="store_true")
+    a.set_defaults(func=_ablate)
+
     p = sub.add_parser("publish", help="publish 64-d int8 embeddings as a new version")
     p.add_argument("--workdir", default="pinwork")
     p.add_argument("--name", default="pinclip")

@@ -27,9 +27,11 @@ how much user-written text (title + description) the positive pin has: missing, 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -414,6 +416,23 @@ def evaluate(model, tokenizer, world: World, cutoff_day: int, cfg: EvalConfig | 
     return {"cutoff_day": cutoff_day, "config": {**asdict(cfg), "ks": list(cfg.ks)},
             "heldout_pins": int(len(held)), "distractor_pins": int(len(distractor_ids)),
             "ks": list(cfg.ks), "variants": variants, "tasks": results}
+
+
+def evaluate_run(workdir: str | Path, run: str, *, max_queries: int = 5_000, distractors: int = 50_000,
+                 progress: bool = True) -> dict:
+    """Evaluate a trained run on its own held-out split and write ``pinclip/runs/RUN/eval.json``."""
+    from pinclip.train import load_run
+
+    model, tokenizer, saved = load_run(workdir, run)
+    cfg = EvalConfig(max_queries=max_queries, distractors=distractors, random_share=saved["train"]["heldout_share"],
+                     split_seed=saved["train"]["seed"], progress=progress)
+    results = evaluate(model, tokenizer, World(workdir), saved["train"]["cutoff_day"], cfg)
+    results["run"] = run
+    out = Path(workdir) / "pinclip" / "runs" / run / "eval.json"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=str))
+    tmp.replace(out)
+    return results
 
 
 def format_table(results: dict) -> str:

@@ -335,6 +335,8 @@ class Trainer:
             bar.set_postfix(loss=f"{record['loss']:.3f}")
             if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
                 self.save_checkpoint()
+        if self.cfg.steps == 0 and self.step == 0:
+            self.save_checkpoint()   # the untrained baseline: its initial weights, evaluable like any run
         bar.close()
         return log
 

@@ -50,7 +50,9 @@ def ensure_embeddings(workdir: str, arms: list[str]) -> list[str]:
 
 def run_arm(base: TrainConfig, arm: str, seed: int, retrain: bool = False) -> dict:
     name, shuffled = ARMS[arm]
-    cfg = dataclasses.replace(base, embeddings=name, shuffle_embeddings=shuffled, seed=seed, run=f"{arm}_s{seed}")
+    # IDs-only keeps the content inputs, empty, so that every arm has the same widths
+    cfg = dataclasses.replace(base, embeddings=name, shuffle_embeddings=shuffled, empty_content=name is None,
+                              seed=seed, run=f"{arm}_s{seed}")
     report = Path(base.workdir) / "ranking" / "runs" / cfg.run / "eval.json"
     if report.is_file() and not retrain:
         return json.loads(report.read_text())

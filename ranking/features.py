@@ -20,7 +20,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 from torchrec.datasets.utils import Batch
 
-from pinclip.embeddings import PublishedEmbeddings
+from pinclip.embeddings import PublishedEmbeddings, open_embeddings
 from pinworld.world import World
 from ranking.history import History, entity_day_keys, gather_jagged
 
@@ -163,6 +163,17 @@ class ContentFeatures:
         self.vectors = self.table[:-1]   # zero where the pin has no embedding
         self.ref = emb.ref + (f"+shuffled({shuffle_seed})" if shuffle_seed is not None else "")
 
+    @classmethod
+    def empty(cls) -> "ContentFeatures":
+        """No pin has a vector: the content inputs of an IDs-only arm whose widths equal the content arms'."""
+        self = cls.__new__(cls)
+        self.ids, self.present = np.zeros(0, np.int64), np.zeros(0, bool)
+        self.missing_row = 0
+        self.table = np.zeros((1, CONTENT_DIM), np.float32)
+        self.vectors = self.table[:0]
+        self.ref = "none"
+        return self
+
     def index(self, pin_ids) -> np.ndarray:
         """Rows of ``table`` for pin ids; an unknown pin or one without an embedding -> ``missing_row``."""
         ids = np.asarray(pin_ids, np.int64)
@@ -175,6 +186,15 @@ class ContentFeatures:
         """Vectors (zero where missing) and whether each pin has an embedding."""
         idx = self.index(pin_ids)
         return self.table[idx], idx != self.missing_row
+
+
+def load_content(workdir, embeddings: str | None, *, shuffle_seed: int | None = None,
+                 empty: bool = False) -> ContentFeatures | None:
+    """The content feature of a run: a published embedding (``NAME[@VERSION]``, permuted across pins with
+    ``shuffle_seed``), the empty one (``empty``: IDs only, same widths) or none at all."""
+    if embeddings:
+        return ContentFeatures(open_embeddings(workdir, embeddings), shuffle_seed=shuffle_seed)
+    return ContentFeatures.empty() if empty else None
 
 
 @dataclass

@@ -3,6 +3,7 @@
 Serving uses the same feature code as training: counts and histories strictly before the request day,
 IDs through the run's vocabularies (unknown -> the unknown row), the published embedding the run was
 trained with. Position is not known before ranking, so every candidate is scored at position 0.
+Ads pCTR can be recalibrated per segment (``fit_ads_calibration``) on logged days the run never saw.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import polars as pl
 import torch
 import torch.distributed.checkpoint as dcp
 
-from pinclip.embeddings import open_embeddings
 from pinworld.world import World
 from ranking import distributed
-from ranking.features import SURFACES, TASKS, ContentFeatures, FeatureSource, Vocabs, dense_width, make_batch
+from ranking.calibration import SegmentCalibration, ad_segments
+from ranking.features import SURFACES, TASKS, Examples, FeatureSource, Vocabs, dense_width, load_content, make_batch
 from ranking.model import ModelConfig, build_model
 
 
@@ -39,10 +40,8 @@ class Scorer:
             self.vocabs = Vocabs.from_arrays(dict(z))
         # the simulator may pass a newer version of the same embedding (incremental publishes)
         ref = embeddings or self.cfg["embeddings"]
-        self.content = None
-        if ref:
-            shuffle = self.cfg["seed"] + 1 if self.cfg["shuffle_embeddings"] else None
-            self.content = ContentFeatures(open_embeddings(workdir, ref), shuffle_seed=shuffle)
+        self.content = load_content(workdir, ref, empty=self.cfg.get("empty_content", False),
+                                    shuffle_seed=self.cfg["seed"] + 1 if self.cfg["shuffle_embeddings"] else None)
         model = build_model(self.vocabs.sizes(), dense_width(self.content is not None),
                             ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.cfg["model"].items()}),
                             dense_device=self.env.device)
@@ -52,6 +51,7 @@ class Scorer:
         dcp.load(state, checkpoint_id=str(run_dir / "checkpoints" / latest))
         self.model.load_state_dict(state["model"])
         self.model.eval()
+        self.ads_calibration: SegmentCalibration | None = None
 
     @torch.no_grad()
     def score(self, user_ids, surface: str, candidates, day: int, query_pin_ids=None,
@@ -75,8 +75,34 @@ class Scorer:
             "pin_id": np.where(valid, cand, cand[valid][0] if valid.any() else 0).reshape(-1),
             "position": np.zeros(r * k, np.int64), "repin": np.zeros(r * k, bool), "click": np.zeros(r * k, bool),
             "hide": np.zeros(r * k, bool)})
+        out, ex = self._predict(frame, surface, task)
+        if surface == "ads" and task == "click" and self.ads_calibration is not None:
+            out = self.ads_calibration.apply(out, self._ad_segments(ex))
+        return np.where(valid, out.reshape(r, k), np.nan)
+
+    @torch.no_grad()
+    def _predict(self, frame: pl.DataFrame, surface: str, task: str) -> tuple[np.ndarray, Examples]:
         ex = self.source.examples(frame)
         b = make_batch(ex, np.arange(len(ex)), self.vocabs, self.content).to(self.env.device)
         probs = torch.sigmoid(self.model(b.dense_features, b.sparse_features)).float().cpu().numpy()
-        out = probs[:, TASKS.index((surface, task))].reshape(r, k)
-        return np.where(valid, out, np.nan)
+        return probs[:, TASKS.index((surface, task))].astype(np.float64), ex
+
+    def _ad_segments(self, ex: Examples) -> np.ndarray:
+        return ad_segments(ex.day - ex.created_day, self.vocabs.pin.rows(ex.pin_id) > 0)
+
+    def fit_ads_calibration(self, since: int, until: int, chunk: int = 65_536) -> SegmentCalibration:
+        """Fit (and from now on apply) the Ads pCTR calibration on logged Ads impressions of days
+        [since, until), scored as serving scores them (position 0)."""
+        logged = self.world.impressions(as_of=until, since=since, surfaces=["ads"])
+        if logged.height == 0:
+            raise ValueError(f"ranking: no logged Ads impressions on days [{since}, {until}) to calibrate on")
+        frame = logged.with_columns(pl.lit(0, pl.Int64).alias("position"))
+        p, segment = [], []
+        for lo in range(0, frame.height, chunk):
+            probs, ex = self._predict(frame[lo:lo + chunk], "ads", "click")
+            p.append(probs)
+            segment.append(self._ad_segments(ex))
+        self.ads_calibration = SegmentCalibration.fit(np.concatenate(p), logged["click"].to_numpy(),
+                                                      np.concatenate(segment))
+        return self.ads_calibration
+

@@ -24,10 +24,9 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from tqdm import tqdm
 
-from pinclip.embeddings import open_embeddings
 from pinworld.world import World
 from ranking import distributed
-from ranking.features import (SURFACES, TASKS, ContentFeatures, Examples, FeatureSource, Vocabs, dense_width,
+from ranking.features import (SURFACES, TASKS, Examples, FeatureSource, Vocabs, dense_width, load_content,
                               make_batch)
 from ranking.metrics import binary_metrics, slice_masks
 from ranking.model import ModelConfig, build_model, masked_bce
@@ -41,6 +40,7 @@ class TrainConfig:
     cutoff_day: int | None = None          # default: two thirds into the log window
     embeddings: str | None = None          # NAME[@VERSION] of a published embedding: the content feature
     shuffle_embeddings: bool = False       # control arm: the embedding permuted across pins
+    empty_content: bool = False            # IDs-only with the content inputs present and empty (equal widths)
     epochs: int = 2
     batch_size: int = 2048
     lr_dense: float = 2e-3
@@ -66,12 +66,6 @@ def _impressions(world: World, cfg: TrainConfig) -> tuple[pl.DataFrame, pl.DataF
                          f"{cfg.cutoff_day} on {surfaces}, found {train.height} and {evaluation.height}")
     return train, evaluation
 
-
-def _content(cfg: TrainConfig) -> ContentFeatures | None:
-    if not cfg.embeddings:
-        return None
-    emb = open_embeddings(cfg.workdir, cfg.embeddings)
-    return ContentFeatures(emb, shuffle_seed=cfg.seed + 1 if cfg.shuffle_embeddings else None)
 
 
 def _batches(n: int, batch_size: int, env: distributed.Env, rng: np.random.Generator | None) -> list[np.ndarray]:
@@ -99,7 +93,8 @@ class Trainer:
         self.train_ex = source.examples(train_imp)
         self.eval_ex = source.examples(eval_imp)
         self.vocabs = Vocabs.fit(self.train_ex)
-        self.content = _content(self.cfg)
+        self.content = load_content(self.cfg.workdir, self.cfg.embeddings, empty=self.cfg.empty_content,
+                                    shuffle_seed=self.cfg.seed + 1 if self.cfg.shuffle_embeddings else None)
         model = build_model(self.vocabs.sizes(), dense_width(self.content is not None), self.cfg.model,
                             dense_device=self.env.device)
         apply_optimizer_in_backward(torch.optim.Adagrad, model.sparse_arch.parameters(), {"lr": self.cfg.lr_sparse})

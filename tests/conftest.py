@@ -70,7 +70,7 @@ def loop_workdir(tmp_path_factory):
     assert compare.main(["--workdir", W, "--arms", "ids,pinclip", "--seeds", "0", "--epochs", "1",
                          "--results", ""]) == 0
     exp = yaml.safe_load(EXAMPLE.read_text())
-    exp.update(days={"start": 26, "count": 3}, pre_period_days=7, users={"count": 300})   # tiny: cutoff day 26
+    exp.update(days={"start": 28, "count": 3}, pre_period_days=7, users={"count": 300})   # tiny: cutoff day 26
     exp_path = w / "exp.yaml"
     exp_path.write_text(yaml.safe_dump(exp))
     assert abtest_cli.main(["simulate", str(exp_path), "--workdir", W, "--analyze", "--quiet"]) == 0

@@ -13,7 +13,7 @@ import pytest
 
 from abtest.analyze import analyze
 from abtest.assign import BUCKETS, assign, bucket_bounds, buckets, sample_users, variant_of_buckets
-from abtest.config import load_config
+from abtest.config import Days, load_config
 from abtest.errors import AbtestError
 from abtest.publishers import OracleEmbeddingPublisher
 from abtest.rankers import auction, rank_slates
@@ -158,6 +158,19 @@ def test_ranking_run_arm_with_lagged_embeddings_and_ann(tiny_workdir, tmp_path, 
     assert {"homefeed", "related", "ads"} <= set(events.surface)
     a = analyze(cfg, write=False)
     assert {r["key"] for r in a["results"]} >= {"repins/related", "cpc/ads", "new_ad_clicks/ads"}
+    # the run's Ads pCTR was calibrated on every logged Ads impression of days [cutoff, start)
+    cal = meta["ads_calibration"][oracle_run]
+    logged = World(tiny_workdir).impressions(since=26, as_of=START, surfaces=["ads"])
+    assert cal["days"] == [26, START] and sum(cal["impressions"]) == logged.height
+    assert sum(cal["clicks"]) == int(logged["click"].sum())
+
+
+def test_calibration_needs_logged_days(tiny_workdir, tmp_path, oracle_run):
+    cfg = _yaml(tmp_path, tiny_workdir, f"arms:\n  control: {{run: {oracle_run}}}\n  treatment: {{run: {oracle_run}}}\n",
+                name="nocal").model_copy(update={"days": Days(start=26, count=1)})
+    with pytest.raises(AbtestError, match="calibrate_ads: expected logged days between run 'ab_oracle'"):
+        simulate(cfg, progress=False)
+    assert not (tiny_workdir / "experiments" / "nocal").exists()
 
 
 def test_bad_arm_leaves_nothing(tiny_workdir, tmp_path):

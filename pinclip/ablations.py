@@ -1,0 +1,134 @@
+"""`pinclip ablate`: the paper's baselines and ablations beside a reference run, in one table.
+
+Each ablation is the reference run's saved training config with a few fields changed, trained as its own
+run (``REF-NAME``, resumable, reused when already evaluated) and evaluated with the same Recall@K
+protocol. The table and the paper's target checks go to ``pinclip/ablations.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from pinclip.evaluate import evaluate_run
+from pinclip.train import TrainConfig, Trainer
+
+ABLATIONS: dict[str, dict] = {
+    # the image–text model: each tower pooled on its own, no fusion encoder and no Pin-to-Pin loss
+    "image_text": {"fusion": False, "pin_pin": False},
+    "no_pin_pin": {"pin_pin": False},
+    # one 256-d term only; its 64-d "prefix" is a plain truncation
+    "no_matryoshka": {"matryoshka": False},
+    # the image tower from scratch instead of the pretrained one
+    "scratch_image": {"pretrained_image": ""},
+    # the pretrained image tower with everything else at initialization
+    "image_only": {"steps": 0},
+    "untrained": {"steps": 0, "pretrained_image": ""},
+}
+TABLE_TASKS = ("pintext", "related_image", "related_fusion", "search_image", "search_fusion")
+TARGET_K = 10
+
+
+def ablation_config(workdir: str | Path, reference: str, name: str) -> TrainConfig:
+    """The reference run's saved config with ablation ``name``'s changes, as run ``REFERENCE-NAME``."""
+    if name not in ABLATIONS:
+        raise ValueError(f"pinclip ablate: unknown ablation {name!r}: expected one of {', '.join(ABLATIONS)}")
+    path = Path(workdir) / "pinclip" / "runs" / reference / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"pinclip ablate: {path} not found: train the reference run {reference!r} first")
+    saved = json.loads(path.read_text())["train"]
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    # the same tokenizer as the reference, so that text towers differ by training alone
+    tokenizer = Path(workdir) / "pinclip" / "runs" / reference / "tokenizer.json"
+    changes = {"tokenizer": str(tokenizer) if tokenizer.is_file() else cfg.tokenizer, **ABLATIONS[name]}
+    return dataclasses.replace(cfg, workdir=str(workdir), run=f"{reference}-{name}", **changes)
+
+
+def run_ablation(workdir: str | Path, reference: str, name: str, *, max_queries: int, distractors: int,
+                 progress: bool = True) -> dict:
+    cfg = ablation_config(workdir, reference, name)
+    out = Path(workdir) / "pinclip" / "runs" / cfg.run / "eval.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    Trainer(cfg, progress=progress).fit(resume=True)
+    return evaluate_run(workdir, cfg.run, max_queries=max_queries, distractors=distractors, progress=progress)
+
+
+def recall(results: dict, task: str, variant: str = "64", k: int = TARGET_K) -> float | None:
+    return results["tasks"][task]["recall"].get(variant, {}).get(f"R@{k}")
+
+
+def target_checks(evals: dict[str, dict], k: int = TARGET_K) -> list[dict]:
+    """The paper's claims as checks on R@k: each a record with the two sides, their ratio and whether it holds."""
+    checks = []
+
+    def check(claim: str, a: float | None, b: float | None, ratio: float) -> None:
+        if a is None or b is None:
+            return
+        checks.append({"claim": claim, "value": a, "reference": b, "ratio": a / b if b else None,
+                       "holds": bool(a >= ratio * b and a > 0)})
+
+    fusion = evals.get("fusion")
+    if fusion is None:
+        return checks
+    if "image_text" in evals:
+        check("Related Pins: Fusion multimodal >= 1.3x the image-text model's image->image",
+              recall(fusion, "related_fusion", k=k), recall(evals["image_text"], "related_image", k=k), 1.3)
+    if "no_pin_pin" in evals:
+        check("Related Pins: Fusion multimodal >= Fusion without Pin-to-Pin",
+              recall(fusion, "related_fusion", k=k), recall(evals["no_pin_pin"], "related_fusion", k=k), 1.0)
+        if "image_text" in evals:
+            check("Related Pins: Fusion without Pin-to-Pin >= the image-text model's image->image",
+                  recall(evals["no_pin_pin"], "related_fusion", k=k),
+                  recall(evals["image_text"], "related_image", k=k), 1.0)
+    for base in ("untrained", "image_only"):
+        if base in evals:
+            check(f"Related Pins: Fusion multimodal > {base}", recall(fusion, "related_fusion", k=k),
+                  recall(evals[base], "related_fusion", k=k), 1.0)
+    check("Matryoshka: 64-d keeps >= 90% of 256-d (Related multimodal)", recall(fusion, "related_fusion", "64", k),
+          recall(fusion, "related_fusion", "256", k), 0.9)
+    if "no_matryoshka" in evals:
+        check("Matryoshka 64-d > the no-Matryoshka model truncated to 64-d (Related multimodal)",
+              recall(fusion, "related_fusion", "64", k), recall(evals["no_matryoshka"], "related_fusion", "64", k), 1.0)
+    return checks
+
+
+def ablation_table(recall_by_run: dict[str, dict], ks=(10, 100)) -> list[str]:
+    """Markdown rows from ``{run: {task: {variant: {"R@K": r}}}}``: one per run and prefix, R@K of every task."""
+    head = "| run | prefix | " + " | ".join(f"{t} R@{k}" for t in TABLE_TASKS for k in ks) + " |"
+    lines = [head, "|---|---:|" + "---:|" * (len(TABLE_TASKS) * len(ks))]
+    for name, tasks in recall_by_run.items():
+        for variant in ("64", "256"):
+            cells = []
+            for t in TABLE_TASKS:
+                for k in ks:
+                    r = tasks[t].get(variant, {}).get(f"R@{k}")
+                    cells.append("" if r is None else f"{r:.4f}")
+            lines.append(f"| {name} | {variant} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def run_ablations(workdir: str | Path, reference: str, names=tuple(ABLATIONS), *, max_queries: int = 5_000,
+                  distractors: int = 50_000, progress: bool = True) -> dict:
+    """Train and evaluate every ablation (reusing finished ones); write and return ``pinclip/ablations.json``."""
+    ref_eval = Path(workdir) / "pinclip" / "runs" / reference / "eval.json"
+    if not ref_eval.is_file():
+        raise FileNotFoundError(f"pinclip ablate: {ref_eval} not found: evaluate the reference run first")
+    evals = {"fusion": json.loads(ref_eval.read_text())}
+    for name in names:
+        if progress:
+            print(f"pinclip ablate: {reference}-{name}", file=sys.stderr)
+        evals[name] = run_ablation(workdir, reference, name, max_queries=max_queries, distractors=distractors,
+                                   progress=progress)
+    out = {"reference": reference, "k": TARGET_K,
+           "recall": {name: {t: ev["tasks"][t]["recall"] for t in TABLE_TASKS} for name, ev in evals.items()},
+           "checks": {f"R@{k}": target_checks(evals, k) for k in (10, 100)}}
+    path = Path(workdir) / "pinclip" / "ablations.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=2))
+    tmp.replace(path)
+    out["table"] = ablation_table(out["recall"])
+    return out

@@ -1,0 +1,58 @@
+"""`pinclip ablate`: ablations are the reference config with their changes, trained, evaluated, tabled."""
+
+import json
+
+import pytest
+
+from pinclip import cli as pinclip_cli
+from pinclip.ablations import ablation_config, target_checks
+
+
+def test_ablation_config_changes_only_its_fields(loop_workdir):
+    saved = json.loads((loop_workdir / "pinclip/runs/tiny/config.json").read_text())["train"]
+    cfg = ablation_config(loop_workdir, "tiny", "image_text")
+    assert cfg.run == "tiny-image_text" and cfg.fusion is False and cfg.pin_pin is False
+    assert cfg.tokenizer.endswith("runs/tiny/tokenizer.json")
+    for key in ("steps", "batch_size", "lr", "seed", "cutoff_day", "pretrained_image", "heldout_share"):
+        assert getattr(cfg, key) == saved[key], key
+    with pytest.raises(ValueError, match="unknown ablation 'nope'"):
+        ablation_config(loop_workdir, "tiny", "nope")
+    with pytest.raises(FileNotFoundError, match="train the reference run 'absent'"):
+        ablation_config(loop_workdir, "absent", "image_text")
+
+
+def test_ablate_trains_evaluates_and_checks(loop_workdir, capsys):
+    W = str(loop_workdir)
+    argv = ["ablate", "--workdir", W, "--reference", "tiny", "--only", "untrained,no_matryoshka",
+            "--max-queries", "200", "--distractors", "1000", "--quiet"]
+    assert pinclip_cli.main(argv) == 0
+    out = json.loads((loop_workdir / "pinclip/ablations.json").read_text())
+    assert set(out["recall"]) == {"fusion", "untrained", "no_matryoshka"}
+    # the untrained baseline is its initial weights: one checkpoint at step 0, and its own recall
+    assert (loop_workdir / "pinclip/runs/tiny-untrained/checkpoints/LATEST").read_text().strip() == "step-000000.pt"
+    assert out["recall"]["untrained"] != out["recall"]["fusion"]
+    claims = [c["claim"] for c in out["checks"]["R@10"]]
+    assert any("no-Matryoshka" in c for c in claims) and any("untrained" in c for c in claims)
+    assert "| untrained | 64 |" in capsys.readouterr().out
+    # finished ablations are reused, not retrained
+    mtime = (loop_workdir / "pinclip/runs/tiny-untrained/eval.json").stat().st_mtime
+    assert pinclip_cli.main(argv) == 0
+    assert (loop_workdir / "pinclip/runs/tiny-untrained/eval.json").stat().st_mtime == mtime
+
+
+def test_target_checks_compare_the_right_cells():
+    def ev(**tasks):
+        return {"tasks": {t: {"recall": {v: {"R@10": r} for v, r in by.items()}} for t, by in tasks.items()}}
+
+    evals = {"fusion": ev(related_fusion={"64": 0.26, "256": 0.28}),
+             "image_text": ev(related_image={"64": 0.2}),
+             "no_matryoshka": ev(related_fusion={"64": 0.27})}
+    checks = target_checks(evals)
+
+    def check(words):
+        return next(c for c in checks if words in c["claim"])
+
+    assert check("1.3x")["holds"] and check("1.3x")["ratio"] == pytest.approx(1.3)
+    assert check("keeps >= 90%")["holds"]            # 0.26 >= 0.9 * 0.28
+    assert not check("no-Matryoshka")["holds"]        # 0.26 < 0.27
+    assert not any("Pin-to-Pin" in c["claim"] for c in checks)   # no such run: no such check
