@@ -14,7 +14,7 @@ import numpy as np
 from pinclip.ablations import ablation_table
 from pinclip.embeddings import open_embeddings
 from pinclip.publish import latest_version
-from ranking.compare import format_table
+from ranking.compare import format_per_surface, format_table
 
 
 def _read(path: Path) -> dict | None:
@@ -102,7 +102,10 @@ def ranking_section(w: Path) -> list[str]:
         return []
     return ["## Ranking arms", "", f"AUC on the evaluation days, mean ± sd over seeds {cmp_['seeds']} "
             f"({cmp_['epochs']} epochs); in brackets the lift over IDs-only, paired by seed.", "",
-            format_table(cmp_["summary"], cmp_["arms"]), ""]
+            format_table(cmp_["summary"], cmp_["arms"]), "",
+            *(["One model with surface-specific heads against one model per surface, same arm and seeds "
+               "(`--per-surface`); AUC of each and the difference, paired by seed.", "",
+               format_per_surface(cmp_["per_surface"]), ""] if cmp_.get("per_surface") else [])]
 
 
 def abtest_section(w: Path) -> list[str]:

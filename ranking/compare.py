@@ -48,11 +48,13 @@ def ensure_embeddings(workdir: str, arms: list[str]) -> list[str]:
     return kept
 
 
-def run_arm(base: TrainConfig, arm: str, seed: int, retrain: bool = False) -> dict:
+def run_arm(base: TrainConfig, arm: str, seed: int, retrain: bool = False, surface: str | None = None) -> dict:
+    """Train (or load) one arm and seed: on every surface with one model, or on ``surface`` alone."""
     name, shuffled = ARMS[arm]
     # IDs-only keeps the content inputs, empty, so that every arm has the same widths
     cfg = dataclasses.replace(base, embeddings=name, shuffle_embeddings=shuffled, empty_content=name is None,
-                              seed=seed, run=f"{arm}_s{seed}")
+                              seed=seed, run=f"{arm}_{surface}_s{seed}" if surface else f"{arm}_s{seed}",
+                              surfaces=(surface,) if surface else base.surfaces)
     report = Path(base.workdir) / "ranking" / "runs" / cfg.run / "eval.json"
     if report.is_file() and not retrain:
         return json.loads(report.read_text())
@@ -79,6 +81,37 @@ def summarize(reports: dict[str, list[dict]]) -> dict:
                     entry["lift_sd"] = float(lift.std(ddof=1)) if len(lift) > 1 else 0.0
                 out.setdefault(task, {}).setdefault(sl, {})[arm] = entry
     return out
+
+
+def per_surface_summary(joint: dict[str, list[dict]], separate: dict[str, dict[str, list[dict]]]) -> list[dict]:
+    """One model for all surfaces vs one model per surface: per arm, key task and slice, the mean AUC of
+    each and the difference (separate − joint, mean ± sd over seeds, paired by seed)."""
+    rows = []
+    for arm, by_surface in separate.items():
+        for task in KEY_TASKS:
+            runs = by_surface.get(task.split("/")[0])
+            if not runs:
+                continue
+            for sl in ("all", "fresh", "new_ads"):
+                if runs[0]["metrics"][task].get(sl) is None:
+                    continue
+                a = np.array([r["metrics"][task][sl]["auc"] for r in joint[arm][:len(runs)]])
+                b = np.array([r["metrics"][task][sl]["auc"] for r in runs])
+                d = b - a
+                rows.append({"arm": arm, "task": task, "slice": sl, "joint": float(a.mean()),
+                             "separate": float(b.mean()), "diff_mean": float(d.mean()),
+                             "diff_sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0, "seeds": len(d)})
+    return rows
+
+
+def format_per_surface(rows: list[dict]) -> str:
+    lines = ["| arm | task | slice | one model | one per surface | per surface − one |",
+             "|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        sd = f" ± {r['diff_sd']:.4f}" if r["seeds"] > 1 else ""
+        lines.append(f"| {r['arm']} | {r['task']} | {r['slice']} | {r['joint']:.4f} | {r['separate']:.4f} | "
+                     f"{r['diff_mean']:+.4f}{sd} |")
+    return "\n".join(lines)
 
 
 def format_table(summary: dict, arms: list[str]) -> str:
@@ -126,15 +159,22 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=2048)
     ap.add_argument("--results", default="docs/results.md", help="markdown file to update ('' to skip)")
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--per-surface", default="", help="comma-separated arms also trained as one model per "
+                    "surface, to compare with the one model with surface-specific heads")
     a = ap.parse_args(argv)
     arms = [x for x in a.arms.split(",") if x]
     unknown = [x for x in arms if x not in ARMS]
+    per_surface = [x for x in a.per_surface.split(",") if x]
     if unknown:
         ap.error(f"--arms: unknown arm {unknown[0]!r}: expected some of {', '.join(ARMS)}")
+    if any(x not in arms for x in per_surface):
+        ap.error(f"--per-surface: expected arms among --arms ({', '.join(arms)}), found {a.per_surface!r}")
     try:
         arms = ensure_embeddings(a.workdir, arms)
         base = TrainConfig(workdir=a.workdir, epochs=a.epochs, batch_size=a.batch_size)
         reports = {arm: [run_arm(base, arm, s, a.retrain) for s in a.seeds] for arm in arms}
+        separate = {arm: {sf: [run_arm(base, arm, s, a.retrain, surface=sf) for s in a.seeds] for sf in base.surfaces}
+                    for arm in per_surface if arm in reports}
     except (FileNotFoundError, ValueError) as exc:
         print(str(exc).splitlines()[0], file=sys.stderr)
         return 2
@@ -145,6 +185,10 @@ def main(argv=None) -> int:
               f"(mean ± sd over seeds {a.seeds}; in brackets: lift over IDs-only, paired by seed). "
               f"World generator {world['generator_version']}, {a.epochs} epochs.\n\n")
     out = {"arms": arms, "seeds": a.seeds, "epochs": a.epochs, "summary": summary}
+    if separate:
+        out["per_surface"] = per_surface_summary(reports, separate)
+        table += ("\n\nOne model with surface-specific heads vs one model per surface (AUC):\n\n"
+                  + format_per_surface(out["per_surface"]))
     (Path(a.workdir) / "ranking" / "compare.json").write_text(json.dumps(out, indent=2))
     if a.results:
         write_results(Path(a.results), header + table)

@@ -39,11 +39,23 @@ def test_results_section_is_replaced_not_duplicated(tmp_path):
 def test_compare_runs_arms_on_tiny(tiny_workdir, tmp_path, capsys):
     results = tmp_path / "results.md"
     assert compare.main(["--workdir", str(tiny_workdir), "--arms", "ids,oracle,pinclip", "--seeds", "0",
-                         "--epochs", "1", "--results", str(results)]) == 0
+                         "--epochs", "1", "--results", str(results), "--per-surface", "ids"]) == 0
     out = json.loads((tiny_workdir / "ranking/compare.json").read_text())
     assert out["arms"] == ["ids", "oracle"]                       # no PinCLIP published in this workspace
+    # IDs-only has the content inputs too (empty), so both arms have the same widths
+    ids_cfg = json.loads((tiny_workdir / "ranking/runs/ids_s0/config.json").read_text())
+    assert ids_cfg["empty_content"] is True and ids_cfg["embeddings"] is None
+    # one model per surface, beside the joint one
+    per = {(r["task"], r["slice"]): r for r in out["per_surface"]}
+    assert set(per) >= {("homefeed/repin", "all"), ("related/repin", "all"), ("ads/click", "new_ads")}
+    ads_cfg = json.loads((tiny_workdir / "ranking/runs/ids_ads_s0/config.json").read_text())
+    assert ads_cfg["surfaces"] == ["ads"]
+    r = per[("ads/click", "all")]
+    assert r["diff_mean"] == pytest.approx(r["separate"] - r["joint"])
     assert "skipping arm 'pinclip'" in capsys.readouterr().err
     assert out["summary"]["homefeed/repin"]["all"]["oracle"]["seeds"] == 1
     assert "ranking-compare:begin" in results.read_text()
     with pytest.raises(SystemExit):
         compare.main(["--workdir", str(tiny_workdir), "--arms", "bogus"])
+    with pytest.raises(SystemExit):
+        compare.main(["--workdir", str(tiny_workdir), "--arms", "ids", "--per-surface", "oracle"])
