@@ -46,9 +46,11 @@ bench: install
 	$(PY) benchmarks/bench_analyze.py
 	$(PY) benchmarks/bench_pinclip.py
 
-# The full comparison tables (not part of `make demo`): all ranking arms over three seeds.
+# The full comparison tables (not part of `make demo`, about two hours on 2 cores): PinCLIP's baselines
+# and ablations, all ranking arms over three seeds, and one model vs one per surface.
 results: demo
-	$(PY) -m ranking.compare --workdir $(W) --seeds 0 1 2 --epochs 2 --results ''
+	$(VENV)/bin/pinclip ablate --workdir $(W) --reference tiny
+	$(PY) -m ranking.compare --workdir $(W) --seeds 0 1 2 --epochs 2 --results '' --per-surface pinclip
 	$(PY) -m pinlift.results --workdir $(W) --out docs/results.md
 
 clean:

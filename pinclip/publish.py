@@ -86,6 +86,10 @@ def _check(batch: EmbeddingBatch) -> np.ndarray:
                                f"found {v.shape}")
         mask = None if not batch.present or kind not in batch.present else np.asarray(batch.present[kind], bool)
         rows = v if mask is None else v[mask]
+
+        def pin_of(r: int) -> int:   # row r of the checked rows -> its pin id
+            return int(ids[r if mask is None else np.flatnonzero(mask)[r]])
+
         if rows.dtype == np.int8:
             squared = np.einsum("ij,ij->i", rows, rows, dtype=np.int64)
         else:
@@ -96,14 +100,12 @@ def _check(batch: EmbeddingBatch) -> np.ndarray:
             if len(bad_rows):
                 r = int(bad_rows[0])
                 bad = rows[r][~np.isfinite(rows[r])]
-                r = r if mask is None else int(np.flatnonzero(mask)[r])
                 found = bad[0] if len(bad) else f"a row whose norm overflows {rows.dtype}"
                 raise PublishError(f"pinclip publish: {kind} embeddings: expected finite values, found "
-                                   f"{found} at pin_id {int(ids[r])}")
+                                   f"{found} at pin_id {pin_of(r)}")
         if (squared == 0).any():
-            r = int(np.flatnonzero(squared == 0)[0])
-            r = r if mask is None else int(np.flatnonzero(mask)[r])
-            raise PublishError(f"pinclip publish: {kind} embeddings: expected non-zero vectors, found zero at pin_id {int(ids[r])}")
+            raise PublishError(f"pinclip publish: {kind} embeddings: expected non-zero vectors, found zero at "
+                               f"pin_id {pin_of(int(np.flatnonzero(squared == 0)[0]))}")
     return order
 
 
