@@ -51,6 +51,16 @@ def _mde(n_c, n_t, var_c, var_t, baseline, cfg: ExperimentConfig) -> dict | None
     return {"absolute": _num(m.absolute), "relative": _num(m.relative), "power": cfg.power}
 
 
+def _cuped_record(res: stats.CupedResult) -> dict:
+    return {"theta": _num(res.theta), "correlation": _num(res.correlation),
+            "variance_reduction_factor": _num(res.variance_reduction_factor)}
+
+
+def _unadjusted(effect: stats.EffectResult) -> dict:
+    return {"control_mean": _num(effect.control_mean), "treatment_mean": _num(effect.treatment_mean),
+            "absolute": _estimate(effect.absolute), "relative": _estimate(effect.relative)}
+
+
 def analyze_cell(cell: Cell, sums: dict[str, dict[str, float]], cfg: ExperimentConfig,
                  with_covariate: bool) -> dict:
     """Statistics of one (metric, surface) from the per-variant sums."""
@@ -63,11 +73,19 @@ def analyze_cell(cell: Cell, sums: dict[str, dict[str, float]], cfg: ExperimentC
         rc, rt = (stats.RatioStats(s["n"], s[f"sx{i}"], s[f"sy{i}"], s[f"sxx{i}"], s[f"syy{i}"], s[f"sxy{i}"])
                   for s in (c, t))
         with np.errstate(divide="ignore", invalid="ignore"):
-            effect = stats.ratio_test(rc, rt, alpha=cfg.alpha, metric=cell.key)
-            mde = _mde(rc.n, rt.n, rc.ratio_variance * rc.n, rt.ratio_variance * rt.n, rc.ratio, cfg)
+            plain = stats.ratio_test(rc, rt, alpha=cfg.alpha, metric=cell.key)
+            effect, cuped, vrf = plain, None, 1.0
+            if with_covariate:
+                pc, pt = (stats.RatioCupedStats(
+                    r, stats.RatioStats(s["n"], s[f"sc{i}"], s[f"sd{i}"], s[f"scc{i}"], s[f"sdd{i}"], s[f"scd{i}"]),
+                    s[f"sxc{i}"], s[f"sxd{i}"], s[f"syc{i}"], s[f"syd{i}"]) for r, s in ((rc, c), (rt, t)))
+                res = stats.ratio_cuped_test(pc, pt, alpha=cfg.alpha, metric=cell.key)
+                effect, vrf = res.effect, float(res.variance_reduction_factor)
+                cuped = _cuped_record(res)
+                out["unadjusted"] = _unadjusted(plain)
+            mde = _mde(rc.n, rt.n, rc.ratio_variance * rc.n * vrf, rt.ratio_variance * rt.n * vrf, rc.ratio, cfg)
         out.update(numerator_sum={"control": c[f"sx{i}"], "treatment": t[f"sx{i}"]},
                    denominator_sum={"control": c[f"sy{i}"], "treatment": t[f"sy{i}"]})
-        cuped = None
     else:
         mc, mt = (stats.MeanStats(s["n"], s[f"sx{i}"], s[f"sxx{i}"]) for s in (c, t))
         welch = stats.welch_test(mc, mt, alpha=cfg.alpha, metric=cell.key)
@@ -77,10 +95,8 @@ def analyze_cell(cell: Cell, sums: dict[str, dict[str, float]], cfg: ExperimentC
                       for s in (c, t))
             res = stats.cuped_test(cc, ct, alpha=cfg.alpha, metric=cell.key)
             effect, vrf = res.effect, float(res.variance_reduction_factor)
-            cuped = {"theta": _num(res.theta), "correlation": _num(res.correlation),
-                     "variance_reduction_factor": _num(res.variance_reduction_factor)}
-            out["unadjusted"] = {"control_mean": _num(welch.control_mean), "treatment_mean": _num(welch.treatment_mean),
-                                 "absolute": _estimate(welch.absolute), "relative": _estimate(welch.relative)}
+            cuped = _cuped_record(res)
+            out["unadjusted"] = _unadjusted(welch)
         mde = _mde(mc.n, mt.n, mc.variance * vrf, mt.variance * vrf, mc.mean, cfg)
     out.update(method=effect.method, control_mean=_num(effect.control_mean), treatment_mean=_num(effect.treatment_mean),
                absolute=_estimate(effect.absolute), relative=_estimate(effect.relative),

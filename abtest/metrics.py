@@ -306,11 +306,11 @@ def _aggregate(q: _Sql, agg: Aggregate, surface: str, alias: str) -> None:
 def _select_cells(q: _Sql, cells: list[Cell], covariate: bool) -> None:
     first = True
     for c in cells:
-        if covariate and c.metric.kind != "mean":
-            continue
-        pairs = [(c.metric.numerator, f"c{c.index}")] if covariate else (
-            [(c.metric.numerator, f"x{c.index}")]
-            + ([(c.metric.denominator, f"y{c.index}")] if c.metric.kind == "ratio" else []))
+        ratio = c.metric.kind == "ratio"
+        if covariate:   # the same metric over the pre-period: c{i} (and cy{i}, a ratio's denominator)
+            pairs = [(c.metric.numerator, f"c{c.index}")] + ([(c.metric.denominator, f"cy{c.index}")] if ratio else [])
+        else:
+            pairs = [(c.metric.numerator, f"x{c.index}")] + ([(c.metric.denominator, f"y{c.index}")] if ratio else [])
         for agg, alias in pairs:
             q.add("" if first else ", ")
             _aggregate(q, agg, c.surface, alias)
@@ -320,14 +320,18 @@ def _select_cells(q: _Sql, cells: list[Cell], covariate: bool) -> None:
 
 
 def value_columns(cells: list[Cell], covariate: bool) -> list[str]:
-    """Per-user columns of the per-user query: x{i} [y{i}] for every cell, then c{i} for mean cells."""
+    """Per-user columns of the per-user query: x{i} [y{i}] for every cell, then with covariates c{i}
+    [cy{i}], the same sums over the pre-period."""
     cols = []
     for c in cells:
         cols.append(f"x{c.index}")
         if c.metric.kind == "ratio":
             cols.append(f"y{c.index}")
     if covariate:
-        cols += [f"c{c.index}" for c in cells if c.metric.kind == "mean"]
+        for c in cells:
+            cols.append(f"c{c.index}")
+            if c.metric.kind == "ratio":
+                cols.append(f"cy{c.index}")
     return cols
 
 
@@ -376,7 +380,8 @@ def cross_sum_name(a: Cell, b: Cell) -> str:
 
 def sufficient_stats(con, cells: list[Cell], pre_window: tuple[int, int] | None,
                      pairs: Sequence[tuple[Cell, Cell]] = ()) -> dict[str, dict[str, float]]:
-    """Per variant: n and, per cell, Σx, Σx² (+ Σy, Σy², Σxy for ratios; + Σc, Σc², Σxc with covariates);
+    """Per variant: n and, per cell, Σx, Σx² (+ Σy, Σy², Σxy for ratios; + Σc, Σc², Σxc with covariates, and
+    for ratios also the pre-period denominator d: Σd, Σd², Σcd, Σxd, Σyc, Σyd);
     per (a, b) in ``pairs``, Σ x_a·x_b (``cross_sum_name``), for statistics of two cells on the same users.
 
     One pass over the events whatever ``pairs`` holds: the cross sums are extra columns of the same
@@ -389,8 +394,11 @@ def sufficient_stats(con, cells: list[Cell], pre_window: tuple[int, int] | None,
         sums += [f"SUM(x{i}) AS sx{i}", f"SUM(x{i} * x{i}) AS sxx{i}"]
         if c.metric.kind == "ratio":
             sums += [f"SUM(y{i}) AS sy{i}", f"SUM(y{i} * y{i}) AS syy{i}", f"SUM(x{i} * y{i}) AS sxy{i}"]
-        elif pre_window is not None:
+        if pre_window is not None:
             sums += [f"SUM(c{i}) AS sc{i}", f"SUM(c{i} * c{i}) AS scc{i}", f"SUM(x{i} * c{i}) AS sxc{i}"]
+            if c.metric.kind == "ratio":
+                sums += [f"SUM(cy{i}) AS sd{i}", f"SUM(cy{i} * cy{i}) AS sdd{i}", f"SUM(c{i} * cy{i}) AS scd{i}",
+                         f"SUM(x{i} * cy{i}) AS sxd{i}", f"SUM(y{i} * c{i}) AS syc{i}", f"SUM(y{i} * cy{i}) AS syd{i}"]
     for a, b in dict.fromkeys((a, b) for a, b in pairs):
         if a not in known or b not in known:
             raise ValueError(f"abtest: pair ({a.key}, {b.key}) is not among the cells")

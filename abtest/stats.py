@@ -160,6 +160,25 @@ class CupedStats:
 
 
 @dataclass(frozen=True)
+class RatioCupedStats:
+    """A ratio metric's per-user numerator x and denominator y, and the same ratio's pre-period numerator
+    c and denominator d, in one variant: the sums the delta method needs for CUPED on a ratio."""
+
+    ratio: RatioStats
+    pre: RatioStats
+    sum_xc: Value
+    sum_xd: Value
+    sum_yc: Value
+    sum_yd: Value
+
+    @classmethod
+    def from_values(cls, x, y, c, d) -> RatioCupedStats:
+        x, y, c, d = (np.asarray(v, dtype=float) for v in (x, y, c, d))
+        return cls(RatioStats.from_values(x, y), RatioStats.from_values(c, d),
+                   (x * c).sum(-1), (x * d).sum(-1), (y * c).sum(-1), (y * d).sum(-1))
+
+
+@dataclass(frozen=True)
 class PairedMeanStats:
     """Sums of two per-user metrics a and b measured on the same users of one variant."""
 
@@ -387,6 +406,61 @@ def cuped_test(control: CupedStats, treatment: CupedStats, *, alpha: float = 0.0
     absolute = _welch(mean_c, var_c, control.n, mean_t, var_t, treatment.n, alpha)
     relative = relative_lift(mean_c, var_c / control.n, mean_t, var_t / treatment.n, alpha)
     effect = EffectResult("cuped_welch", alpha, _as_result(mean_c), _as_result(mean_t),
+                          absolute, relative, metric)
+    return CupedResult(effect, _as_result(theta), _as_result(correlation),
+                       _as_result(np.clip(1 - correlation**2, 0.0, 1.0)))
+
+
+def _linearised_moments(s: RatioCupedStats):
+    """Centred sums of the ratio's and the pre-period ratio's per-user linearisations
+    L = (x − R·y)/ȳ and M = (c − R₀·d)/d̄: (S_LL, S_MM, S_LM), each Σ over users of the centred products."""
+    r, p, n = s.ratio, s.pre, s.ratio.n
+    R, R0 = r.ratio, p.ratio
+    mean_y, mean_d = r.sum_y / n, p.sum_y / n
+
+    def centred(sum_ab, sum_a, sum_b):
+        return sum_ab - sum_a * sum_b / n
+
+    s_xx, s_yy, s_xy = centred(r.sum_x2, r.sum_x, r.sum_x), centred(r.sum_y2, r.sum_y, r.sum_y), \
+        centred(r.sum_xy, r.sum_x, r.sum_y)
+    s_cc, s_dd, s_cd = centred(p.sum_x2, p.sum_x, p.sum_x), centred(p.sum_y2, p.sum_y, p.sum_y), \
+        centred(p.sum_xy, p.sum_x, p.sum_y)
+    s_xc, s_xd = centred(s.sum_xc, r.sum_x, p.sum_x), centred(s.sum_xd, r.sum_x, p.sum_y)
+    s_yc, s_yd = centred(s.sum_yc, r.sum_y, p.sum_x), centred(s.sum_yd, r.sum_y, p.sum_y)
+    s_ll = (s_xx - 2 * R * s_xy + R * R * s_yy) / mean_y**2
+    s_mm = (s_cc - 2 * R0 * s_cd + R0 * R0 * s_dd) / mean_d**2
+    s_lm = (s_xc - R0 * s_xd - R * s_yc + R * R0 * s_yd) / (mean_y * mean_d)
+    return s_ll, s_mm, s_lm
+
+
+def ratio_cuped_test(control: RatioCupedStats, treatment: RatioCupedStats, *, alpha: float = 0.05,
+                     metric: str | None = None) -> CupedResult:
+    """Delta-method test of a ratio metric adjusted by its pre-period ratio (CUPED on ratios, Deng et al.
+    2013): R − θ(R₀ − R̄₀), θ from the pooled within-variant moments of the per-user linearisations, R̄₀
+    the pre-period ratio over both variants. Users without pre-period activity contribute c = d = 0."""
+    _require_users("ratio_cuped_test", control.ratio.n, treatment.ratio.n)
+    _require_probability("ratio_cuped_test", "alpha", alpha)
+    ll_c, mm_c, lm_c = _linearised_moments(control)
+    ll_t, mm_t, lm_t = _linearised_moments(treatment)
+    ll, mm, lm = ll_c + ll_t, mm_c + mm_t, lm_c + lm_t
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ok = np.isfinite(mm) & (mm > 0)     # no pre-period signal: no adjustment
+        theta = np.where(ok, lm / np.where(ok, mm, 1.0), 0.0)
+        correlation = np.where(ok & (ll > 0), lm / np.sqrt(ll * mm), 0.0)
+        pooled_pre = (control.pre.sum_x + treatment.pre.sum_x) / (control.pre.sum_y + treatment.pre.sum_y)
+
+        def adjusted(s: RatioCupedStats, s_ll, s_mm, s_lm):
+            shift = np.where(ok, s.pre.ratio - pooled_pre, 0.0)
+            value = s.ratio.ratio - theta * shift
+            variance = np.maximum(s_ll - 2 * theta * np.where(ok, s_lm, 0.0) + theta**2 * np.where(ok, s_mm, 0.0),
+                                  0.0) / (s.ratio.n - 1) / s.ratio.n
+            return value, variance
+
+        value_c, var_c = adjusted(control, ll_c, mm_c, lm_c)
+        value_t, var_t = adjusted(treatment, ll_t, mm_t, lm_t)
+    absolute = _inference(value_t - value_c, np.sqrt(var_c + var_t), np.inf, alpha)
+    relative = relative_lift(value_c, var_c, value_t, var_t, alpha)
+    effect = EffectResult("cuped_delta_ratio", alpha, _as_result(value_c), _as_result(value_t),
                           absolute, relative, metric)
     return CupedResult(effect, _as_result(theta), _as_result(correlation),
                        _as_result(np.clip(1 - correlation**2, 0.0, 1.0)))

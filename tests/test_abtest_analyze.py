@@ -154,6 +154,20 @@ def test_sql_sufficient_statistics_match_numpy(synth):
     spend = events[(events.action == "click") & (events.surface == "ads")].groupby("user_id")["value"].sum()
     j = next(c.index for c in cells if c.key == "ad_spend/ads")
     np.testing.assert_allclose(per_user[f"x{j}"], spend.reindex(per_user["user_id"], fill_value=0).to_numpy())
+    # a ratio's pre-period covariate: the same CTR over the organic logs of the pre-period
+    k = next(c.index for c in cells if c.key == "ctr/homefeed")
+    logs = pq.read_table(src.impressions, partitioning=None).to_pandas()
+    pre = logs[(logs.surface == "homefeed") & (logs.day >= START - PRE_DAYS) & (logs.day < START)]
+    by_user = pre.groupby("user_id")["click"].agg(["sum", "size"]).reindex(per_user["user_id"], fill_value=0)
+    np.testing.assert_array_equal(per_user[f"c{k}"], by_user["sum"].to_numpy())
+    np.testing.assert_array_equal(per_user[f"cy{k}"], by_user["size"].to_numpy())
+    xy = [per_user[f"{col}{k}"] for col in ("x", "y", "c", "cy")]
+    ref = stats.ratio_cuped_test(stats.RatioCupedStats.from_values(*(a[~treated] for a in xy)),
+                                 stats.RatioCupedStats.from_values(*(a[treated] for a in xy)))
+    ctr = _result(analysis, "ctr/homefeed")
+    assert ctr["absolute"]["value"] == pytest.approx(float(ref.effect.absolute.value))
+    assert ctr["absolute"]["se"] == pytest.approx(float(ref.effect.absolute.se))
+    assert ctr["cuped"]["theta"] == pytest.approx(float(ref.theta))
     clicks = events[(events.action == "click") & (events.surface == "ads")].shape[0]
     cpc = _result(analysis, "cpc/ads")
     assert cpc["control_mean"] == pytest.approx(50.0) and cpc["treatment_mean"] == pytest.approx(50.0)
@@ -189,7 +203,8 @@ def test_recovers_injected_lift_with_cuped(synth):
     assert r["absolute"]["se"] < r["unadjusted"]["absolute"]["se"] * 0.92
     # click probability was not lifted
     ctr = _result(analysis, "ctr/homefeed")
-    assert ctr["method"] == "delta_ratio" and ctr["relative"]["ci_low"] < 0 < ctr["relative"]["ci_high"]
+    assert ctr["method"] == "cuped_delta_ratio" and ctr["relative"]["ci_low"] < 0 < ctr["relative"]["ci_high"]
+    assert ctr["absolute"]["se"] <= ctr["unadjusted"]["absolute"]["se"] * 1.001   # pooled theta: never much worse
     assert r["mde"]["relative"] > 0 and r["mde"]["power"] == 0.8
     assert not analysis["srm"]["mismatch"]
 

@@ -12,12 +12,14 @@ from abtest.stats import (
     CupedStats,
     MeanStats,
     PairedMeanStats,
+    RatioCupedStats,
     RatioStats,
     adjust_p_values,
     cuped_test,
     lift_difference_test,
     minimum_detectable_effect,
     power_check,
+    ratio_cuped_test,
     ratio_test,
     relative_lift,
     sample_size,
@@ -259,6 +261,63 @@ def test_cuped_variance_reduction_in_simulation():
     assert 0.92 <= _coverage(r.effect.absolute, 0.1) <= 0.98
     assert 0.92 <= _coverage(r.effect.relative, 0.02) <= 0.98
     assert np.mean(r.effect.absolute.p_value < 0.05) > np.mean(raw.absolute.p_value < 0.05)
+
+
+def _clicks(rng, n, ctr_scale, pre_ctr):
+    """Per-user impressions and clicks now (y, x) and over the pre-period (d, c); a user's own CTR
+    carries over from the pre-period, so the two ratios correlate."""
+    taste = rng.beta(2, 20, n)
+    d = rng.poisson(30, n).astype(float)
+    c = rng.binomial(d.astype(int), taste * pre_ctr).astype(float)
+    y = rng.poisson(40, n).astype(float)
+    x = rng.binomial(y.astype(int), np.minimum(taste * ctr_scale, 1)).astype(float)
+    return x, y, c, d
+
+
+def test_ratio_cuped_matches_the_explicit_linearisation():
+    rng = np.random.default_rng(11)
+    (xc, yc, cc, dc), (xt, yt, ct, dt) = _clicks(rng, 400, 1.0, 1.0), _clicks(rng, 500, 1.1, 1.0)
+    r = ratio_cuped_test(RatioCupedStats.from_values(xc, yc, cc, dc), RatioCupedStats.from_values(xt, yt, ct, dt))
+
+    def lin(x, y, c, d):   # per-user linearisations L and M of the ratio and the pre-period ratio
+        return (x - x.sum() / y.sum() * y) / y.mean(), (c - c.sum() / d.sum() * d) / d.mean()
+
+    (lc, mc), (lt, mt) = lin(xc, yc, cc, dc), lin(xt, yt, ct, dt)
+    theta = ((lc - lc.mean()) @ (mc - mc.mean()) + (lt - lt.mean()) @ (mt - mt.mean())) / (
+        ((mc - mc.mean()) ** 2).sum() + ((mt - mt.mean()) ** 2).sum())
+    assert r.theta == pytest.approx(theta)
+    pooled = (cc.sum() + ct.sum()) / (dc.sum() + dt.sum())
+    adj_c = xc.sum() / yc.sum() - theta * (cc.sum() / dc.sum() - pooled)
+    adj_t = xt.sum() / yt.sum() - theta * (ct.sum() / dt.sum() - pooled)
+    se = math.sqrt(np.var(lc - theta * mc, ddof=1) / 400 + np.var(lt - theta * mt, ddof=1) / 500)
+    e = r.effect
+    assert (e.control_mean, e.treatment_mean) == (pytest.approx(adj_c), pytest.approx(adj_t))
+    assert e.absolute.value == pytest.approx(adj_t - adj_c) and e.absolute.se == pytest.approx(se)
+    plain = ratio_test(RatioStats.from_values(xc, yc), RatioStats.from_values(xt, yt))
+    assert r.correlation > 0.3 and e.absolute.se < plain.absolute.se
+
+
+def test_ratio_cuped_without_pre_period_is_the_plain_delta_method():
+    rng = np.random.default_rng(12)
+    (xc, yc, _, _), (xt, yt, _, _) = _clicks(rng, 300, 1.0, 1.0), _clicks(rng, 300, 1.2, 1.0)
+    zero = np.zeros(300)
+    r = ratio_cuped_test(RatioCupedStats.from_values(xc, yc, zero, zero),
+                         RatioCupedStats.from_values(xt, yt, zero, zero))
+    plain = ratio_test(RatioStats.from_values(xc, yc), RatioStats.from_values(xt, yt))
+    assert r.theta == 0 and r.variance_reduction_factor == 1
+    assert (r.effect.absolute.value, r.effect.absolute.se, r.effect.relative.value) == (
+        pytest.approx(plain.absolute.value), pytest.approx(plain.absolute.se), pytest.approx(plain.relative.value))
+
+
+def test_ratio_cuped_covers_in_simulation():
+    rng = np.random.default_rng(13)
+    runs = [(_clicks(rng, 400, 1.0, 1.0), _clicks(rng, 400, 1.05, 1.0)) for _ in range(400)]
+    stacked = [[np.stack([run[v][k] for run in runs]) for k in range(4)] for v in range(2)]
+    r = ratio_cuped_test(RatioCupedStats.from_values(*stacked[0]), RatioCupedStats.from_values(*stacked[1]))
+    plain = ratio_test(RatioStats.from_values(*stacked[0][:2]), RatioStats.from_values(*stacked[1][:2]))
+    true_ctr = 2 / 22   # E[beta(2, 20)]
+    assert 0.92 <= _coverage(r.effect.absolute, 0.05 * true_ctr) <= 0.98
+    assert np.median(r.effect.absolute.se / plain.absolute.se) < 0.95
 
 
 # --- SRM ------------------------------------------------------------------------------------------
