@@ -1,4 +1,4 @@
-"""`pinclip` command line: train, pretrain-image, publish embeddings, build/query the candidate index."""
+"""`pinclip` command line: train, pretrain-image|text, ablate, publish embeddings, build/query the candidate index."""
 
 from __future__ import annotations
 
@@ -74,10 +74,12 @@ def _train(args) -> int:
 
 
 def _pretrain(args) -> int:
-    from pinclip.pretrain import PretrainConfig, pretrain_image
+    from pinclip.pretrain import PretrainConfig, pretrain
 
-    report = pretrain_image(PretrainConfig(workdir=args.workdir, run=args.run, model=args.model, steps=args.steps,
-                                           batch_size=args.batch_size), progress=not args.quiet)
+    report = pretrain(PretrainConfig(workdir=args.workdir, run=args.run or args.tower, tower=args.tower,
+                                     model=args.model, steps=args.steps, batch_size=args.batch_size,
+                                     vocab_size=args.vocab_size),
+                      progress=not args.quiet)
     print(json.dumps({k: v for k, v in report.items() if k != "config"}))
     return 0
 
@@ -116,14 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train)
-    pt = sub.add_parser("pretrain-image", help="weakly-supervised multi-label pretraining of the image tower")
-    pt.add_argument("--workdir", default="pinwork")
-    pt.add_argument("--run", default="image")
-    pt.add_argument("--model", default="tiny")
-    pt.add_argument("--steps", type=int, default=400)
-    pt.add_argument("--batch-size", type=int, default=128)
-    pt.add_argument("--quiet", action="store_true")
-    pt.set_defaults(func=_pretrain)
+    for tower in ("image", "text"):
+        pt = sub.add_parser(f"pretrain-{tower}", help=f"weakly-supervised multi-label pretraining of the {tower} "
+                            "tower on the pins' annotations")
+        pt.add_argument("--workdir", default="pinwork")
+        pt.add_argument("--run", default=None, help=f"default: {tower}")
+        pt.add_argument("--model", default="tiny")
+        pt.add_argument("--steps", type=int, default=400)
+        pt.add_argument("--batch-size", type=int, default=128)
+        if tower == "text":
+            pt.add_argument("--vocab-size", type=int, default=8000, help="of the tokenizer trained on the corpus "
+                            "(PinCLIP's vocab_size must match)")
+        pt.add_argument("--quiet", action="store_true")
+        pt.set_defaults(func=_pretrain, tower=tower, vocab_size=8000)
     e = sub.add_parser("eval", help="Recall@K on the five tasks, held-out pins vs distractors -> eval.json")
     e.add_argument("--workdir", default="pinwork")
     e.add_argument("--run", required=True)

@@ -69,6 +69,7 @@ class TrainConfig:
     positives_per_query: int = 5
     walk: dict = field(default_factory=dict)  # WalkConfig fields
     pretrained_image: str = ""              # an image-pretraining run whose image tower to start from
+    pretrained_text: str = ""               # a text-pretraining run whose text tower (and tokenizer) to start from
     vocab_size: int = 8000
     tokenizer: str = ""                     # reuse this tokenizer.json instead of training one (the
                                             # tokenizers WordPiece trainer breaks ties differently per run)
@@ -195,9 +196,10 @@ class Trainer:
         # both texts present: every rank's image–text batch has the same size for the chunked loss
         pairs_texts = texts.filter(pl.col("descriptive").is_not_null() & pl.col("keyword").is_not_null())
         self.tokenizer_path = self.run_dir / "tokenizer.json"
-        if self.env.is_main and not self.tokenizer_path.exists() and self.cfg.tokenizer:
+        given = self.cfg.tokenizer or (str(self._pretrained("text", "tokenizer.json")) if self.cfg.pretrained_text else "")
+        if self.env.is_main and not self.tokenizer_path.exists() and given:
             self.tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.cfg.tokenizer, self.tokenizer_path)
+            shutil.copyfile(given, self.tokenizer_path)
         elif self.env.is_main and not self.tokenizer_path.exists():
             corpus = [s for col in ("descriptive", "keyword") for s in texts[col].drop_nulls().to_list()]
             train_tokenizer(corpus, self.cfg.vocab_size, self.tokenizer_path)
@@ -210,7 +212,11 @@ class Trainer:
         self.model = create_model(self.cfg.model, text=text_over, **overrides)
         self.tokenizer = load_tokenizer(self.model.cfg.text)
         if self.cfg.pretrained_image:
-            self._load_pretrained_image(self.cfg.pretrained_image)
+            self.model.image.load_state_dict(torch.load(self._pretrained("image", "image_tower.pt"), map_location="cpu",
+                                                        weights_only=True))
+        if self.cfg.pretrained_text:
+            self.model.text.load_state_dict(torch.load(self._pretrained("text", "text_tower.pt"), map_location="cpu",
+                                                       weights_only=True))
         if self.cfg.trainable_image_blocks >= 0:
             self.model.freeze_image_tower(self.cfg.trainable_image_blocks)
         if self.cfg.grad_checkpointing:
@@ -239,11 +245,13 @@ class Trainer:
         self.optimizer = Lion(_param_groups(self.step_module, self.cfg))
         self.step = 0
 
-    def _load_pretrained_image(self, run: str) -> None:
-        path = Path(self.cfg.workdir) / "pinclip" / "pretrain" / run / "image_tower.pt"
+    def _pretrained(self, tower: str, name: str) -> Path:
+        """A file of the ``pretrained_<tower>`` run, which must exist."""
+        run = getattr(self.cfg, f"pretrained_{tower}")
+        path = Path(self.cfg.workdir) / "pinclip" / "pretrain" / run / name
         if not path.is_file():
-            raise FileNotFoundError(f"pinclip train: pretrained_image: {path} not found (run `pinclip pretrain-image`)")
-        self.model.image.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            raise FileNotFoundError(f"pinclip train: pretrained_{tower}: {path} not found (run `pinclip pretrain-{tower}`)")
+        return path
 
     def _neighbor_batch(self, step: int):
         # neighbor positives are resampled from the cached walk candidates once per pass over them; the
