@@ -12,7 +12,8 @@ install:
 # Every stage writes a file that marks it complete; `make demo` skips complete stages and each
 # command resumes its own unfinished work (checkpoints), so an interrupted demo picks up where it was.
 W := $(WORKDIR)
-demo: install $(W)/world/world.json $(W)/pinclip/pretrain/image/report.json $(W)/pinclip/runs/tiny/eval.json \
+demo: install $(W)/world/world.json $(W)/pinclip/pretrain/image/report.json $(W)/pinclip/pretrain/text/report.json \
+      $(W)/pinclip/runs/tiny/eval.json \
       $(W)/embeddings/pinclip/LATEST $(W)/ranking/compare.json $(W)/experiments/pinclip_ranking/analysis.json
 	$(PY) -m pinlift.summary --workdir $(W)
 
@@ -22,8 +23,12 @@ $(W)/world/world.json:
 $(W)/pinclip/pretrain/image/report.json: $(W)/world/world.json
 	$(VENV)/bin/pinclip pretrain-image --workdir $(W) --run image --steps 600
 
-$(W)/pinclip/runs/tiny/eval.json: $(W)/pinclip/pretrain/image/report.json
-	$(VENV)/bin/pinclip train tiny pretrained_image=image --workdir $(W) --run tiny
+$(W)/pinclip/pretrain/text/report.json: $(W)/world/world.json
+	$(VENV)/bin/pinclip pretrain-text --workdir $(W) --run text --steps 600
+
+# both towers pretrained, the text tower then at the paper's 10x lower LR
+$(W)/pinclip/runs/tiny/eval.json: $(W)/pinclip/pretrain/image/report.json $(W)/pinclip/pretrain/text/report.json
+	$(VENV)/bin/pinclip train tiny pretrained_image=image pretrained_text=text text_lr_scale=0.1 --workdir $(W) --run tiny
 	$(VENV)/bin/pinclip eval --workdir $(W) --run tiny
 
 $(W)/embeddings/pinclip/LATEST: $(W)/pinclip/runs/tiny/eval.json
@@ -50,7 +55,7 @@ bench: install
 # and ablations, all ranking arms over three seeds, and one model vs one per surface.
 results: demo
 	$(VENV)/bin/pinclip ablate --workdir $(W) --reference tiny
-	$(PY) -m ranking.compare --workdir $(W) --seeds 0 1 2 --epochs 2 --results '' --per-surface pinclip
+	$(PY) -m ranking.compare --workdir $(W) --seeds 0 1 2 --epochs 2 --results '' --per-surface ids
 	$(PY) -m pinlift.results --workdir $(W) --out docs/results.md
 
 clean:

@@ -21,11 +21,13 @@ ABLATIONS: dict[str, dict] = {
     "no_pin_pin": {"pin_pin": False},
     # one 256-d term only; its 64-d "prefix" is a plain truncation
     "no_matryoshka": {"matryoshka": False},
-    # the image tower from scratch instead of the pretrained one
+    # a tower from scratch instead of the pretrained one (a text tower from scratch at the full LR)
     "scratch_image": {"pretrained_image": ""},
-    # the pretrained image tower with everything else at initialization
-    "image_only": {"steps": 0},
-    "untrained": {"steps": 0, "pretrained_image": ""},
+    "scratch_text": {"pretrained_text": "", "text_lr_scale": 1.0},
+    # no contrastive training: the pretrained image tower alone, both pretrained towers, nothing pretrained
+    "image_only": {"steps": 0, "pretrained_text": ""},
+    "pretrained_towers": {"steps": 0},
+    "untrained": {"steps": 0, "pretrained_image": "", "pretrained_text": ""},
 }
 TABLE_TASKS = ("pintext", "related_image", "related_fusion", "search_image", "search_fusion")
 TARGET_K = 10
@@ -84,7 +86,7 @@ def target_checks(evals: dict[str, dict], k: int = TARGET_K) -> list[dict]:
             check("Related Pins: Fusion without Pin-to-Pin >= the image-text model's image->image",
                   recall(evals["no_pin_pin"], "related_fusion", k=k),
                   recall(evals["image_text"], "related_image", k=k), 1.0)
-    for base in ("untrained", "image_only"):
+    for base in ("untrained", "image_only", "pretrained_towers"):
         if base in evals:
             check(f"Related Pins: Fusion multimodal > {base}", recall(fusion, "related_fusion", k=k),
                   recall(evals[base], "related_fusion", k=k), 1.0)

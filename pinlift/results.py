@@ -33,6 +33,13 @@ def world_section(w: Path) -> list[str]:
 
 def pinclip_section(w: Path, run: str) -> list[str]:
     out = []
+    text = _read(w / "pinclip/pretrain/text/report.json")
+    if text:
+        out += ["## Text-tower pretraining", "",
+                f"The same multi-label task from the pins' descriptive and keyword texts, {text['config']['steps']} "
+                f"steps: mAP {text['mAP']:.3f} over {text['labels_scored']} labels (chance {text['mAP_chance']:.3f}); "
+                f"over the {text['top_labels']} most frequent, {text['mAP_top']:.3f} (chance "
+                f"{text['mAP_top_chance']:.3f}); on {text['eval_pins']:,} pins created after day {text['cutoff_day']}.", ""]
     pre = _read(w / "pinclip/pretrain/image/report.json")
     if pre:
         out += ["## Image-tower pretraining", "",
@@ -69,9 +76,10 @@ def ablations_section(w: Path) -> list[str]:
     out = [f"## PinCLIP baselines and ablations (reference run `{ab['reference']}`)", "",
            "Each run is the reference's config with one change (`pinclip ablate`): `image_text` has no fusion "
            "encoder and no Pin-to-Pin loss; `no_pin_pin` drops the Pin-to-Pin loss; `no_matryoshka` trains "
-           "the 256-d term only (its 64-d row is a truncation); `scratch_image` starts the image tower from "
-           "scratch; `image_only` is the pretrained image tower with everything else at initialization; "
-           "`untrained` is every tower at initialization. Same Recall@K protocol as above.", "",
+           "the 256-d term only (its 64-d row is a truncation); `scratch_image` and `scratch_text` start that "
+           "tower from scratch instead of pretrained; with no contrastive training, `image_only` is the "
+           "pretrained image tower with everything else at initialization, `pretrained_towers` both "
+           "pretrained towers, `untrained` every tower at initialization. Same Recall@K protocol as above.", "",
            *ablation_table(ab["recall"]), ""]
     for k, checks in ab["checks"].items():
         out.append(f"Targets at {k}:")

@@ -22,12 +22,13 @@ def stage_figures(workdir: Path | str) -> list[tuple[str, str, str]]:
                  f"{world['preset']} seed {world['seed']}: {world['counts']['pins']:,} pins, "
                  f"{world['counts']['users']:,} users, {world['counts']['impressions']:,} impressions",
                  "world/world.json"))
-    pre = _read(w / "pinclip/pretrain/image/report.json")
-    rows.append(("image pretraining", "not run" if pre is None else
-                 f"mAP {pre['mAP']:.3f} over {pre['labels_scored']} annotation labels on {pre['eval_pins']:,} new pins"
-                 + (f"; top {pre['top_labels']}: {pre['mAP_top']:.3f} (chance {pre['mAP_top_chance']:.3f})"
-                    if "mAP_top" in pre else ""),
-                 "pinclip/pretrain/image/report.json"))
+    for tower in ("image", "text"):
+        pre = _read(w / f"pinclip/pretrain/{tower}/report.json")
+        rows.append((f"{tower} pretraining", "not run" if pre is None else
+                     f"mAP {pre['mAP']:.3f} over {pre['labels_scored']} annotation labels on {pre['eval_pins']:,} new pins"
+                     + (f"; top {pre['top_labels']}: {pre['mAP_top']:.3f} (chance {pre['mAP_top_chance']:.3f})"
+                        if "mAP_top" in pre else ""),
+                     f"pinclip/pretrain/{tower}/report.json"))
     ev = _read(w / "pinclip/runs/tiny/eval.json")
     if ev is None:
         rows.append(("PinCLIP eval", "not run", "pinclip/runs/tiny/eval.json"))

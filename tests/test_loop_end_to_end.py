@@ -14,7 +14,8 @@ def test_every_stage_reports_a_figure(loop_workdir, capsys):
     rows = {stage: (headline, path) for stage, headline, path in summary.stage_figures(loop_workdir)}
     assert [s for s, (h, _) in rows.items() if h.startswith("not")] == []
     assert rows["world"][0].startswith("tiny seed 0")
-    assert "mAP" in rows["image pretraining"][0] and "R@10 (64-d)" in rows["PinCLIP eval"][0]
+    assert "mAP" in rows["image pretraining"][0] and "mAP" in rows["text pretraining"][0]
+    assert "R@10 (64-d)" in rows["PinCLIP eval"][0]
     assert rows["publish"][0].startswith("pinclip@v0001: 3,000 pins")
     assert "homefeed/repin all: AUC" in rows["ranking"][0]
     headline, report = rows["A/B pinclip_ranking"]
@@ -40,5 +41,6 @@ def test_completed_stages_are_skipped(loop_workdir, capsys):
     assert "skipping" in capsys.readouterr().out
     before = (loop_workdir / "pinclip/runs/tiny/metrics.jsonl").read_text()
     assert pinclip_cli.main(["train", "tiny", "steps=20", "batch_size=32", "vocab_size=2000", "pretrained_image=image",
+                             "pretrained_text=text", "text_lr_scale=0.1",
                              "--workdir", W, "--run", "tiny", "--quiet"]) == 0
     assert (loop_workdir / "pinclip/runs/tiny/metrics.jsonl").read_text() == before   # resumed at its end
