@@ -51,11 +51,14 @@ bench: install
 	$(PY) benchmarks/bench_analyze.py
 	$(PY) benchmarks/bench_pinclip.py
 
-# The full comparison tables (not part of `make demo`, about two hours on 2 cores): PinCLIP's baselines
-# and ablations, all ranking arms over three seeds, and one model vs one per surface.
+# The full comparison tables (not part of `make demo`): PinCLIP's baselines and ablations beside all
+# ranking arms over three seeds and one ranking model per surface, one thread each on 2 cores (a torch
+# process with 2 threads slows down many times over when another one runs). Both resume and reuse
+# finished runs.
 results: demo
-	$(VENV)/bin/pinclip ablate --workdir $(W) --reference tiny
-	$(PY) -m ranking.compare --workdir $(W) --seeds 0 1 2 --epochs 2 --results '' --per-surface ids
+	OMP_NUM_THREADS=1 $(VENV)/bin/pinclip ablate --workdir $(W) --reference tiny --quiet & ablate=$$!; \
+	OMP_NUM_THREADS=1 $(PY) -m ranking.compare --workdir $(W) --seeds 0 1 2 --epochs 2 --results '' \
+	    --per-surface ids; status=$$?; wait $$ablate && exit $$status
 	$(PY) -m pinlift.results --workdir $(W) --out docs/results.md
 
 clean:
