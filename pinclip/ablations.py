@@ -18,6 +18,8 @@ from pinclip.train import TrainConfig, Trainer
 ABLATIONS: dict[str, dict] = {
     # the image–text model: each tower pooled on its own, no fusion encoder and no Pin-to-Pin loss
     "image_text": {"fusion": False, "pin_pin": False},
+    # the paper's loss (eq. 11) reaches the fusion encoder only through Pin-to-Pin: without it the fusion
+    # encoder keeps its initialization and the towers train exactly as in image_text
     "no_pin_pin": {"pin_pin": False},
     # one 256-d term only; its 64-d "prefix" is a plain truncation
     "no_matryoshka": {"matryoshka": False},

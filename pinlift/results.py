@@ -75,7 +75,9 @@ def ablations_section(w: Path) -> list[str]:
         return []
     out = [f"## PinCLIP baselines and ablations (reference run `{ab['reference']}`)", "",
            "Each run is the reference's config with one change (`pinclip ablate`): `image_text` has no fusion "
-           "encoder and no Pin-to-Pin loss; `no_pin_pin` drops the Pin-to-Pin loss; `no_matryoshka` trains "
+           "encoder and no Pin-to-Pin loss; `no_pin_pin` drops the Pin-to-Pin loss (the only term of the "
+           "paper's loss that reaches the fusion encoder, which then keeps its initialization over "
+           "towers trained exactly as in `image_text`); `no_matryoshka` trains "
            "the 256-d term only (its 64-d row is a truncation); `scratch_image` and `scratch_text` start that "
            "tower from scratch instead of pretrained; with no contrastive training, `image_only` is the "
            "pretrained image tower with everything else at initialization, `pretrained_towers` both "
