@@ -31,24 +31,24 @@ def world_section(w: Path) -> list[str]:
             f"{c['impressions']:,} impressions over {m['config']['days']} days.", ""]
 
 
+PRETRAINING = {  # tower -> (title, what it classifies from, closing remark)
+    "image": ("Image-tower pretraining", "the pins' images", "Attribute terms are text-only by construction, so "
+              "no image model can predict them."),
+    "text": ("Text-tower pretraining", "the pins' descriptive and keyword texts", ""),
+}
+
+
 def pinclip_section(w: Path, run: str) -> list[str]:
     out = []
-    text = _read(w / "pinclip/pretrain/text/report.json")
-    if text:
-        out += ["## Text-tower pretraining", "",
-                f"The same multi-label task from the pins' descriptive and keyword texts, {text['config']['steps']} "
-                f"steps: mAP {text['mAP']:.3f} over {text['labels_scored']} labels (chance {text['mAP_chance']:.3f}); "
-                f"over the {text['top_labels']} most frequent, {text['mAP_top']:.3f} (chance "
-                f"{text['mAP_top_chance']:.3f}); on {text['eval_pins']:,} pins created after day {text['cutoff_day']}.", ""]
-    pre = _read(w / "pinclip/pretrain/image/report.json")
-    if pre:
-        out += ["## Image-tower pretraining", "",
-                f"Multi-label classification on {pre['labels']} annotation terms, {pre['config']['steps']} steps: "
-                f"mAP {pre['mAP']:.3f} over {pre['labels_scored']} labels (chance {pre.get('mAP_chance', float('nan')):.3f}); "
-                f"over the {pre.get('top_labels', 0)} most frequent, {pre.get('mAP_top', float('nan')):.3f} "
-                f"(chance {pre.get('mAP_top_chance', float('nan')):.3f}); on {pre['eval_pins']:,} pins created "
-                f"after day {pre['cutoff_day']}. Attribute terms are text-only by construction, so no image "
-                "model can predict them.", ""]
+    for tower, (title, source, remark) in PRETRAINING.items():
+        pre = _read(w / f"pinclip/pretrain/{tower}/report.json")
+        if pre:
+            out += [f"## {title}", "",
+                    f"Multi-label classification of {pre['labels']} annotation terms from {source}, "
+                    f"{pre['config']['steps']} steps: mAP {pre['mAP']:.3f} over {pre['labels_scored']} labels (chance "
+                    f"{pre.get('mAP_chance', float('nan')):.3f}); over the {pre.get('top_labels', 0)} most frequent, "
+                    f"{pre.get('mAP_top', float('nan')):.3f} (chance {pre.get('mAP_top_chance', float('nan')):.3f}); "
+                    f"on {pre['eval_pins']:,} pins created after day {pre['cutoff_day']}. {remark}".rstrip(), ""]
     ev = _read(w / f"pinclip/runs/{run}/eval.json")
     if ev:
         variants = ev["variants"]
