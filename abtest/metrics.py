@@ -306,11 +306,10 @@ def _aggregate(q: _Sql, agg: Aggregate, surface: str, alias: str) -> None:
 def _select_cells(q: _Sql, cells: list[Cell], covariate: bool) -> None:
     first = True
     for c in cells:
-        ratio = c.metric.kind == "ratio"
-        if covariate:   # the same metric over the pre-period: c{i} (and cy{i}, a ratio's denominator)
-            pairs = [(c.metric.numerator, f"c{c.index}")] + ([(c.metric.denominator, f"cy{c.index}")] if ratio else [])
-        else:
-            pairs = [(c.metric.numerator, f"x{c.index}")] + ([(c.metric.denominator, f"y{c.index}")] if ratio else [])
+        # the metric (x, y) or, with ``covariate``, the same metric over the pre-period (c, cy)
+        num, den = ("c", "cy") if covariate else ("x", "y")
+        pairs = [(c.metric.numerator, f"{num}{c.index}")] + (
+            [(c.metric.denominator, f"{den}{c.index}")] if c.metric.kind == "ratio" else [])
         for agg, alias in pairs:
             q.add("" if first else ", ")
             _aggregate(q, agg, c.surface, alias)

@@ -42,11 +42,11 @@ class RunRanker:
 
     def set_embeddings(self, emb: PublishedEmbeddings) -> None:
         if self.uses_content:
-            from ranking.features import ContentFeatures
+            from ranking.features import ContentFeatures, content_shuffle_seed
 
             cfg = self.scorer.cfg
-            shuffle = cfg["seed"] + 1 if cfg.get("shuffle_embeddings") else None
-            self.scorer.content = ContentFeatures(emb, shuffle_seed=shuffle)
+            self.scorer.content = ContentFeatures(
+                emb, shuffle_seed=content_shuffle_seed(cfg["seed"], bool(cfg.get("shuffle_embeddings"))))
 
     def scores(self, req: Requests, rows: np.ndarray, pool: np.ndarray, day: int, rng_key) -> np.ndarray:
         out = np.full(pool.shape, -np.inf)

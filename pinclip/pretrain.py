@@ -110,11 +110,6 @@ def _schedule(cfg: PretrainConfig, step: int) -> float:
     return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1)) * 0.5 * (1 + np.cos(np.pi * step / cfg.steps))
 
 
-def pretrain_image(cfg: PretrainConfig, progress: bool = True) -> dict:
-    """Train, evaluate mAP on held-out pins, save the image tower to pinclip/pretrain/<run>/image_tower.pt."""
-    return pretrain(cfg if cfg.tower == "image" else PretrainConfig(**{**asdict(cfg), "tower": "image"}), progress)
-
-
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     """Pretrain ``cfg.tower`` on annotation labels; save it (``image_tower.pt``, or ``text_tower.pt`` with the
     ``tokenizer.json`` it reads) and ``report.json`` with the held-out mAP under pinclip/pretrain/<run>/."""
@@ -128,11 +123,16 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     rng = np.random.default_rng(cfg.seed)
     out_dir = Path(cfg.workdir) / "pinclip" / "pretrain" / cfg.run
     out_dir.mkdir(parents=True, exist_ok=True)
+    # train_inputs(rows of ``examples``) and eval_inputs(pin ids): the model's positional inputs
     if cfg.tower == "image":
         model = ImageClassifier(cfg.model, len(vocab))
-        size = model.img_size
         examples = train_pins
-        inputs = lambda pins: (normalize_images(world.images(pins, size)),)  # noqa: E731
+
+        def eval_inputs(pins):
+            return (normalize_images(world.images(pins, model.img_size)),)
+
+        def train_inputs(rows):
+            return eval_inputs(examples[rows])
     else:
         # every descriptive and keyword text known before T is one example of its pin's labels
         texts = text_sources(world.pins(as_of=t))
@@ -146,6 +146,12 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
         # held-out pins are scored on their own descriptive text
         text_of = dict(zip(*text_sources(world.pins()).select("pin_id", "descriptive").drop_nulls().get_columns()))
         later = np.array([p for p in later if p in text_of], np.int64)
+
+        def eval_inputs(pins):
+            return tokenize(tokenizer, [text_of[p] for p in pins])
+
+        def train_inputs(rows):
+            return tokenize(tokenizer, [example_text[r] for r in rows])
     eval_pins = np.sort(rng.choice(later, min(cfg.eval_pins, len(later)), replace=False))
     y_train = label_matrix(world, train_pins, vocab, t)
     y_eval = label_matrix(world, eval_pins, vocab, world.config.days + 10) > 0   # their annotations, for scoring only
@@ -154,17 +160,12 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     bar = tqdm(range(cfg.steps), desc=f"pretrain-{cfg.tower} {cfg.run}", unit="step", disable=not progress,
                file=sys.stderr)
 
-    def batch_inputs(rows: np.ndarray, pins: np.ndarray):
-        if cfg.tower == "image":
-            return inputs(pins)
-        return tokenize(tokenizer, [example_text[r] for r in rows] if rows is not None else [text_of[p] for p in pins])
-
     losses = []
     for step in bar:
         rows = rng.integers(0, len(examples), cfg.batch_size)
         for g in opt.param_groups:
             g["lr"] = _schedule(cfg, step)
-        logits = model(*batch_inputs(rows, examples[rows]))
+        logits = model(*train_inputs(rows))
         loss = nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(y_train[example_rows[rows]]))
         opt.zero_grad()
         loss.backward()
@@ -173,7 +174,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
     model.eval()
     with torch.no_grad():
-        scores = np.concatenate([torch.sigmoid(model(*batch_inputs(None, eval_pins[i:i + 256]))).numpy()
+        scores = np.concatenate([torch.sigmoid(model(*eval_inputs(eval_pins[i:i + 256]))).numpy()
                                  for i in range(0, len(eval_pins), 256)])
     valid = y_eval.any(0) & ~y_eval.all(0)
     ap = average_precision_score(y_eval[:, valid], scores[:, valid], average=None)

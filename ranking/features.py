@@ -188,12 +188,17 @@ class ContentFeatures:
         return self.table[idx], idx != self.missing_row
 
 
-def load_content(workdir, embeddings: str | None, *, shuffle_seed: int | None = None,
+def content_shuffle_seed(seed: int, shuffled: bool) -> int | None:
+    """The permutation seed of a run whose embedding is shuffled across pins (training and serving must agree)."""
+    return seed + 1 if shuffled else None
+
+
+def load_content(workdir, embeddings: str | None, *, seed: int = 0, shuffled: bool = False,
                  empty: bool = False) -> ContentFeatures | None:
-    """The content feature of a run: a published embedding (``NAME[@VERSION]``, permuted across pins with
-    ``shuffle_seed``), the empty one (``empty``: IDs only, same widths) or none at all."""
+    """The content feature of a run: a published embedding (``NAME[@VERSION]``, permuted across pins when
+    ``shuffled``), the empty one (``empty``: IDs only, same widths) or none at all."""
     if embeddings:
-        return ContentFeatures(open_embeddings(workdir, embeddings), shuffle_seed=shuffle_seed)
+        return ContentFeatures(open_embeddings(workdir, embeddings), shuffle_seed=content_shuffle_seed(seed, shuffled))
     return ContentFeatures.empty() if empty else None
 
 

@@ -40,8 +40,8 @@ class Scorer:
             self.vocabs = Vocabs.from_arrays(dict(z))
         # the simulator may pass a newer version of the same embedding (incremental publishes)
         ref = embeddings or self.cfg["embeddings"]
-        self.content = load_content(workdir, ref, empty=self.cfg.get("empty_content", False),
-                                    shuffle_seed=self.cfg["seed"] + 1 if self.cfg["shuffle_embeddings"] else None)
+        self.content = load_content(workdir, ref, seed=self.cfg["seed"], shuffled=self.cfg["shuffle_embeddings"],
+                                    empty=self.cfg.get("empty_content", False))
         model = build_model(self.vocabs.sizes(), dense_width(self.content is not None),
                             ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.cfg["model"].items()}),
                             dense_device=self.env.device)

@@ -93,8 +93,8 @@ class Trainer:
         self.train_ex = source.examples(train_imp)
         self.eval_ex = source.examples(eval_imp)
         self.vocabs = Vocabs.fit(self.train_ex)
-        self.content = load_content(self.cfg.workdir, self.cfg.embeddings, empty=self.cfg.empty_content,
-                                    shuffle_seed=self.cfg.seed + 1 if self.cfg.shuffle_embeddings else None)
+        self.content = load_content(self.cfg.workdir, self.cfg.embeddings, seed=self.cfg.seed,
+                                    shuffled=self.cfg.shuffle_embeddings, empty=self.cfg.empty_content)
         model = build_model(self.vocabs.sizes(), dense_width(self.content is not None), self.cfg.model,
                             dense_device=self.env.device)
         apply_optimizer_in_backward(torch.optim.Adagrad, model.sparse_arch.parameters(), {"lr": self.cfg.lr_sparse})
