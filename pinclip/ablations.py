@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
 from pinclip.evaluate import evaluate_run
 from pinclip.train import TrainConfig, Trainer
 
+# the image tower pretrained by `pinclip pretrain-image --run image` (`make results` runs it)
+PRETRAINED_IMAGE = "image"
 ABLATIONS: dict[str, dict] = {
     # the image–text model: each tower pooled on its own, no fusion encoder and no Pin-to-Pin loss
     "image_text": {"fusion": False, "pin_pin": False},
@@ -23,28 +26,40 @@ ABLATIONS: dict[str, dict] = {
     "no_pin_pin": {"pin_pin": False},
     # one 256-d term only; its 64-d "prefix" is a plain truncation
     "no_matryoshka": {"matryoshka": False},
-    # a tower from scratch instead of the pretrained one (a text tower from scratch at the full LR)
+    # the image tower the other way round from the reference (pretrained or from scratch), and the text
+    # tower from scratch at the full LR; an ablation equal to the reference is skipped
+    "pretrained_image": {"pretrained_image": PRETRAINED_IMAGE},
     "scratch_image": {"pretrained_image": ""},
     "scratch_text": {"pretrained_text": "", "text_lr_scale": 1.0},
     # no contrastive training: the pretrained image tower alone, both pretrained towers, nothing pretrained
-    "image_only": {"steps": 0, "pretrained_text": ""},
-    "pretrained_towers": {"steps": 0},
+    "image_only": {"steps": 0, "pretrained_image": PRETRAINED_IMAGE, "pretrained_text": ""},
+    "pretrained_towers": {"steps": 0, "pretrained_image": PRETRAINED_IMAGE},
     "untrained": {"steps": 0, "pretrained_image": "", "pretrained_text": ""},
 }
 TABLE_TASKS = ("pintext", "related_image", "related_fusion", "search_image", "search_fusion")
 TARGET_K = 10
 
 
-def ablation_config(workdir: str | Path, reference: str, name: str) -> TrainConfig:
-    """The reference run's saved config with ablation ``name``'s changes, as run ``REFERENCE-NAME``."""
-    if name not in ABLATIONS:
-        raise ValueError(f"pinclip ablate: unknown ablation {name!r}: expected one of {', '.join(ABLATIONS)}")
+def _reference_config(workdir: str | Path, reference: str) -> TrainConfig:
     path = Path(workdir) / "pinclip" / "runs" / reference / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"pinclip ablate: {path} not found: train the reference run {reference!r} first")
     saved = json.loads(path.read_text())["train"]
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+
+
+def same_as_reference(workdir: str | Path, reference: str, name: str) -> bool:
+    """Whether ablation ``name`` changes nothing in the reference's training config."""
+    cfg = _reference_config(workdir, reference)
+    return all(getattr(cfg, k) == v for k, v in ABLATIONS[name].items())
+
+
+def ablation_config(workdir: str | Path, reference: str, name: str) -> TrainConfig:
+    """The reference run's saved config with ablation ``name``'s changes, as run ``REFERENCE-NAME``."""
+    if name not in ABLATIONS:
+        raise ValueError(f"pinclip ablate: unknown ablation {name!r}: expected one of {', '.join(ABLATIONS)}")
+    cfg = _reference_config(workdir, reference)
     # the same tokenizer as the reference, so that text towers differ by training alone
     tokenizer = Path(workdir) / "pinclip" / "runs" / reference / "tokenizer.json"
     changes = {"tokenizer": str(tokenizer) if tokenizer.is_file() else cfg.tokenizer, **ABLATIONS[name]}
@@ -123,6 +138,10 @@ def run_ablations(workdir: str | Path, reference: str, names=tuple(ABLATIONS), *
         raise FileNotFoundError(f"pinclip ablate: {ref_eval} not found: evaluate the reference run first")
     evals = {"fusion": json.loads(ref_eval.read_text())}
     for name in names:
+        if same_as_reference(workdir, reference, name):
+            if progress:
+                print(f"pinclip ablate: {reference}-{name} skipped: it is the reference", file=sys.stderr)
+            continue
         if progress:
             print(f"pinclip ablate: {reference}-{name}", file=sys.stderr)
         evals[name] = run_ablation(workdir, reference, name, max_queries=max_queries, distractors=distractors,
@@ -131,7 +150,7 @@ def run_ablations(workdir: str | Path, reference: str, names=tuple(ABLATIONS), *
            "recall": {name: {t: ev["tasks"][t]["recall"] for t in TABLE_TASKS} for name, ev in evals.items()},
            "checks": {f"R@{k}": target_checks(evals, k) for k in (10, 100)}}
     path = Path(workdir) / "pinclip" / "ablations.json"
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".tmp{os.getpid()}")  # `make results` runs ablations side by side
     tmp.write_text(json.dumps(out, indent=2))
     tmp.replace(path)
     out["table"] = ablation_table(out["recall"])

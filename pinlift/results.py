@@ -78,8 +78,9 @@ def ablations_section(w: Path) -> list[str]:
            "encoder and no Pin-to-Pin loss; `no_pin_pin` drops the Pin-to-Pin loss (the only term of the "
            "paper's loss that reaches the fusion encoder, which then keeps its initialization over "
            "towers trained exactly as in `image_text`); `no_matryoshka` trains "
-           "the 256-d term only (its 64-d row is a truncation); `scratch_image` and `scratch_text` start that "
-           "tower from scratch instead of pretrained; with no contrastive training, `image_only` is the "
+           "the 256-d term only (its 64-d row is a truncation); `pretrained_image` / `scratch_image` start "
+           "the image tower the other way round from the reference (from `pinclip pretrain-image`, or from "
+           "scratch), `scratch_text` the text tower from scratch at the full LR; with no contrastive training, `image_only` is the "
            "pretrained image tower with everything else at initialization, `pretrained_towers` both "
            "pretrained towers, `untrained` every tower at initialization. Same Recall@K protocol as above.", "",
            *ablation_table(ab["recall"]), ""]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -191,7 +192,10 @@ def main(argv=None) -> int:
         out["per_surface"] = per_surface_summary(reports, separate)
         table += ("\n\nOne model with surface-specific heads vs one model per surface (AUC):\n\n"
                   + format_per_surface(out["per_surface"]))
-    (Path(a.workdir) / "ranking" / "compare.json").write_text(json.dumps(out, indent=2))
+    path = Path(a.workdir) / "ranking" / "compare.json"
+    tmp = path.with_suffix(f".tmp{os.getpid()}")  # `make results` runs arms side by side
+    tmp.write_text(json.dumps(out, indent=2))
+    tmp.replace(path)
     if a.results:
         write_results(Path(a.results), header + table)
     print(header + table)

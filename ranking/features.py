@@ -7,7 +7,10 @@ row 0, an explicit unknown row, never to another id's row.
 
 Dense features: position, content age, and counts from events strictly before the example's day; with
 a content embedding (``embeddings=NAME@VERSION``) also the dequantized 64-d fusion embedding of the
-candidate, of the query pin and the mean over the user's recent saves, each with a missing indicator.
+candidate, of the query pin and the mean over the user's recent saves, each with a missing indicator,
+then the candidate's dot product with the query pin's vector and with that mean (zero where one is
+missing): the similarity features a content embedding is trained to serve, which an MLP over the
+concatenated vectors would otherwise have to learn as a product.
 """
 
 from __future__ import annotations
@@ -227,7 +230,7 @@ class Vocabs:
 
 
 def dense_width(content: bool) -> int:
-    return len(BASE_DENSE) + (3 * (CONTENT_DIM + 1) if content else 0)
+    return len(BASE_DENSE) + (CONTENT_WIDTH if content else 0)
 
 
 def make_batch(ex: Examples, rows: np.ndarray, vocabs: Vocabs, content: ContentFeatures | None) -> Batch:
@@ -256,9 +259,14 @@ def make_batch(ex: Examples, rows: np.ndarray, vocabs: Vocabs, content: ContentF
     return Batch(dense_features=dense_t, sparse_features=kjt, labels=torch.from_numpy(ex.labels[rows]))
 
 
+# candidate, query pin and pooled history vectors with their missing indicators; two similarities
+CONTENT_WIDTH = 3 * (CONTENT_DIM + 1) + 2
+
+
 def _content_dense(ex: Examples, rows: np.ndarray, content: ContentFeatures) -> np.ndarray:
-    """Candidate, query pin and pooled history vectors, each followed by its missing indicator (n, 3 * 65)."""
-    out = np.empty((len(rows), 3 * (CONTENT_DIM + 1)), np.float32)
+    """Candidate, query pin and pooled history vectors, each followed by its missing indicator, then the
+    candidate's dot products with the query pin and with the pooled history (n, 3 * 65 + 2)."""
+    out = np.empty((len(rows), CONTENT_WIDTH), np.float32)
     q = ex.query_pin_id[rows]
     for j, idx in enumerate((content.index(ex.pin_id[rows]),
                              np.where(q >= 0, content.index(q), content.missing_row))):
@@ -269,6 +277,9 @@ def _content_dense(ex: Examples, rows: np.ndarray, content: ContentFeatures) -> 
     pooled, count = pooled_history(ex, rows, content)
     out[:, o:o + CONTENT_DIM] = pooled
     out[:, o + CONTENT_DIM] = count == 0
+    cand = out[:, :CONTENT_DIM]
+    out[:, -2] = np.einsum("nd,nd->n", cand, out[:, CONTENT_DIM + 1:2 * CONTENT_DIM + 1])
+    out[:, -1] = np.einsum("nd,nd->n", cand, pooled)
     return out
 
 

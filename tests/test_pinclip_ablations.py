@@ -5,7 +5,7 @@ import json
 import pytest
 
 from pinclip import cli as pinclip_cli
-from pinclip.ablations import ablation_config, target_checks
+from pinclip.ablations import ablation_config, same_as_reference, target_checks
 
 
 def test_ablation_config_changes_only_its_fields(loop_workdir):
@@ -19,6 +19,13 @@ def test_ablation_config_changes_only_its_fields(loop_workdir):
         ablation_config(loop_workdir, "tiny", "nope")
     with pytest.raises(FileNotFoundError, match="train the reference run 'absent'"):
         ablation_config(loop_workdir, "absent", "image_text")
+
+
+def test_an_ablation_equal_to_the_reference_is_recognized(loop_workdir):
+    # the loop's reference starts from the pretrained image tower: only its from-scratch flip is an ablation
+    assert same_as_reference(loop_workdir, "tiny", "pretrained_image")
+    assert not same_as_reference(loop_workdir, "tiny", "scratch_image")
+    assert not same_as_reference(loop_workdir, "tiny", "untrained")
 
 
 def test_ablate_trains_evaluates_and_checks(loop_workdir, capsys):

@@ -90,6 +90,12 @@ def test_batch_with_partial_embeddings_flags_missing(tiny_world, source, tmp_pat
     np.testing.assert_allclose(d[:, h0:h0 + CONTENT_DIM], ref, rtol=1e-6, atol=1e-7)
     assert (d[:, h0 + CONTENT_DIM] == ref_missing).all()
     assert 0 < ref_missing.sum() < len(rows)          # both cases occur on this slice
+    # similarities: the candidate against the query pin and the pooled history, zero where one is missing
+    query = d[:, q0:q0 + CONTENT_DIM]
+    np.testing.assert_allclose(d[:, -2], (cand.astype(np.float64) * query).sum(1), atol=1e-5)
+    np.testing.assert_allclose(d[:, -1], (cand.astype(np.float64) * ref).sum(1), atol=1e-5)
+    both = has & np.isin(ex.query_pin_id[rows], known)
+    assert (d[~both, -2] == 0).all() and (np.abs(d[both, -2]) > 0).all()
     kjt = b.sparse_features
     assert list(kjt.keys()) == list(SPARSE_FEATURES)
     assert (kjt["query_pin"].lengths() == 1).all() and (kjt["advertiser"].lengths() == 0).all()
