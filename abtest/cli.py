@@ -23,9 +23,11 @@ def run_guarded(fn: Callable[[], int]) -> int:
 def _simulate(a) -> int:
     from abtest.config import load_config
     from abtest.simulate import simulate
+    from pinworld.catalog import build_catalog
 
     cfg = load_config(a.config, workdir=a.workdir)
     out = simulate(cfg, progress=not a.quiet)
+    build_catalog(cfg.workdir)   # the experiment's tables become catalog views
     print(f"abtest simulate: wrote {out} (exposures/, events/, simulation.json)")
     if a.analyze:
         return _analyze(a)

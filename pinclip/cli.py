@@ -31,6 +31,9 @@ def _publish(args) -> int:
         manifest = publish_oracle(args.workdir, args.name, as_of_day=args.as_of_day, since_day=args.since_day,
                                   topic_only=args.source == "topic", on_part=on_part)
     bar.close()
+    from pinworld.catalog import build_catalog
+
+    build_catalog(args.workdir)   # the new version appears in the catalog's `embeddings` view
     print(json.dumps({k: manifest[k] for k in ("name", "version", "parent", "rows", "kinds", "as_of_day")}))
     return 0
 

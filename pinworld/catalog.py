@@ -1,5 +1,10 @@
 """The DuckDB catalog (``catalog.duckdb``): views over the workspace's Parquet tables.
 
+Besides the world's tables and logs: ``embeddings`` (every published version, with its ``name`` and
+``version``), ``experiment_exposures`` and ``experiment_events`` (every experiment under
+``experiments/``, events tagged with their ``experiment``). ``pinclip publish`` and ``abtest simulate``
+refresh the catalog, so new versions and experiments appear in it.
+
 Views use paths relative to the workdir and ``connect`` points DuckDB's file search path at it, so a
 workspace can be moved or copied as a whole.
 """
@@ -7,6 +12,8 @@ workspace can be moved or copied as a whole.
 from __future__ import annotations
 
 from pathlib import Path
+
+import os
 
 import duckdb
 
@@ -25,7 +32,7 @@ def build_catalog(workdir: Path | str) -> Path:
     """(Re)create the catalog's views for every table present in ``workdir``."""
     workdir = Path(workdir)
     target = workdir / CATALOG_FILE
-    tmp = workdir / (CATALOG_FILE + ".tmp")
+    tmp = workdir / f"{CATALOG_FILE}.{os.getpid()}.tmp"  # jobs side by side may refresh it at once
     tmp.unlink(missing_ok=True)
     con = duckdb.connect(str(tmp))
     try:
@@ -41,10 +48,29 @@ def build_catalog(workdir: Path | str) -> Path:
                 FROM impressions
                 UNPIVOT (happened FOR action IN (repin, click, hide))
                 WHERE happened""")
+        for name, (files, query) in _OUTPUT_VIEWS.items():
+            if any(workdir.glob(files)):
+                con.execute(f"CREATE VIEW {name} AS {query.format(files=files)}")
     finally:
         con.close()
     tmp.replace(target)
     return target
+
+
+# views over what later stages write: name -> (files, query); each is created when its files exist
+# (DuckDB resolves a view's files when it is created)
+_OUTPUT_VIEWS = {
+    "embeddings": ("embeddings/*/v*/part-*.parquet",
+                   "SELECT regexp_extract(filename, 'embeddings/([^/]+)/', 1) AS name, "
+                   "regexp_extract(filename, '/(v[0-9]+)/', 1) AS version, * EXCLUDE (filename) "
+                   "FROM read_parquet('{files}', filename = true, union_by_name = true)"),
+    "experiment_exposures": ("experiments/*/exposures/*.parquet",
+                             "SELECT * FROM read_parquet('{files}', union_by_name = true)"),
+    "experiment_events": ("experiments/*/events/**/*.parquet",
+                          "SELECT regexp_extract(filename, 'experiments/([^/]+)/events/', 1) AS experiment, "
+                          "* EXCLUDE (filename) FROM read_parquet('{files}', filename = true, "
+                          "hive_partitioning = false, union_by_name = true)"),
+}
 
 
 def _quote(path: Path) -> str:

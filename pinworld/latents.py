@@ -148,8 +148,8 @@ def sample_users(cfg: WorldConfig, n_topics: int) -> UserLatents:
     # global appeal of each style / attribute plus personal preference
     style_mu = rng.normal(0, 0.4, len(STYLES))
     attr_mu = rng.normal(0, 0.4, len(ATTRIBUTES))
-    style_pref = (style_mu + rng.normal(0, 0.8, (u, len(STYLES)))).astype(np.float32)
-    attr_pref = (attr_mu + rng.normal(0, 0.8, (u, len(ATTRIBUTES)))).astype(np.float32)
+    style_pref = (style_mu + rng.normal(0, cfg.pref_spread, (u, len(STYLES)))).astype(np.float32)
+    attr_pref = (attr_mu + rng.normal(0, cfg.pref_spread, (u, len(ATTRIBUTES)))).astype(np.float32)
     activity = np.clip(rng.lognormal(np.log(cfg.activity), 0.6, u), 0.02, 0.95).astype(np.float32)
     signup = np.where(rng.random(u) < 0.85, rng.integers(-400, 0, u), rng.integers(0, cfg.days, u)).astype(np.int32)
     langs = list(cfg.languages.values())
