@@ -33,8 +33,8 @@ from tqdm import tqdm
 from pinclip.data.dataset import (ImageTextCollate, ImageTextDataset, NeighborCollate, NeighborPairDataset,
                                   neighbor_batch_size)
 from pinclip.data.engaged import heldout_split
-from pinclip.data.neighbors import WalkConfig, neighbor_candidates, sample_positives
-from pinclip.data.sources import text_sources
+from pinclip.data.neighbors import WalkConfig, neighbor_candidates, sample_positives, session_pairs
+from pinclip.data.sources import KINDS, drop_misaligned, text_sources
 from pinclip.distributed import Env, setup
 from pinclip.losses import MATRYOSHKA_WEIGHTS, PinCLIPLoss
 from pinclip.models.factory import PinCLIP, create_model
@@ -68,6 +68,9 @@ class TrainConfig:
     matryoshka: bool = True                 # False: only the 256-d term (the no-MRL ablation)
     positives_per_query: int = 5
     walk: dict = field(default_factory=dict)  # WalkConfig fields
+    session_pairs: bool = False             # also neighbors: pins repinned by one user on one day before T
+    align_reference: str = ""               # a trained run scoring image–text alignment (pinclip.alignment);
+    align_threshold: float = 0.0            # with it, texts scored below this cosine are dropped
     pretrained_image: str = ""              # an image-pretraining run whose image tower to start from
     pretrained_text: str = ""               # a text-pretraining run whose text tower (and tokenizer) to start from
     vocab_size: int = 8000
@@ -192,6 +195,15 @@ class Trainer:
         held = np.asarray(sorted(self.split.heldout), np.int64)
         pins = self.world.pins(as_of=t).filter(~pl.col("pin_id").is_in(held))
         texts = text_sources(pins)
+        self.dropped_misaligned = 0
+        if self.cfg.align_reference:
+            from pinclip.alignment import alignment_scores
+
+            scores = alignment_scores(cfg.workdir, self.cfg.align_reference, texts, world=self.world,
+                                      progress=self.progress)
+            kept = drop_misaligned(texts, scores, self.cfg.align_threshold)
+            self.dropped_misaligned = sum(texts[k].count() - kept[k].count() for k in KINDS)
+            texts = kept
         self.texts = texts
         # both texts present: every rank's image–text batch has the same size for the chunked loss
         pairs_texts = texts.filter(pl.col("descriptive").is_not_null() & pl.col("keyword").is_not_null())
@@ -237,6 +249,12 @@ class Trainer:
         walk = WalkConfig(**{"seed": self.cfg.seed, **self.cfg.walk})
         self.candidates = neighbor_candidates(self.world, t, walk, exclude=held,
                                               cache_dir=self.run_dir.parent.parent / "cache")
+        if self.cfg.session_pairs:
+            # co-engagement counts add to walk visits as the sampling weight of a pair
+            sessions = session_pairs(self.world, t, exclude=held).rename({"sessions": "visits"})
+            self.candidates = (pl.concat([self.candidates, sessions], how="vertical_relaxed")
+                               .group_by("pin_id", "neighbor_id").agg(pl.col("visits").sum())
+                               .sort("pin_id", "neighbor_id"))
         self._nb_epoch, self.neighbors, self.nb_batches = -1, None, None
         if self.env.world_size > 1:
             self.ddp = DistributedDataParallel(self.step_module, find_unused_parameters=not (self.cfg.fusion and self.cfg.pin_pin))
@@ -321,7 +339,8 @@ class Trainer:
             (self.run_dir / "config.json").write_text(json.dumps(
                 {"train": dataclasses.asdict(self.cfg), "model": self.model.cfg.to_dict(),
                  "generator_version": self.world.generator_version, "heldout_pins": len(self.split.heldout),
-                 "image_text_pairs": len(self.image_text), "neighbor_candidates": self.candidates.height}, indent=2))
+                 "image_text_pairs": len(self.image_text), "misaligned_texts_dropped": self.dropped_misaligned,
+                 "neighbor_candidates": self.candidates.height}, indent=2))
         if resume and self.load_checkpoint() and self.env.is_main:
             print(f"pinclip: resumed {self.cfg.run} at step {self.step}", file=sys.stderr)
         log = []
