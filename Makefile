@@ -65,7 +65,8 @@ results: demo
 
 results-jobs: $(foreach a,$(ABLATIONS),$(W)/pinclip/runs/tiny-$(a)/eval.json) \
               $(foreach a,$(ARMS),$(foreach s,$(SEEDS),$(R)/$(a)_s$(s)/eval.json)) \
-              $(foreach s,$(SEEDS),$(R)/ids_ads_s$(s)/eval.json)
+              $(foreach s,$(SEEDS),$(R)/ids_ads_s$(s)/eval.json) \
+              $(W)/experiments/pinclip_ranking_s1/analysis.json $(W)/experiments/pinclip_ranking_s2/analysis.json
 
 $(W)/pinclip/runs/tiny-%/eval.json: $(W)/pinclip/pretrain/image/report.json
 	$(VENV)/bin/pinclip ablate --workdir $(W) --reference tiny --only $* --quiet
@@ -78,6 +79,10 @@ $(R)/$(1)_s$(2)/eval.json: $(W)/embeddings/pinclip/LATEST
 	$(PY) -m ranking.compare --workdir $(W) --arms $(1) --seeds $(2) --epochs 2 --results '' >/dev/null
 endef
 $(foreach a,$(ARMS),$(foreach s,$(SEEDS),$(eval $(call ranking_run,$(a),$(s)))))
+
+# the headline A/B again with the rankers of seeds 1 and 2: the spread that ranker training adds
+$(W)/experiments/pinclip_ranking_s%/analysis.json: $(R)/ids_s%/eval.json $(R)/pinclip_s%/eval.json
+	$(VENV)/bin/abtest simulate examples/pinclip_ranking_s$*.yaml --workdir $(W) --analyze --quiet
 
 # the IDs-only arm as one model per surface (homefeed, related, then ads: the last marks the job done)
 $(R)/ids_ads_s%/eval.json: $(R)/ids_s%/eval.json

@@ -119,10 +119,31 @@ def ranking_section(w: Path) -> list[str]:
                format_per_surface(cmp_["per_surface"]), ""] if cmp_.get("per_surface") else [])]
 
 
+SEED_TABLE_KEYS = ("repins/homefeed", "fresh_repins/homefeed", "repins/related", "fresh_repins/related",
+                   "new_ad_clicks/ads")
+
+
+def experiments_table(analyses: list[dict]) -> list[str]:
+    """One row per experiment: the headline lifts and the fresh-minus-overall difference on Homefeed."""
+    diff_key = "fresh_repins/homefeed - repins/homefeed"
+    out = ["| experiment | " + " | ".join(SEED_TABLE_KEYS) + f" | {diff_key} |", "|---|" + "---:|" * (len(SEED_TABLE_KEYS) + 1)]
+    for a in analyses:
+        res = {r["key"]: r["relative"] for r in a["results"]}
+        diffs = {d["key"]: d["difference"] for d in a.get("lift_differences", [])}
+        cells = [f"{res[k]['value']:+.1%}" if k in res else "" for k in SEED_TABLE_KEYS]
+        d = diffs.get(diff_key)
+        cells.append("" if d is None else f"{d['value']:+.1%} [{d['ci_low']:+.1%}, {d['ci_high']:+.1%}]")
+        out.append(f"| `{a['experiment']}` | " + " | ".join(cells) + " |")
+    return out
+
+
 def abtest_section(w: Path) -> list[str]:
+    analyses = [json.loads(p.read_text()) for p in sorted((w / "experiments").glob("*/analysis.json"))]
     out = []
-    for path in sorted((w / "experiments").glob("*/analysis.json")):
-        a = json.loads(path.read_text())
+    if len(analyses) > 1:
+        out += ["## A/B experiments side by side", "", "Relative lifts (treatment over control).", "",
+                *experiments_table(analyses), ""]
+    for a in analyses:
         out += [f"## A/B experiment `{a['experiment']}`", "",
                 f"Users: control {a['users']['control']:,}, treatment {a['users']['treatment']:,}; "
                 f"SRM p = {a['srm']['p_value']:.3g}. Multiple testing: {a['multiple_testing']}.", "",

@@ -21,3 +21,17 @@ def test_summary_and_results_cover_the_stages_that_ran(tiny_workdir, tiny_pincli
     out = tmp_path / "results.md"
     assert results.main(["--workdir", str(tiny_workdir), "--run", tiny_pinclip_run, "--out", str(out)]) == 0
     assert out.read_text() == text
+
+
+def test_experiments_table_has_one_row_per_experiment():
+    from pinlift.results import experiments_table
+
+    def analysis(name, lift):
+        rel = {"value": lift, "ci_low": lift - 0.01, "ci_high": lift + 0.01}
+        return {"experiment": name, "results": [{"key": "repins/homefeed", "relative": rel}],
+                "lift_differences": [{"key": "fresh_repins/homefeed - repins/homefeed", "difference": rel}]}
+
+    rows = experiments_table([analysis("a", 0.1), analysis("b", -0.02)])
+    assert len(rows) == 4 and rows[2].startswith("| `a` | +10.0% |")
+    # metrics an experiment lacks are blank cells
+    assert rows[3] == "| `b` | -2.0% |  |  |  |  | -2.0% [-3.0%, -1.0%] |"
