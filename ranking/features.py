@@ -279,8 +279,22 @@ def _content_dense(ex: Examples, rows: np.ndarray, content: ContentFeatures) -> 
     out[:, o + CONTENT_DIM] = count == 0
     cand = out[:, :CONTENT_DIM]
     out[:, -2] = np.einsum("nd,nd->n", cand, out[:, CONTENT_DIM + 1:2 * CONTENT_DIM + 1])
-    out[:, -1] = np.einsum("nd,nd->n", cand, pooled)
+    out[:, -1] = _history_similarity(ex, rows, cand, pooled, count)
     return out
+
+
+def _history_similarity(ex: Examples, rows: np.ndarray, cand: np.ndarray, pooled: np.ndarray,
+                        count: np.ndarray) -> np.ndarray:
+    """The candidate's mean dot product with the user's other recent saves. The candidate's own saves are
+    left out: a pin always matches itself, so they would tell "saved before" (an identity, which even
+    vectors shuffled across pins carry) rather than how alike the content is."""
+    vals, lengths = gather_jagged(ex.history[0], ex.history[1], rows)
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    has = np.abs(cand).sum(1) > 0
+    own = np.bincount(owner[vals == ex.pin_id[rows][owner]], minlength=len(rows)).astype(np.float32) * has
+    others = count - own
+    summed = pooled * count[:, None] - own[:, None] * cand
+    return np.where(others > 0, np.einsum("nd,nd->n", cand, summed) / np.maximum(others, 1), 0.0)
 
 
 def pooled_history(ex: Examples, rows: np.ndarray, content: ContentFeatures) -> tuple[np.ndarray, np.ndarray]:
