@@ -95,11 +95,14 @@ def test_batch_with_partial_embeddings_flags_missing(tiny_world, source, tmp_pat
     np.testing.assert_allclose(d[:, -2], (cand.astype(np.float64) * query).sum(1), atol=1e-5)
     # the history similarity leaves the candidate's own saves out (a pin always matches itself)
     look_all = open_embeddings(tmp_path, "half")
-    for n, i in enumerate(rows[:200]):
+    resaved = 0
+    for n, i in enumerate(rows):
         saves = ex.history[0][ex.history[1][i]:ex.history[1][i + 1]]
+        resaved += bool(has[n] and (saves == ex.pin_id[i]).any())
         others = saves[np.isin(saves, known) & (saves != ex.pin_id[i])] if has[n] else np.zeros(0, np.int64)
         want = (look_all.lookup(others, dequantize_values=True).values @ cand[n].astype(np.float64)).mean() if len(others) else 0.0
         assert abs(d[n, -1] - want) < 1e-4
+    assert resaved > 0                                # the case the exclusion is for occurs here
     both = has & np.isin(ex.query_pin_id[rows], known)
     assert (d[~both, -2] == 0).all() and (np.abs(d[both, -2]) > 0).all()
     kjt = b.sparse_features
