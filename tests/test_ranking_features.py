@@ -86,23 +86,19 @@ def test_batch_with_partial_embeddings_flags_missing(tiny_world, source, tmp_pat
     q_missing = d[:, q0 + CONTENT_DIM]
     assert (q_missing == ~np.isin(ex.query_pin_id[rows], known)).all()
     h0 = base + 2 * (CONTENT_DIM + 1)
-    ref, ref_missing = _reference_pooled(ex, rows, known, look_of=open_embeddings(tmp_path, "half"))
-    np.testing.assert_allclose(d[:, h0:h0 + CONTENT_DIM], ref, rtol=1e-6, atol=1e-7)
+    # the pooled history leaves the candidate's own saves out (a pin always matches itself)
+    ref, ref_missing = _reference_pooled(ex, rows, known, look_of=open_embeddings(tmp_path, "half"),
+                                         leave_out=np.where(has, ex.pin_id[rows], -1))
+    np.testing.assert_allclose(d[:, h0:h0 + CONTENT_DIM], ref, rtol=1e-5, atol=1e-6)
     assert (d[:, h0 + CONTENT_DIM] == ref_missing).all()
     assert 0 < ref_missing.sum() < len(rows)          # both cases occur on this slice
-    # similarities: the candidate against the query pin and the pooled history, zero where one is missing
+    resaved = [has[n] and i_saved for n, i_saved in
+               enumerate(ex.pin_id[i] in ex.history[0][ex.history[1][i]:ex.history[1][i + 1]] for i in rows)]
+    assert any(resaved)                               # the case the exclusion is for occurs here
+    # similarities: the candidate against the query pin and against the pooled history
     query = d[:, q0:q0 + CONTENT_DIM]
     np.testing.assert_allclose(d[:, -2], (cand.astype(np.float64) * query).sum(1), atol=1e-5)
-    # the history similarity leaves the candidate's own saves out (a pin always matches itself)
-    look_all = open_embeddings(tmp_path, "half")
-    resaved = 0
-    for n, i in enumerate(rows):
-        saves = ex.history[0][ex.history[1][i]:ex.history[1][i + 1]]
-        resaved += bool(has[n] and (saves == ex.pin_id[i]).any())
-        others = saves[np.isin(saves, known) & (saves != ex.pin_id[i])] if has[n] else np.zeros(0, np.int64)
-        want = (look_all.lookup(others, dequantize_values=True).values @ cand[n].astype(np.float64)).mean() if len(others) else 0.0
-        assert abs(d[n, -1] - want) < 1e-4
-    assert resaved > 0                                # the case the exclusion is for occurs here
+    np.testing.assert_allclose(d[:, -1], (cand.astype(np.float64) * ref).sum(1), atol=1e-5)
     both = has & np.isin(ex.query_pin_id[rows], known)
     assert (d[~both, -2] == 0).all() and (np.abs(d[both, -2]) > 0).all()
     kjt = b.sparse_features
@@ -116,12 +112,13 @@ def test_batch_with_partial_embeddings_flags_missing(tiny_world, source, tmp_pat
     assert sorted(map(tuple, shuffled.vectors.round(4))) == sorted(map(tuple, content.vectors.round(4)))
 
 
-def _reference_pooled(ex, rows, known, look_of):
-    """Row by row: the float64 mean of the published vectors of the row's history pins that have one."""
+def _reference_pooled(ex, rows, known, look_of, leave_out=None):
+    """Row by row: the float64 mean of the published vectors of the row's history pins that have one,
+    without the pin ``leave_out[n]`` (the candidate)."""
     pooled, missing = np.zeros((len(rows), CONTENT_DIM)), np.zeros(len(rows), bool)
     for n, i in enumerate(rows):
         saves = ex.history[0][ex.history[1][i]:ex.history[1][i + 1]]
-        have = saves[np.isin(saves, known)]
+        have = saves[np.isin(saves, known) & (leave_out is None or saves != leave_out[n])]
         if len(have):
             pooled[n] = look_of.lookup(have, dequantize_values=True).values.astype(np.float64).mean(0)
         missing[n] = len(have) == 0
@@ -160,10 +157,14 @@ def test_pooled_history_matches_reference_with_empty_and_missing(tmp_path):
         assert list(count) == [sum(p in known for p in histories[keys[i]]) for i in rows]
         d = make_batch(ex, rows, Vocabs.fit(ex), content).dense_features.numpy()
         h0 = len(BASE_DENSE) + 2 * (CONTENT_DIM + 1)
-        np.testing.assert_array_equal(d[:, h0:h0 + CONTENT_DIM], pooled)
-        # the indicator is on when no save has an embedding: an empty history or only missing pins
-        assert list(d[:, h0 + CONTENT_DIM]) == list(ref_missing) == [keys[i][0] in (2, 3) for i in rows]
-        assert (d[ref_missing, h0:h0 + CONTENT_DIM] == 0).all()
+        assert list(ref_missing) == [keys[i][0] in (2, 3) for i in rows]
+        # in a batch, the candidate's own saves are left out of its pooled history; the indicator is on
+        # when no other save has an embedding
+        cand = ex.pin_id[rows]
+        others, others_missing = _reference_pooled(ex, rows, known, emb, leave_out=np.where(np.isin(cand, known), cand, -1))
+        np.testing.assert_allclose(d[:, h0:h0 + CONTENT_DIM], others, rtol=1e-5, atol=1e-6)
+        assert list(d[:, h0 + CONTENT_DIM]) == list(others_missing)
+        assert (d[others_missing, h0:h0 + CONTENT_DIM] == 0).all()
 
 
 def test_unknown_surface_and_missing_pin_are_clear_errors(source, tiny_world):
