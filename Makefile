@@ -12,6 +12,7 @@ install:
 # Every stage writes a file that marks it complete; `make demo` skips complete stages and each
 # command resumes its own unfinished work (checkpoints), so an interrupted demo picks up where it was.
 W := $(WORKDIR)
+R := $(W)/ranking/runs
 demo: install $(W)/world/world.json $(W)/pinclip/pretrain/text/report.json \
       $(W)/pinclip/runs/tiny/eval.json \
       $(W)/embeddings/pinclip/LATEST $(W)/ranking/compare.json $(W)/experiments/pinclip_ranking/analysis.json
@@ -35,7 +36,8 @@ $(W)/embeddings/pinclip/LATEST: $(W)/pinclip/runs/tiny/eval.json
 $(W)/ranking/compare.json: $(W)/embeddings/pinclip/LATEST
 	$(PY) -m ranking.compare --workdir $(W) --arms ids,pinclip --seeds 0 --epochs 2 --results ''
 
-$(W)/experiments/pinclip_ranking/analysis.json: $(W)/ranking/compare.json
+# on the two runs it serves (not compare.json, which `make results` rewrites)
+$(W)/experiments/pinclip_ranking/analysis.json: $(R)/ids_s0/eval.json $(R)/pinclip_s0/eval.json | $(W)/ranking/compare.json
 	$(VENV)/bin/abtest simulate examples/pinclip_ranking.yaml --workdir $(W) --analyze
 
 test: install
@@ -56,7 +58,6 @@ bench: install
 ABLATIONS := image_text no_pin_pin no_matryoshka scratch_text pretrained_image image_only pretrained_towers untrained
 ARMS := ids pinclip pinclip_shuffled topic oracle
 SEEDS := 0 1 2
-R := $(W)/ranking/runs
 results: demo
 	OMP_NUM_THREADS=1 $(MAKE) -j2 --output-sync=target results-jobs
 	$(VENV)/bin/pinclip ablate --workdir $(W) --reference tiny --quiet
