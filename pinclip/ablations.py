@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
 from pinclip.evaluate import evaluate_run
 from pinclip.train import TrainConfig, Trainer
+from pinworld.files import write_text_atomic
 
 # the image tower pretrained by `pinclip pretrain-image --run image` (`make results` runs it)
 PRETRAINED_IMAGE = "image"
@@ -150,8 +150,6 @@ def run_ablations(workdir: str | Path, reference: str, names=tuple(ABLATIONS), *
            "recall": {name: {t: ev["tasks"][t]["recall"] for t in TABLE_TASKS} for name, ev in evals.items()},
            "checks": {f"R@{k}": target_checks(evals, k) for k in (10, 100)}}
     path = Path(workdir) / "pinclip" / "ablations.json"
-    tmp = path.with_suffix(f".tmp{os.getpid()}")  # `make results` runs ablations side by side
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(out, indent=2))  # `make results` runs ablations side by side
     out["table"] = ablation_table(out["recall"])
     return out

@@ -44,6 +44,7 @@ from pinclip.data.engaged import heldout_split, related_pairs, search_pairs
 from pinclip.data.sources import text_sources
 from pinclip.models.text import tokenize
 from pinclip.quantization import PUBLISHED_DIM, dequantize, quantize
+from pinworld.files import write_text_atomic
 from pinworld.world import World
 
 PIN_KINDS = ("image", "text", "fusion")
@@ -429,9 +430,7 @@ def evaluate_run(workdir: str | Path, run: str, *, max_queries: int = 5_000, dis
     results = evaluate(model, tokenizer, World(workdir), saved["train"]["cutoff_day"], cfg)
     results["run"] = run
     out = Path(workdir) / "pinclip" / "runs" / run / "eval.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=str))
-    tmp.replace(out)
+    write_text_atomic(out, json.dumps(results, indent=2, default=str))
     return results
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from pinclip.ablations import ablation_table
 from pinclip.embeddings import open_embeddings
 from pinclip.publish import latest_version
+from pinworld.files import write_text_atomic
 from ranking.compare import format_per_surface, format_table
 
 
@@ -179,9 +180,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     text = render(a.workdir, a.run)
     out = Path(a.out)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    write_text_atomic(out, text)
     print(f"pinlift: wrote {out}")
     return 0
 

@@ -11,9 +11,8 @@ workspace can be moved or copied as a whole.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
+from pathlib import Path
 
 import duckdb
 

@@ -1,8 +1,10 @@
-"""File checksums shared by everything that writes verifiable artifacts (worlds, published embeddings)."""
+"""File helpers shared by everything that writes artifacts: checksums (worlds, published embeddings) and
+atomic text writes (reports and tables that jobs side by side may rewrite)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 
@@ -13,3 +15,12 @@ def sha256_file(path: Path | str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def write_text_atomic(path: Path | str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed over it: a reader never sees half a
+    file, and writers in other processes (each with its own temporary name) never collide."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from pinclip.publish import latest_version
 from pinclip.oracle_source import publish_oracle
+from pinworld.files import write_text_atomic
 from ranking.train import TrainConfig, Trainer
 
 ARMS = {  # name -> (embedding name, shuffled)
@@ -148,9 +148,7 @@ def write_results(path: Path, body: str) -> None:
         text = head + block + rest.split(RESULTS_END, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text_atomic(path, text)
 
 
 def main(argv=None) -> int:
@@ -193,9 +191,7 @@ def main(argv=None) -> int:
         table += ("\n\nOne model with surface-specific heads vs one model per surface (AUC):\n\n"
                   + format_per_surface(out["per_surface"]))
     path = Path(a.workdir) / "ranking" / "compare.json"
-    tmp = path.with_suffix(f".tmp{os.getpid()}")  # `make results` runs arms side by side
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(out, indent=2))  # `make results` runs arms side by side
     if a.results:
         write_results(Path(a.results), header + table)
     print(header + table)

@@ -8,9 +8,8 @@ row 0, an explicit unknown row, never to another id's row.
 Dense features: position, content age, and counts from events strictly before the example's day; with
 a content embedding (``embeddings=NAME@VERSION``) also the dequantized 64-d fusion embedding of the
 candidate, of the query pin and the mean over the user's other recent saves (the candidate's own left
-out), each with a missing indicator,
-then the candidate's dot product with the query pin's vector and with that mean (zero where one is
-missing): the similarity features a content embedding is trained to serve, which an MLP over the
+out), each with a missing indicator, then the candidate's dot product with the query pin's vector and
+with that mean (zero where one is missing): the similarity features a content embedding is trained to serve, which an MLP over the
 concatenated vectors would otherwise have to learn as a product.
 """
 
@@ -276,7 +275,7 @@ def _content_dense(ex: Examples, rows: np.ndarray, content: ContentFeatures) -> 
         out[:, o + CONTENT_DIM] = idx == content.missing_row
     cand = out[:, :CONTENT_DIM]
     o = 2 * (CONTENT_DIM + 1)
-    pooled, count = _other_saves(ex, rows, cand, *pooled_history(ex, rows, content))
+    pooled, count = _other_saves(ex, rows, cand, out[:, CONTENT_DIM] == 0, *pooled_history(ex, rows, content))
     out[:, o:o + CONTENT_DIM] = pooled
     out[:, o + CONTENT_DIM] = count == 0
     out[:, -2] = np.einsum("nd,nd->n", cand, out[:, CONTENT_DIM + 1:2 * CONTENT_DIM + 1])
@@ -284,15 +283,15 @@ def _content_dense(ex: Examples, rows: np.ndarray, content: ContentFeatures) -> 
     return out
 
 
-def _other_saves(ex: Examples, rows: np.ndarray, cand: np.ndarray, pooled: np.ndarray,
+def _other_saves(ex: Examples, rows: np.ndarray, cand: np.ndarray, cand_present: np.ndarray, pooled: np.ndarray,
                  count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The pooled history without the candidate's own saves, and how many saves are left. A pin always
     matches itself, so its own saves would tell "saved before" (an identity, which even vectors shuffled
     across pins carry) rather than what the user's other pins look like."""
     vals, lengths = gather_jagged(ex.history[0], ex.history[1], rows)
     owner = np.repeat(np.arange(len(rows)), lengths)
-    has = np.abs(cand).sum(1) > 0
-    own = np.bincount(owner[vals == ex.pin_id[rows][owner]], minlength=len(rows)).astype(np.float32) * has
+    # a candidate without a vector was never counted in its pooled history
+    own = np.bincount(owner[vals == ex.pin_id[rows][owner]], minlength=len(rows)).astype(np.float32) * cand_present
     others = count - own
     summed = pooled * count[:, None] - own[:, None] * cand
     return np.where(others[:, None] > 0, summed / np.maximum(others, 1)[:, None], 0.0).astype(np.float32), others
