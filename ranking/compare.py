@@ -1,10 +1,12 @@
 """`python -m ranking.compare`: the ranking arms side by side, over seeds.
 
 Arms differ only in the dense content feature: IDs only; + PinCLIP; + PinCLIP shuffled across pins
-(must show no lift); + topic one-hot (the floor); + oracle features (the ceiling). Data, seeds, epochs
-and widths are identical: the IDs-only arm has the content inputs too, every pin marked missing (with
-a narrower input layer it scored 0.003–0.006 AUC lower on the demo world, which had read as a "lift" of
-the shuffled arm). ``--per-surface`` also trains one model per surface for chosen arms. Runs already
+(must show no lift); + topic one-hot (the floor); + oracle features (the ceiling). Data, seeds, the
+training rule (at most ``--epochs``, early stopping on the same validation day) and widths are
+identical: the IDs-only arm has the content inputs too, every pin marked missing (with a narrower input
+layer it scored 0.003–0.006 AUC lower on the demo world, which had read as a "lift" of the shuffled
+arm; so had training two full epochs, where random per-pin inputs slowed the ID tables' overfitting).
+``--per-surface`` also trains one model per surface for chosen arms. Runs already
 trained (eval.json present) are reused. The table (mean AUC and the lift over IDs-only, mean ± sd over
 seeds, paired by seed) goes to ``docs/results.md`` and ``W/ranking/compare.json``.
 """
@@ -139,6 +141,10 @@ def format_table(summary: dict, arms: list[str]) -> str:
     return "\n".join(lines)
 
 
+def format_best_epochs(reports: dict[str, list[dict]]) -> str:
+    return ", ".join(f"{arm} {np.mean([r['best_check']['epochs'] for r in runs]):.2f}" for arm, runs in reports.items())
+
+
 def write_results(path: Path, body: str) -> None:
     """Replace the ranking-compare section of docs/results.md (created if absent), atomically."""
     text = path.read_text() if path.is_file() else "# pinlift results\n"
@@ -184,8 +190,11 @@ def main(argv=None) -> int:
     world = reports[arms[0]][0]
     header = (f"### Ranking arms (`python -m ranking.compare`)\n\nAUC on days ≥ {world['cutoff_day']} "
               f"(mean ± sd over seeds {a.seeds}; in brackets: lift over IDs-only, paired by seed). "
-              f"World generator {world['generator_version']}, {a.epochs} epochs.\n\n")
-    out = {"arms": arms, "seeds": a.seeds, "epochs": a.epochs, "summary": summary}
+              f"World generator {world['generator_version']}; at most {a.epochs} epochs, each run's model the "
+              f"check with the lowest validation loss on the {base.validation_days} day(s) before the cutoff (epochs at that check, "
+              f"mean over seeds: {format_best_epochs(reports)}).\n\n")
+    out = {"arms": arms, "seeds": a.seeds, "epochs": a.epochs, "summary": summary,
+           "best_epochs": {arm: [r["best_check"]["epochs"] for r in runs] for arm, runs in reports.items()}}
     if separate:
         out["per_surface"] = per_surface_summary(reports, separate)
         table += ("\n\nOne model with surface-specific heads vs one model per surface (AUC):\n\n"

@@ -21,6 +21,7 @@ from ranking import distributed
 from ranking.calibration import SegmentCalibration, ad_segments
 from ranking.features import SURFACES, TASKS, Examples, FeatureSource, Vocabs, dense_width, load_content, make_batch
 from ranking.model import ModelConfig, build_model
+from ranking.train import read_progress
 
 
 class Scorer:
@@ -46,9 +47,11 @@ class Scorer:
                             ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.cfg["model"].items()}),
                             dense_device=self.env.device)
         self.model = distributed.wrap(model, self.env)
-        latest = (run_dir / "checkpoints" / "LATEST").read_text().strip()
+        progress = read_progress(run_dir)
+        if progress is None:
+            raise FileNotFoundError(f"ranking: {run_dir / 'checkpoints'}: no checkpoint of run {run!r}")
         state = {"model": self.model.state_dict()}
-        dcp.load(state, checkpoint_id=str(run_dir / "checkpoints" / latest))
+        dcp.load(state, checkpoint_id=str(run_dir / "checkpoints" / progress["best"]))
         self.model.load_state_dict(state["model"])
         self.model.eval()
         self.ads_calibration: SegmentCalibration | None = None

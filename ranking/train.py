@@ -1,8 +1,12 @@
 """Train and evaluate the ranking model: `python -m ranking.train [--with-pinclip] --workdir W`.
 
-Examples come from the organic logs with a time split: train on days < T, evaluate on days >= T, so
-fresh content in evaluation is truly unseen. The same code runs in one process (gloo on CPU) or under
-`torchrun --nproc_per_node=N` (gloo on CPU, NCCL on CUDA), with TorchRec's planner sharding the tables.
+Examples come from the organic logs with a time split: train on days < T - V, validate on days
+[T - V, T), evaluate on days >= T, so fresh content in evaluation is truly unseen. Training is checked
+on the validation days a few times per epoch; each check is a checkpoint, training stops when the
+validation loss has not improved for ``patience`` checks, and the best check is the model that is
+evaluated and served (ranking models overfit their ID tables after about one epoch). The same code
+runs in one process (gloo on CPU) or under `torchrun --nproc_per_node=N` (gloo on CPU, NCCL on CUDA),
+with TorchRec's planner sharding the tables.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,12 +29,21 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from tqdm import tqdm
 
+from pinworld.files import write_text_atomic
 from pinworld.world import World
 from ranking import distributed
 from ranking.features import (SURFACES, TASKS, Examples, FeatureSource, Vocabs, dense_width, load_content,
                               make_batch)
 from ranking.metrics import binary_metrics, slice_masks
 from ranking.model import ModelConfig, build_model, masked_bce
+
+PROGRESS = "progress.json"   # in a run's checkpoints/: every check, the latest and the best
+
+
+def read_progress(run_dir: Path | str) -> dict | None:
+    """A run's training progress (its checks, the latest and the best), or None before its first check."""
+    path = Path(run_dir) / "checkpoints" / PROGRESS
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 @dataclass
@@ -41,7 +55,10 @@ class TrainConfig:
     embeddings: str | None = None          # NAME[@VERSION] of a published embedding: the content feature
     shuffle_embeddings: bool = False       # control arm: the embedding permuted across pins
     empty_content: bool = False            # IDs-only with the content inputs present and empty (equal widths)
-    epochs: int = 2
+    epochs: int = 2                        # at most: early stopping on the validation loss
+    validation_days: int = 1               # the last days before the cutoff, held out to pick the check (0: none)
+    checks_per_epoch: int = 4              # validation checks, each a checkpoint
+    patience: int = 2                      # checks without improvement before training stops
     batch_size: int = 2048
     lr_dense: float = 2e-3
     lr_sparse: float = 0.05
@@ -57,14 +74,22 @@ class TrainConfig:
         return dataclasses.replace(self, cutoff_day=cutoff, run=run)
 
 
-def _impressions(world: World, cfg: TrainConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _impressions(world: World, cfg: TrainConfig) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame]:
+    """Training, validation (None without validation days) and evaluation impressions."""
     surfaces = list(cfg.surfaces)
     train = world.impressions(as_of=cfg.cutoff_day, surfaces=surfaces)
     evaluation = world.impressions(since=cfg.cutoff_day, surfaces=surfaces)
     if train.height == 0 or evaluation.height == 0:
         raise ValueError(f"ranking: {world.workdir / 'logs'}: expected impressions before and after day "
                          f"{cfg.cutoff_day} on {surfaces}, found {train.height} and {evaluation.height}")
-    return train, evaluation
+    if cfg.validation_days <= 0:
+        return train, None, evaluation
+    split = cfg.cutoff_day - cfg.validation_days
+    validation, train = train.filter(pl.col("day") >= split), train.filter(pl.col("day") < split)
+    if train.height == 0 or validation.height == 0:
+        raise ValueError(f"ranking: validation_days {cfg.validation_days}: expected impressions before day {split} "
+                         f"and on days [{split}, {cfg.cutoff_day}), found {train.height} and {validation.height}")
+    return train, validation, evaluation
 
 
 
@@ -89,8 +114,9 @@ class Trainer:
         self.run_dir = Path(cfg.workdir) / "ranking" / "runs" / self.cfg.run
         torch.manual_seed(self.cfg.seed)
         source = FeatureSource(self.world, self.cfg.max_boards, self.cfg.max_history)
-        train_imp, eval_imp = _impressions(self.world, self.cfg)
+        train_imp, val_imp, eval_imp = _impressions(self.world, self.cfg)
         self.train_ex = source.examples(train_imp)
+        self.val_ex = source.examples(val_imp) if val_imp is not None else None
         self.eval_ex = source.examples(eval_imp)
         self.vocabs = Vocabs.fit(self.train_ex)
         self.content = load_content(self.cfg.workdir, self.cfg.embeddings, seed=self.cfg.seed,
@@ -104,32 +130,47 @@ class Trainer:
             lambda params: torch.optim.Adam(params, lr=self.cfg.lr_dense))
         self.dense_optimizer = dense
         self.optimizer = CombinedOptimizer([self.model.fused_optimizer, dense])
-        self.epoch = 0
+        # where training is (epoch, step within it), every check so far, the latest and the best one
+        self.progress = {"epoch": 0, "step": 0, "checks": [], "latest": None, "best": None, "stopped": False}
 
     # ---- checkpoints ------------------------------------------------------------------------------
 
     def _state(self) -> dict:
         return {"model": self.model.state_dict(), "optim": self.optimizer.state_dict()}
 
-    def save_checkpoint(self) -> Path:
-        path = self.run_dir / "checkpoints" / f"epoch-{self.epoch:03d}"
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def save_checkpoint(self, name: str) -> Path:
+        """Save the model and optimizer as check ``name``, then the progress that points at it; checks
+        that are neither the latest nor the best are deleted."""
+        path = self.checkpoint_dir / name
         dcp.save(self._state(), checkpoint_id=str(path))
+        dist.barrier()
         if self.env.is_main:
-            (self.run_dir / "checkpoints" / "LATEST").write_text(path.name)
+            write_text_atomic(self.checkpoint_dir / PROGRESS, json.dumps(self.progress, indent=2))
+            keep = {self.progress["latest"], self.progress["best"], PROGRESS}
+            for old in self.checkpoint_dir.iterdir():
+                if old.name not in keep and old.name.startswith("check-"):
+                    shutil.rmtree(old)
         dist.barrier()
         return path
 
-    def load_checkpoint(self) -> bool:
-        latest = self.run_dir / "checkpoints" / "LATEST"
-        if not latest.is_file():
-            return False
-        name = latest.read_text().strip()
+    def _load(self, name: str) -> None:
         self.dense_optimizer.init_state()   # Adam creates its state lazily: make the keys to load into
         state = self._state()
-        dcp.load(state, checkpoint_id=str(self.run_dir / "checkpoints" / name))
+        dcp.load(state, checkpoint_id=str(self.checkpoint_dir / name))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optim"])
-        self.epoch = int(name.split("-")[1])
+
+    def load_checkpoint(self) -> bool:
+        """Resume from the latest check, if there is one."""
+        progress = read_progress(self.run_dir)
+        if progress is None:
+            return False
+        self._load(progress["latest"])
+        self.progress = progress
         return True
 
     # ---- training and evaluation ------------------------------------------------------------------
@@ -137,23 +178,56 @@ class Trainer:
     def batch(self, ex: Examples, rows: np.ndarray):
         return make_batch(ex, rows, self.vocabs, self.content).to(self.env.device)
 
-    def train_epoch(self) -> float:
-        self.model.train()
-        rng = np.random.default_rng([self.cfg.seed, self.epoch])
+    def train_epoch(self) -> None:
+        """Train the rest of the current epoch, checking on the validation days ``checks_per_epoch``
+        times; stops at a check that ends training."""
+        epoch = self.progress["epoch"]
+        rng = np.random.default_rng([self.cfg.seed, epoch])
         batches = _batches(len(self.train_ex), self.cfg.batch_size, self.env, rng)
+        n = len(batches)
+        checks = {max(1, round(n * (k + 1) / self.cfg.checks_per_epoch)) for k in range(self.cfg.checks_per_epoch)}
         losses = []
-        bar = tqdm(batches, desc=f"{self.cfg.run} epoch {self.epoch + 1}/{self.cfg.epochs}", unit="batch",
-                   disable=not self.env.is_main, file=sys.stderr)
-        for rows in bar:
-            b = self.batch(self.train_ex, rows)
+        bar = tqdm(range(self.progress["step"], n), desc=f"{self.cfg.run} epoch {epoch + 1}/{self.cfg.epochs}",
+                   unit="batch", initial=self.progress["step"], total=n, disable=not self.env.is_main, file=sys.stderr)
+        self.model.train()
+        for i in bar:
+            b = self.batch(self.train_ex, batches[i])
             loss = masked_bce(self.model(b.dense_features, b.sparse_features), b.labels)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        self.epoch += 1
-        return float(np.mean(losses))
+            if i + 1 in checks:
+                self.check(epoch + (i + 1) / n, float(np.mean(losses)), epoch_done=i + 1 == n, step=i + 1)
+                losses = []
+                if self.progress["stopped"]:
+                    break
+                self.model.train()
+        bar.close()
+
+    def validation_loss(self) -> float:
+        """Binary cross-entropy over every labelled task of the validation examples, as in training."""
+        p = np.clip(self.predict(self.val_ex).astype(np.float64), 1e-7, 1 - 1e-7)
+        y = self.val_ex.labels
+        on = ~np.isnan(y)
+        return float(-np.mean(y[on] * np.log(p[on]) + (1 - y[on]) * np.log(1 - p[on])))
+
+    def check(self, epochs: float, train_loss: float, *, epoch_done: bool, step: int) -> None:
+        """Record a check (validation loss, the best so far, whether to stop) and save it as a checkpoint."""
+        pr = self.progress
+        pr["epoch"], pr["step"] = (pr["epoch"] + 1, 0) if epoch_done else (pr["epoch"], step)
+        val = self.validation_loss() if self.val_ex is not None else None
+        name = f"check-{len(pr['checks']) + 1:03d}"
+        best = next((c for c in pr["checks"] if c["checkpoint"] == pr["best"]), None)
+        if val is None or best is None or val < best["validation_loss"]:
+            pr["best"] = name
+        pr["checks"].append({"checkpoint": name, "epochs": round(epochs, 4), "train_loss": train_loss,
+                             "validation_loss": val})
+        since_best = len(pr["checks"]) - 1 - [c["checkpoint"] for c in pr["checks"]].index(pr["best"])
+        pr["stopped"] = val is not None and since_best >= self.cfg.patience
+        pr["latest"] = name
+        self.save_checkpoint(name)
 
     @torch.no_grad()
     def predict(self, ex: Examples) -> np.ndarray:
@@ -193,7 +267,9 @@ class Trainer:
                                             for name, m in masks.items()}
         return {"run": self.cfg.run, "embeddings": self.content.ref if self.content else None,
                 "cutoff_day": self.cfg.cutoff_day, "generator_version": self.world.generator_version,
-                "train_examples": len(self.train_ex), "eval_examples": len(ex), "metrics": results}, preds
+                "train_examples": len(self.train_ex),
+                "validation_examples": len(self.val_ex) if self.val_ex is not None else 0,
+                "eval_examples": len(ex), "metrics": results}, preds
 
     def fit(self, resume: bool = True) -> dict:
         if self.env.is_main:
@@ -202,26 +278,38 @@ class Trainer:
             np.savez(self.run_dir / "vocab.npz", **self.vocabs.to_arrays())
         dist.barrier()
         if resume and self.load_checkpoint() and self.env.is_main:
-            print(f"ranking: resumed {self.cfg.run} after epoch {self.epoch}", file=sys.stderr)
-        history = []
-        while self.epoch < self.cfg.epochs:
-            start = time.time()
-            loss = self.train_epoch()
-            self.save_checkpoint()
-            history.append({"epoch": self.epoch, "loss": loss, "seconds": round(time.time() - start, 2),
-                            "examples_per_s": len(self.train_ex) / max(time.time() - start, 1e-9)})
+            print(f"ranking: resumed {self.cfg.run} at {self.progress['latest']}", file=sys.stderr)
+        start = time.time()
+        while not self.progress["stopped"] and self.progress["epoch"] < self.cfg.epochs:
+            self.train_epoch()
+        seconds = time.time() - start
+        if self.progress["best"] != self.progress["latest"]:
+            self._load(self.progress["best"])
         report, preds = self.evaluate()
-        report["history"] = history
+        best = next(c for c in self.progress["checks"] if c["checkpoint"] == self.progress["best"])
+        report.update(best_check=best, stopped_early=self.progress["stopped"], checks=self.progress["checks"],
+                      train_seconds=round(seconds, 2))
         if self.env.is_main:
             (self.run_dir / "eval.json").write_text(json.dumps(report, indent=2))
             np.save(self.run_dir / "eval_predictions.npy", preds, allow_pickle=False)
         return report
 
 
+def _selection_line(report: dict) -> str:
+    best, last = report["best_check"], report["checks"][-1]
+    if best["validation_loss"] is None:
+        return f"  model: the last check, after {best['epochs']:g} epochs (no validation days)"
+    how = "stopped early" if report["stopped_early"] else "ran every epoch"
+    return (f"  model: the best check, after {best['epochs']:g} epochs (validation loss {best['validation_loss']:.5f}; "
+            f"{how} at {last['epochs']:g})")
+
+
 def format_report(report: dict) -> str:
     """The printed evaluation table: AUC / NE / calibration per surface and task, with slices."""
     lines = [f"ranking run {report['run']}  (embeddings: {report['embeddings']}, cutoff day {report['cutoff_day']}, "
-             f"{report['train_examples']:,} train / {report['eval_examples']:,} eval examples)",
+             f"{report['train_examples']:,} train / {report['validation_examples']:,} validation / "
+             f"{report['eval_examples']:,} eval examples)",
+             _selection_line(report),
              f"  {'task':<18}{'slice':<24}{'n':>9}{'AUC':>8}{'NE':>8}{'calib':>8}"]
     for task, slices in report["metrics"].items():
         for name, m in slices.items():
@@ -240,7 +328,10 @@ def parse_args(argv=None) -> tuple[TrainConfig, bool]:
     ap.add_argument("--surface", default="all", choices=[*SURFACES, "all"])
     ap.add_argument("--run-name", default=None, help="run directory name (default: from the arm and seed)")
     ap.add_argument("--cutoff-day", type=int, default=None)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=2, help="at most this many epochs")
+    ap.add_argument("--validation-days", type=int, default=1,
+                    help="last days before the cutoff held out for early stopping (0: none, keep the last check)")
+    ap.add_argument("--patience", type=int, default=2, help="checks without improvement before stopping")
     ap.add_argument("--batch-size", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
@@ -248,7 +339,8 @@ def parse_args(argv=None) -> tuple[TrainConfig, bool]:
     embeddings = a.embeddings or ("pinclip" if a.with_pinclip else None)
     cfg = TrainConfig(workdir=a.workdir, run=a.run_name, surfaces=SURFACES if a.surface == "all" else (a.surface,),
                       cutoff_day=a.cutoff_day, embeddings=embeddings, shuffle_embeddings=a.shuffle_embeddings,
-                      epochs=a.epochs, batch_size=a.batch_size, seed=a.seed)
+                      epochs=a.epochs, validation_days=a.validation_days, patience=a.patience,
+                      batch_size=a.batch_size, seed=a.seed)
     if cfg.shuffle_embeddings and not cfg.embeddings:
         ap.error("--shuffle-embeddings needs --embeddings or --with-pinclip")
     return cfg, not a.no_resume

@@ -25,10 +25,14 @@ def _cfg(workdir, **kw):
 
 
 def test_resume_equals_uninterrupted(tiny_workdir):
-    straight = train.Trainer(_cfg(tiny_workdir, run="straight")).fit(resume=False)
-    first = train.Trainer(_cfg(tiny_workdir, run="resumed", epochs=1)).fit(resume=False)
-    resumed = train.Trainer(_cfg(tiny_workdir, run="resumed", epochs=2)).fit(resume=True)
-    assert [h["epoch"] for h in resumed["history"]] == [2] and [h["epoch"] for h in first["history"]] == [1]
+    never_stop = dict(patience=99)
+    straight = train.Trainer(_cfg(tiny_workdir, run="straight", **never_stop)).fit(resume=False)
+    first = train.Trainer(_cfg(tiny_workdir, run="resumed", epochs=1, **never_stop)).fit(resume=False)
+    resumed = train.Trainer(_cfg(tiny_workdir, run="resumed", epochs=2, **never_stop)).fit(resume=True)
+    assert [c["epochs"] for c in first["checks"]][-1] == 1 and len(first["checks"]) == 4
+    assert [c["checkpoint"] for c in resumed["checks"]] == [c["checkpoint"] for c in straight["checks"]]
+    np.testing.assert_allclose([c["validation_loss"] for c in resumed["checks"]],
+                               [c["validation_loss"] for c in straight["checks"]], rtol=1e-5)
     runs = tiny_workdir / "ranking" / "runs"
     a = np.load(runs / "straight" / "eval_predictions.npy")
     b = np.load(runs / "resumed" / "eval_predictions.npy")
@@ -37,6 +41,22 @@ def test_resume_equals_uninterrupted(tiny_workdir):
     assert 0.5 < m["auc"] < 1 and m["n"] == straight["eval_examples"]
     saved = json.loads((runs / "straight" / "config.json").read_text())
     assert saved["surfaces"] == ["ads"] and saved["cutoff_day"] == 26
+    # only the latest and the best checks are kept on disk
+    kept = {d.name for d in (runs / "straight" / "checkpoints").iterdir() if d.is_dir()}
+    assert kept == {straight["checks"][-1]["checkpoint"], straight["best_check"]["checkpoint"]}
+
+
+def test_early_stopping_evaluates_the_best_check(tiny_workdir):
+    """Training that overfits stops ``patience`` checks after the best one, and the evaluated (and served)
+    model is that best check, not the last."""
+    trainer = train.Trainer(_cfg(tiny_workdir, run="early", epochs=6, patience=1, lr_dense=0.03, lr_sparse=0.5))
+    report = trainer.fit(resume=False)
+    losses = [c["validation_loss"] for c in report["checks"]]
+    best = int(np.argmin(losses))
+    assert report["best_check"]["checkpoint"] == report["checks"][best]["checkpoint"]
+    assert report["stopped_early"] and len(losses) - 1 - best == 1 and len(losses) < 6 * 4
+    assert trainer.validation_loss() == pytest.approx(losses[best], rel=1e-6)
+    assert report["validation_examples"] > 0 and "after" in train.format_report(report)
 
 
 def test_two_process_gloo_run(tiny_workdir, tmp_path):
