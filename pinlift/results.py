@@ -15,7 +15,7 @@ from pinclip.ablations import ablation_table
 from pinclip.embeddings import open_embeddings
 from pinclip.publish import latest_version
 from pinworld.files import write_text_atomic
-from ranking.compare import format_per_surface, format_table
+from ranking.compare import format_best_epochs, format_per_surface, format_table
 
 
 def _read(path: Path) -> dict | None:
@@ -113,7 +113,9 @@ def ranking_section(w: Path) -> list[str]:
     if cmp_ is None:
         return []
     return ["## Ranking arms", "", f"AUC on the evaluation days, mean ± sd over seeds {cmp_['seeds']} "
-            f"({cmp_['epochs']} epochs); in brackets the lift over IDs-only, paired by seed.", "",
+            f"(at most {cmp_['epochs']} epochs, each run's model the check with the lowest loss on a held-out "
+            f"validation day; epochs at that check, mean over seeds: {format_best_epochs(cmp_['best_epochs'])}); "
+            "in brackets the lift over IDs-only, paired by seed.", "",
             format_table(cmp_["summary"], cmp_["arms"]), "",
             *(["One model with surface-specific heads against one model per surface, same arm and seeds "
                "(`--per-surface`); AUC of each and the difference, paired by seed.", "",

@@ -141,8 +141,9 @@ def format_table(summary: dict, arms: list[str]) -> str:
     return "\n".join(lines)
 
 
-def format_best_epochs(reports: dict[str, list[dict]]) -> str:
-    return ", ".join(f"{arm} {np.mean([r['best_check']['epochs'] for r in runs]):.2f}" for arm, runs in reports.items())
+def format_best_epochs(best_epochs: dict[str, list[float]]) -> str:
+    """Per arm, the mean over seeds of the epochs at the check each run kept."""
+    return ", ".join(f"{arm} {np.mean(epochs):.2f}" for arm, epochs in best_epochs.items())
 
 
 def write_results(path: Path, body: str) -> None:
@@ -188,13 +189,13 @@ def main(argv=None) -> int:
     summary = summarize(reports)
     table = format_table(summary, arms)
     world = reports[arms[0]][0]
+    best_epochs = {arm: [r["best_check"]["epochs"] for r in runs] for arm, runs in reports.items()}
     header = (f"### Ranking arms (`python -m ranking.compare`)\n\nAUC on days ≥ {world['cutoff_day']} "
               f"(mean ± sd over seeds {a.seeds}; in brackets: lift over IDs-only, paired by seed). "
               f"World generator {world['generator_version']}; at most {a.epochs} epochs, each run's model the "
               f"check with the lowest validation loss on the {base.validation_days} day(s) before the cutoff (epochs at that check, "
-              f"mean over seeds: {format_best_epochs(reports)}).\n\n")
-    out = {"arms": arms, "seeds": a.seeds, "epochs": a.epochs, "summary": summary,
-           "best_epochs": {arm: [r["best_check"]["epochs"] for r in runs] for arm, runs in reports.items()}}
+              f"mean over seeds: {format_best_epochs(best_epochs)}).\n\n")
+    out = {"arms": arms, "seeds": a.seeds, "epochs": a.epochs, "summary": summary, "best_epochs": best_epochs}
     if separate:
         out["per_surface"] = per_surface_summary(reports, separate)
         table += ("\n\nOne model with surface-specific heads vs one model per surface (AUC):\n\n"
