@@ -55,6 +55,8 @@ class WorldConfig:
     taste_drift: float = 0.5        # share of the taste that moves to a new mixture over the window
     pref_spread: float = 0.8        # sd of a user's own style / attribute preferences: higher -> boards
                                     # (a user's saves on one topic) share style and attribute more often
+    curated_board_share: float = 0.0   # users who split each topic's saves into boards by one visual style
+                                       # or one described attribute (the rest keep one board per topic)
     languages: dict[str, float] = field(
         default_factory=lambda: {"en": 0.74, "es": 0.08, "fr": 0.06, "de": 0.05, "it": 0.035, "pt": 0.035}
     )

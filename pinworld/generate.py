@@ -23,10 +23,10 @@ from pinworld.files import sha256_file
 from pinworld.images import SHARD_SIZE, shard_uri
 from pinworld.latents import PinLatents, UserLatents, sample_pins, sample_topic_trend, sample_users, stream
 from pinworld.logs import Saves, history_saves, simulate_organic_logs
-from pinworld.render import SceneRenderer
+from pinworld.render import STYLES, SceneRenderer
 from pinworld.schema import arrow_schema
 from pinworld.taxonomy import load_taxonomy
-from pinworld.text import TEXT_MISSING, TextWriter
+from pinworld.text import ATTRIBUTE_WORDS, ATTRIBUTES, TEXT_MISSING, TextWriter
 
 CATCH_ALL_BOARD = {"en": "saved ideas", "es": "ideas guardadas", "fr": "idées enregistrées",
                    "de": "gemerkte ideen", "it": "idee salvate", "pt": "ideias salvas"}
@@ -75,26 +75,44 @@ def _pin_texts(pins: PinLatents, cfg: WorldConfig) -> dict[str, list]:
     return {"title": titles, "description": descs, "caption": captions}
 
 
+def _board_facets(users: UserLatents, pins: PinLatents, user_id, pin_id, cfg: WorldConfig, seed: int) -> np.ndarray:
+    """Per save, the facet its board is curated by: -1 for a plain topic board; a visual style (0..S-1)
+    or a described attribute (S..S+A-1) for users who split each topic's saves by one facet, as boards
+    like "pastel nursery" or "budget weddings" do. A ``curated_board_share`` of users curate, half of
+    them by style and half by attribute."""
+    rng = stream(seed, "history", 2)
+    n_users = len(users.activity)
+    curator = rng.random(n_users) < cfg.curated_board_share
+    by_attr = rng.random(n_users) < 0.5
+    facet = np.where(by_attr[user_id], len(STYLES) + pins.attr[pin_id].astype(np.int64), pins.style[pin_id])
+    return np.where(curator[user_id], facet, -1)
+
+
+def _board_name(lang: str, topic: int, facet: int, tx) -> str:
+    if topic < 0:
+        return CATCH_ALL_BOARD[lang]
+    name = tx.topics[topic].name if lang == "en" else tx.objects[tx.topics[topic].object_ids[0]].names[lang]
+    if facet < 0:
+        return name
+    word = STYLES[facet] if facet < len(STYLES) else ATTRIBUTE_WORDS[lang][facet - len(STYLES)]
+    return f"{word} {name}"
+
+
 def _boards_and_edges(saves: Saves, pins: PinLatents, users: UserLatents, cfg: WorldConfig, seed: int):
     tx = load_taxonomy()
     langs = list(cfg.languages)
     user_id, pin_id, day, _ = saves.arrays()
     rng = stream(seed, "history", 1)
     topic = np.where(rng.random(len(pin_id)) < CATCH_ALL_SHARE, -1, pins.topic[pin_id].astype(np.int64))
-    key = user_id * (tx.n_topics + 1) + (topic + 1)
+    n_facets = len(STYLES) + len(ATTRIBUTES) + 1
+    facet = np.where(topic < 0, -1, _board_facets(users, pins, user_id, pin_id, cfg, seed))
+    key = (user_id * (tx.n_topics + 1) + (topic + 1)) * n_facets + (facet + 1)
     keys, board_of_save = np.unique(key, return_inverse=True)
     first_day = np.full(len(keys), np.iinfo(np.int32).max, np.int64)
     np.minimum.at(first_day, board_of_save, day)
-    b_user, b_topic = keys // (tx.n_topics + 1), keys % (tx.n_topics + 1) - 1
-    names = []
-    for u, t in zip(b_user, b_topic):
-        lang = langs[users.language[u]]
-        if t < 0:
-            names.append(CATCH_ALL_BOARD[lang])
-        elif lang == "en":
-            names.append(tx.topics[t].name)
-        else:
-            names.append(tx.objects[tx.topics[t].object_ids[0]].names[lang])
+    b_facet = keys % n_facets - 1
+    b_user, b_topic = keys // n_facets // (tx.n_topics + 1), keys // n_facets % (tx.n_topics + 1) - 1
+    names = [_board_name(langs[users.language[u]], t, f, tx) for u, t, f in zip(b_user, b_topic, b_facet)]
     boards = {"board_id": np.arange(len(keys)), "user_id": b_user, "name": names, "created_day": first_day}
     # one edge per (pin, board): its first save
     order = np.lexsort((day, board_of_save, pin_id))

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import polars as pl
 import pytest
 
 from pinworld import cli
 from pinworld.clock import FRESH_DAYS, NEW_AD_DAYS
 from pinworld.config import GENERATOR_VERSION, preset
-from pinworld.generate import generate_world
+from pinworld.generate import CATCH_ALL_BOARD, generate_world
+from pinworld.render import STYLES
+from pinworld.text import ATTRIBUTE_WORDS
 from pinworld.validate import validate_workdir
+from pinworld.world import World
 
 MICRO = dict(n_pins=600, n_users=80, days=12, n_advertisers=5)
 
@@ -88,6 +92,25 @@ def test_boards_are_topic_coherent(tiny_world):
         majority_hits += np.bincount(t[lo:hi]).max()
     assert majority_hits / len(b) > 0.8
     assert edges.group_by("board_id").len()["len"].max() > 3
+
+
+def test_curated_boards_share_one_style_or_attribute(tmp_path):
+    """With every user curating, each topic board holds pins of one visual style or of one described
+    attribute, and its name says which."""
+    generate_world(preset("tiny", 7, **MICRO, curated_board_share=1.0), tmp_path / "c", progress=False)
+    w = World(tmp_path / "c")
+    edges = w.table("pin_board").join(w.table("boards").select("board_id", "name"), on="board_id")
+    edges = edges.filter(~edges["name"].is_in(list(CATCH_ALL_BOARD.values())))
+    pins = edges["pin_id"].to_numpy()
+    boards = edges.with_columns(style=w.truth.pins.style[pins], attr=w.truth.pins.attr[pins]).group_by(
+        "board_id", "name").agg(pl.col("style").n_unique().alias("styles"), pl.col("attr").n_unique().alias("attrs"),
+                                pl.col("style").first(), pl.col("attr").first(), pl.len().alias("pins"))
+    assert boards.height > 20 and boards["pins"].max() > 3
+    assert ((boards["styles"] == 1) | (boards["attrs"] == 1)).all()
+    for name, styles, style, attr in boards.select("name", "styles", "style", "attr").iter_rows():
+        words = [STYLES[style]] if styles == 1 else []
+        words += [ws[attr] for ws in ATTRIBUTE_WORDS.values()]
+        assert any(name.startswith(x + " ") for x in words), name
 
 
 def test_cli_generate_skips_same_world_and_refuses_other(tiny_workdir, capsys):
