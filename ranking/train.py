@@ -25,6 +25,7 @@ import polars as pl
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torchrec.metrics.ne import compute_cross_entropy
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from tqdm import tqdm
@@ -208,10 +209,15 @@ class Trainer:
 
     def validation_loss(self) -> float:
         """Binary cross-entropy over every labelled task of the validation examples, as in training."""
-        p = np.clip(self.predict(self.val_ex).astype(np.float64), 1e-7, 1 - 1e-7)
         y = self.val_ex.labels
         on = ~np.isnan(y)
-        return float(-np.mean(y[on] * np.log(p[on]) + (1 - y[on]) * np.log(1 - p[on])))
+        p = torch.from_numpy(self.predict(self.val_ex)[on].astype(np.float64))
+        return float(compute_cross_entropy(torch.from_numpy(y[on].astype(np.float64)), p, torch.ones_like(p),
+                                           1e-12).mean())
+
+    def best_check(self) -> dict | None:
+        """The check with the lowest validation loss so far (the latest one without validation days)."""
+        return next((c for c in self.progress["checks"] if c["checkpoint"] == self.progress["best"]), None)
 
     def check(self, epochs: float, train_loss: float, *, epoch_done: bool, step: int) -> None:
         """Record a check (validation loss, the best so far, whether to stop) and save it as a checkpoint."""
@@ -219,12 +225,12 @@ class Trainer:
         pr["epoch"], pr["step"] = (pr["epoch"] + 1, 0) if epoch_done else (pr["epoch"], step)
         val = self.validation_loss() if self.val_ex is not None else None
         name = f"check-{len(pr['checks']) + 1:03d}"
-        best = next((c for c in pr["checks"] if c["checkpoint"] == pr["best"]), None)
+        best = self.best_check()
         if val is None or best is None or val < best["validation_loss"]:
             pr["best"] = name
         pr["checks"].append({"checkpoint": name, "epochs": round(epochs, 4), "train_loss": train_loss,
                              "validation_loss": val})
-        since_best = len(pr["checks"]) - 1 - [c["checkpoint"] for c in pr["checks"]].index(pr["best"])
+        since_best = len(pr["checks"]) - 1 - pr["checks"].index(self.best_check())
         pr["stopped"] = val is not None and since_best >= self.cfg.patience
         pr["latest"] = name
         self.save_checkpoint(name)
@@ -286,8 +292,7 @@ class Trainer:
         if self.progress["best"] != self.progress["latest"]:
             self._load(self.progress["best"])
         report, preds = self.evaluate()
-        best = next(c for c in self.progress["checks"] if c["checkpoint"] == self.progress["best"])
-        report.update(best_check=best, stopped_early=self.progress["stopped"], checks=self.progress["checks"],
+        report.update(best_check=self.best_check(), stopped_early=self.progress["stopped"], checks=self.progress["checks"],
                       train_seconds=round(seconds, 2))
         if self.env.is_main:
             (self.run_dir / "eval.json").write_text(json.dumps(report, indent=2))
