@@ -1,5 +1,6 @@
 """Requests and candidate pools for the experiment: the organic logging policy's candidate sources
-(topic, fresh-in-topic, popular, random; Related Pins from the query's topic; live ads), plus, for arms
+(topic, fresh-in-topic, popular, random; Related Pins from the query's topic; live ads, as many per
+ad slot as the experiment's ``ads_candidates_per_slot``), plus, for arms
 that ask for it, Related Pins neighbours from an HNSW index over published embeddings (the paper's
 Table 5 experiment).
 
@@ -20,8 +21,6 @@ from pinworld.clock import FRESH_DAYS
 from pinworld.logs import LoggingPolicy
 from pinworld.world import World
 
-ADS_POOL_FACTOR = 4   # ads sampled per slot before the auction, as in the logging policy
-
 
 @dataclass
 class Requests:
@@ -41,8 +40,9 @@ class Requests:
 class CandidateSource(LoggingPolicy):
     """The logging policy's candidate sources, returning pools instead of ranked slates."""
 
-    def __init__(self, world: World):
+    def __init__(self, world: World, ads_per_slot: int):
         super().__init__(world.truth)
+        self.ads_per_slot = ads_per_slot
         pb = world.table("pin_board").select("pin_id", "day")
         self._saves = (pb["pin_id"].to_numpy(), pb["day"].to_numpy())
         clicks = world.scan("impressions").filter(pl.col("click")).select("pin_id", "day").collect()
@@ -94,7 +94,7 @@ class CandidateSource(LoggingPolicy):
                     users = users[:0]
                     ads = np.zeros(1, np.int64)
                 k = min(cfg.slate_ads, len(ads))
-                pool = ads[rng.integers(0, len(ads), (len(users), ADS_POOL_FACTOR * k))]
+                pool = ads[rng.integers(0, len(ads), (len(users), self.ads_per_slot * k))]
                 out[surface] = Requests(surface, users, np.zeros(0), pool, None, k)
             else:
                 raise ValueError(f"abtest: unknown surface {surface!r}")

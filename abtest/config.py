@@ -173,6 +173,8 @@ class ExperimentConfig(_Strict):
     embedding_lag_days: int = Field(1, ge=0, le=60)
     users: UserSample = UserSample()
     reserve_cpc: float = Field(1.0, gt=0)   # Ads: auction reserve price per click (cents)
+    # Ads: live ads retrieved per ad slot before the auction (the ad server's candidate depth)
+    ads_candidates_per_slot: int = Field(16, ge=1, le=1000)
     # Ads: recalibrate each ranking run's pCTR per segment (new ad x ID seen in training) on the logged
     # Ads impressions between the run's training cutoff and the experiment's start
     calibrate_ads: bool = True

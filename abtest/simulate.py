@@ -116,7 +116,7 @@ class Simulator:
         self.truth = world.truth
         self.variants = variants
         self.users, self.membership = users, membership
-        self.source = CandidateSource(world)
+        self.source = CandidateSource(world, cfg.ads_candidates_per_slot)
         self.publishers: dict[str, EmbeddingPublisher] = {}
         self.groups: list[_Group] = []
         scorers: dict[str, object] = {}

@@ -13,6 +13,7 @@ import pytest
 
 from abtest.analyze import analyze
 from abtest.assign import BUCKETS, assign, bucket_bounds, buckets, sample_users, variant_of_buckets
+from abtest.candidates import CandidateSource
 from abtest.config import Days, load_config
 from abtest.errors import AbtestError
 from abtest.publishers import OracleEmbeddingPublisher
@@ -80,6 +81,21 @@ def test_oracle_publisher_is_incremental_with_lag(tiny_workdir, tiny_oracle, tmp
     assert set(created[np.setdiff1d(v2.pin_ids, v1.pin_ids)]) == {29}
     assert pub.publish_until(31) is v2
     np.testing.assert_array_equal(v2.lookup(v1.pin_ids[:50]).values, tiny_oracle.lookup(v1.pin_ids[:50]).values)
+
+
+def test_ads_pool_depth_follows_the_experiment(tiny_workdir):
+    world = World(tiny_workdir)
+    users = np.arange(50)
+    pools = {}
+    for per_slot in (4, 16):
+        reqs = CandidateSource(world, per_slot).requests(
+            START, users, ["ads"], lambda s: np.random.default_rng(0))["ads"]
+        assert reqs.pool.shape == (len(reqs), per_slot * reqs.k)
+        live = (world.table("ads").filter((world.table("ads")["created_day"] <= START)
+                                          & (world.table("ads")["end_day"] > START))["pin_id"].to_numpy())
+        assert np.isin(reqs.pool, live).all()
+        pools[per_slot] = reqs
+    np.testing.assert_array_equal(pools[4].user_ids, pools[16].user_ids)   # same requests, deeper pools
 
 
 def test_logging_policy_experiment_end_to_end(tiny_workdir, tmp_path):
