@@ -178,6 +178,9 @@ class ExperimentConfig(_Strict):
     # Ads: recalibrate each ranking run's pCTR per segment (new ad x ID seen in training) on the logged
     # Ads impressions between the run's training cutoff and the experiment's start
     calibrate_ads: bool = True
+    # ... and refit it after every experiment day on those days plus the Ads impressions the run has served
+    # so far (a production calibration layer follows its own traffic)
+    recalibrate_ads: bool = True
     pre_period_days: int = Field(14, ge=0, le=365)
     cuped: bool = True
     metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(name=m) for m in DEFAULT_METRICS])

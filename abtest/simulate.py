@@ -4,7 +4,8 @@ Per day: embeddings of the pins created up to ``day − lag`` are published (inc
 use them; the sampled users who are active make requests on each surface; each request gets a candidate
 pool (the organic sources, plus HNSW neighbours for arms with ``related_ann``); the arm of the user's
 variant ranks it (Ads: a second-price auction on pCTR × bid); pinworld's ground truth draws the actions.
-Rankers are frozen: nothing learned from the experiment's own traffic feeds back.
+Rankers are frozen; only the Ads calibration layer follows each run's own served impressions
+(``recalibrate_ads``: refitted after every day).
 
 Common random numbers. Which users are active, their requests and candidate pools, the rankers' noise
 and the uniforms behind every action draw come from streams seeded by (seed, day, surface) and drawn
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
@@ -83,6 +85,19 @@ def events_table(day: int, req: Requests, rows: np.ndarray, slates: np.ndarray, 
         "action": pa.array(np.asarray(ACTION_ORDER)[a], pa.string()),
         "value": pa.array(v, pa.float64(), mask=np.isnan(v)),
     }, schema=EVENTS_SCHEMA)
+
+
+def served_impressions(day: int, req: Requests, rows: np.ndarray, slates: np.ndarray,
+                       click: np.ndarray) -> pl.DataFrame:
+    """Filled slots of requests ``rows`` as impressions in the schema of ``World.impressions``."""
+    r, k = np.nonzero(slates >= 0)
+    n = len(r)
+    return pl.DataFrame({
+        "request_id": req.request_ids[rows][r].astype(np.int64), "day": np.full(n, day, np.int32),
+        "surface": [req.surface] * n, "user_id": req.user_ids[rows][r].astype(np.int64),
+        "query_pin_id": pl.Series([None] * n, dtype=pl.Int64), "pin_id": slates[r, k].astype(np.int64),
+        "position": k.astype(np.int16), "repin": np.zeros(n, bool), "click": click[r, k].astype(bool),
+        "hide": np.zeros(n, bool)})
 
 
 @dataclass
@@ -143,7 +158,9 @@ class Simulator:
                 self.publishers[embeddings] = make_publisher(world, self.out_workdir, embeddings,
                                                              cfg.embedding_lag_days)
             self.groups.append(_Group(arm, ranker, [v], embeddings, ann))
+        self.scorers = scorers
         self.calibration = self._calibrate(scorers)
+        self.served_ads: dict[str, list[pl.DataFrame]] = {run: [] for run in self.calibration}
         self.first_day = np.full(len(users), np.iinfo(np.int32).max, np.int64)
         self.counts: dict[str, dict[str, int]] = {name: {} for name, _ in variants}
         self.next_request = 0
@@ -237,6 +254,9 @@ class Simulator:
                     resp = self.truth.respond(req.user_ids, full, day, surface, req.query,
                                               rng=np.random.default_rng(respond_seed), lift=arm.lift or None)
                     rows_v = np.flatnonzero(mine)
+                    if surface == "ads" and g.arm.run in self.served_ads:
+                        self.served_ads[g.arm.run].append(
+                            served_impressions(day, req, rows_v, full[rows_v], resp.click[rows_v]))
                     t = events_table(day, req, rows_v, full[rows_v], resp.repin[rows_v], resp.click[rows_v],
                                      resp.hide[rows_v], None if price is None else price[rows_v])
                     tables[v].append(t)
@@ -248,6 +268,17 @@ class Simulator:
         for v, ts in tables.items():
             if ts:
                 write(v, pa.concat_tables(ts))
+        if cfg.recalibrate_ads:
+            self._recalibrate(day)
+
+    def _recalibrate(self, day: int) -> None:
+        """Refit each run's Ads calibration on its logged days plus the Ads impressions it has served."""
+        for run, parts in self.served_ads.items():
+            served = pl.concat(parts) if parts else None
+            since, until = self.calibration[run]["days"]
+            fit = self.scorers[run].fit_ads_calibration(since, until, served=served)
+            self.calibration[run].setdefault("refits", []).append(
+                {"after_day": day, "served_impressions": 0 if served is None else served.height, **fit.to_dict()})
 
     def exposures(self, names: np.ndarray) -> pa.Table:
         """Users with at least one request, their variant label (``names``, one per sampled user) and

@@ -3,7 +3,8 @@
 Serving uses the same feature code as training: counts and histories strictly before the request day,
 IDs through the run's vocabularies (unknown -> the unknown row), the published embedding the run was
 trained with. Position is not known before ranking, so every candidate is scored at position 0.
-Ads pCTR can be recalibrated per segment (``fit_ads_calibration``) on logged days the run never saw.
+Ads pCTR can be recalibrated per segment (``fit_ads_calibration``) on logged days the run never saw and on
+the impressions it has served since.
 """
 
 from __future__ import annotations
@@ -93,19 +94,24 @@ class Scorer:
     def _ad_segments(self, ex: Examples) -> np.ndarray:
         return ad_segments(ex.day - ex.created_day, self.vocabs.pin.rows(ex.pin_id) > 0)
 
-    def fit_ads_calibration(self, since: int, until: int, chunk: int = 65_536) -> SegmentCalibration:
-        """Fit (and from now on apply) the Ads pCTR calibration on logged Ads impressions of days
-        [since, until), scored as serving scores them (position 0)."""
-        logged = self.world.impressions(as_of=until, since=since, surfaces=["ads"])
-        if logged.height == 0:
+    def fit_ads_calibration(self, since: int, until: int, served: pl.DataFrame | None = None,
+                            chunk: int = 65_536) -> SegmentCalibration:
+        """Fit (and from now on apply) the Ads pCTR calibration on the logged Ads impressions of days
+        [since, until) plus, when given, Ads impressions this run served since (rows in the schema of
+        ``World.impressions``). Each impression is scored at the position it was shown in: serving
+        scores every candidate at the top slot, so the calibrated pCTR is the top slot's click rate
+        whatever mix of positions the fitting impressions came from."""
+        frame = self.world.impressions(as_of=until, since=since, surfaces=["ads"])
+        if served is not None:
+            frame = pl.concat([frame, served.select(frame.columns).cast(frame.schema)])
+        if frame.height == 0:
             raise ValueError(f"ranking: no logged Ads impressions on days [{since}, {until}) to calibrate on")
-        frame = logged.with_columns(pl.lit(0, pl.Int64).alias("position"))
         p, segment = [], []
         for lo in range(0, frame.height, chunk):
             probs, ex = self._predict(frame[lo:lo + chunk], "ads", "click")
             p.append(probs)
             segment.append(self._ad_segments(ex))
-        self.ads_calibration = SegmentCalibration.fit(np.concatenate(p), logged["click"].to_numpy(),
+        self.ads_calibration = SegmentCalibration.fit(np.concatenate(p), frame["click"].to_numpy(),
                                                       np.concatenate(segment))
         return self.ads_calibration
 

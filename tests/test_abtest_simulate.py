@@ -8,6 +8,7 @@ import dataclasses
 import json
 
 import numpy as np
+import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
@@ -179,6 +180,31 @@ def test_ranking_run_arm_with_lagged_embeddings_and_ann(tiny_workdir, tmp_path, 
     logged = World(tiny_workdir).impressions(since=26, as_of=START, surfaces=["ads"])
     assert cal["days"] == [26, START] and sum(cal["impressions"]) == logged.height
     assert sum(cal["clicks"]) == int(logged["click"].sum())
+    # ... and refitted after every day on those plus the Ads impressions and clicks the run served so far
+    ads = events[(events.surface == "ads") & events.user_id.isin(
+        pq.read_table(out / "exposures").to_pandas().query("variant == 'treatment'").user_id)]
+    assert [r["after_day"] for r in cal["refits"]] == [START, START + 1]
+    for r in cal["refits"]:
+        mine = ads[ads.day <= r["after_day"]]
+        assert r["served_impressions"] == (mine.action == "impression").sum() > 0
+        assert sum(r["impressions"]) == logged.height + r["served_impressions"]
+        assert sum(r["clicks"]) == int(logged["click"].sum()) + (mine.action == "click").sum()
+
+
+def test_ads_calibration_scores_impressions_where_they_were_shown(tiny_workdir, oracle_run):
+    from ranking.score import Scorer
+
+    scorer = Scorer(tiny_workdir, oracle_run)
+    cal = scorer.fit_ads_calibration(26, START)
+    logged = World(tiny_workdir).impressions(since=26, as_of=START, surfaces=["ads"])
+    assert logged["position"].max() > 0
+    shown, ex = scorer._predict(logged, "ads", "click")
+    top, _ = scorer._predict(logged.with_columns(position=pl.lit(0, pl.Int16)), "ads", "click")
+    segment = scorer._ad_segments(ex)
+    for s, before in enumerate(cal.mean_before):
+        if before is not None:
+            assert before == pytest.approx(shown[segment == s].mean())
+            assert before != pytest.approx(top[segment == s].mean())
 
 
 def test_calibration_needs_logged_days(tiny_workdir, tmp_path, oracle_run):
