@@ -127,15 +127,17 @@ SEED_TABLE_KEYS = ("repins/homefeed", "fresh_repins/homefeed", "repins/related",
 
 
 def experiments_table(analyses: list[dict]) -> list[str]:
-    """One row per experiment: the headline lifts and the fresh-minus-overall difference on Homefeed."""
-    diff_key = "fresh_repins/homefeed - repins/homefeed"
-    out = ["| experiment | " + " | ".join(SEED_TABLE_KEYS) + f" | {diff_key} |", "|---|" + "---:|" * (len(SEED_TABLE_KEYS) + 1)]
+    """One row per experiment: the headline lifts and the cold-start-minus-overall differences."""
+    diff_keys = ("fresh_repins/homefeed - repins/homefeed", "new_ad_clicks/ads - clicks/ads")
+    out = ["| experiment | " + " | ".join((*SEED_TABLE_KEYS, *diff_keys)) + " |",
+           "|---|" + "---:|" * (len(SEED_TABLE_KEYS) + len(diff_keys))]
     for a in analyses:
         res = {r["key"]: r["relative"] for r in a["results"]}
         diffs = {d["key"]: d["difference"] for d in a.get("lift_differences", [])}
         cells = [f"{res[k]['value']:+.1%}" if k in res else "" for k in SEED_TABLE_KEYS]
-        d = diffs.get(diff_key)
-        cells.append("" if d is None else f"{d['value']:+.1%} [{d['ci_low']:+.1%}, {d['ci_high']:+.1%}]")
+        for key in diff_keys:
+            d = diffs.get(key)
+            cells.append("" if d is None else f"{d['value']:+.1%} [{d['ci_low']:+.1%}, {d['ci_high']:+.1%}]")
         out.append(f"| `{a['experiment']}` | " + " | ".join(cells) + " |")
     return out
 

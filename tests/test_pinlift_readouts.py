@@ -29,9 +29,11 @@ def test_experiments_table_has_one_row_per_experiment():
     def analysis(name, lift):
         rel = {"value": lift, "ci_low": lift - 0.01, "ci_high": lift + 0.01}
         return {"experiment": name, "results": [{"key": "repins/homefeed", "relative": rel}],
-                "lift_differences": [{"key": "fresh_repins/homefeed - repins/homefeed", "difference": rel}]}
+                "lift_differences": [{"key": "fresh_repins/homefeed - repins/homefeed", "difference": rel},
+                                     {"key": "new_ad_clicks/ads - clicks/ads", "difference": rel}][: 1 + (lift > 0)]}
 
     rows = experiments_table([analysis("a", 0.1), analysis("b", -0.02)])
     assert len(rows) == 4 and rows[2].startswith("| `a` | +10.0% |")
-    # metrics an experiment lacks are blank cells
-    assert rows[3] == "| `b` | -2.0% |  |  |  |  | -2.0% [-3.0%, -1.0%] |"
+    assert rows[2].endswith("| +10.0% [+9.0%, +11.0%] | +10.0% [+9.0%, +11.0%] |")
+    # metrics and differences an experiment lacks are blank cells
+    assert rows[3] == "| `b` | -2.0% |  |  |  |  | -2.0% [-3.0%, -1.0%] |  |"
