@@ -53,7 +53,8 @@ class TrainConfig:
     cutoff_day: int | None = None           # T; default: two thirds into the log window
     heldout_share: float = 0.1              # older pins also held out for evaluation
     steps: int = 600
-    batch_size: int = 128                   # image–text pairs per rank per step (neighbors: 1/8 of it)
+    batch_size: int = 128                   # image–text pairs per rank per step
+    neighbor_batch_size: int = 0            # Pin-to-Pin pairs per rank per step; 0: the paper's 1/8 of batch_size
     lr: float = 2e-4
     text_lr_scale: float = 0.1
     loss_lr_scale: float = 1.0              # LR multiplier of the losses' temperatures and biases
@@ -245,7 +246,7 @@ class Trainer:
         self.it_collate = ImageTextCollate(tok)
         self.it_batches = EpochBatches(len(self.image_text), self.cfg.batch_size, self.env, self.cfg.seed)
         self.nb_collate = NeighborCollate(tok)
-        self.nb_size = neighbor_batch_size(self.cfg.batch_size)
+        self.nb_size = self.cfg.neighbor_batch_size or neighbor_batch_size(self.cfg.batch_size)
         walk = WalkConfig(**{"seed": self.cfg.seed, **self.cfg.walk})
         self.candidates = neighbor_candidates(self.world, t, walk, exclude=held,
                                               cache_dir=self.run_dir.parent.parent / "cache")

@@ -86,6 +86,14 @@ def test_two_process_torchrun_with_frozen_tower(tiny_workdir):
     assert saved["train"]["trainable_image_blocks"] == 2
 
 
+def test_neighbor_batch_defaults_to_the_paper_ratio_or_is_set(tiny_workdir):
+    for size, expect in ((0, 32 // 8), (5, 5)):
+        tr = Trainer(TrainConfig(workdir=str(tiny_workdir), run=f"nb{size}", neighbor_batch_size=size, **SMALL),
+                     progress=False)
+        nb = tr._neighbor_batch(0)
+        assert nb.query_images.shape[0] == nb.positive_images.shape[0] == expect
+
+
 def test_config_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="train config 'nope' not found"):
         load_train_config("nope")
