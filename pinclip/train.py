@@ -33,7 +33,7 @@ from tqdm import tqdm
 from pinclip.data.dataset import (ImageTextCollate, ImageTextDataset, NeighborCollate, NeighborPairDataset,
                                   neighbor_batch_size)
 from pinclip.data.engaged import heldout_split
-from pinclip.data.neighbors import WalkConfig, neighbor_candidates, sample_positives, session_pairs
+from pinclip.data.neighbors import LocalBatches, WalkConfig, neighbor_candidates, sample_positives, session_pairs
 from pinclip.data.sources import KINDS, drop_misaligned, text_sources
 from pinclip.distributed import Env, setup
 from pinclip.losses import MATRYOSHKA_WEIGHTS, PinCLIPLoss
@@ -55,6 +55,8 @@ class TrainConfig:
     steps: int = 600
     batch_size: int = 128                   # image–text pairs per rank per step
     neighbor_batch_size: int = 0            # Pin-to-Pin pairs per rank per step; 0: the paper's 1/8 of batch_size
+    neighbor_group: int = 0                 # >= 2: Pin-to-Pin batches of graph neighbourhoods, this many queries
+                                            # per anchor (hard negatives, neighbors.LocalBatches); 0: uniform
     lr: float = 2e-4
     text_lr_scale: float = 0.1
     loss_lr_scale: float = 1.0              # LR multiplier of the losses' temperatures and biases
@@ -281,6 +283,9 @@ class Trainer:
         if epoch != self._nb_epoch:
             self._build_neighbors(epoch)
         offset = step - epoch * self.nb_batches.per_epoch
+        if self.local is not None:
+            rng = np.random.default_rng([self.cfg.seed + 7, epoch, offset, self.env.rank])
+            return self.nb_collate(self.neighbors.__getitems__(self.local.rows(self.nb_size, rng)))
         order = np.random.default_rng([self.cfg.seed + 7, epoch]).permutation(len(self.neighbors))
         start = (offset * self.env.world_size + self.env.rank) * self.nb_size
         rows = order[start:start + self.nb_size]
@@ -289,6 +294,7 @@ class Trainer:
     def _build_neighbors(self, epoch: int) -> None:
         pairs = sample_positives(self.candidates, self.cfg.positives_per_query, seed=self.cfg.seed + epoch)
         self.neighbors = NeighborPairDataset(self.world, pairs, self.texts, self.model.cfg.image.img_size)
+        self.local = LocalBatches(pairs, self.candidates, self.cfg.neighbor_group) if self.cfg.neighbor_group else None
         if self.nb_batches is None:   # the pass length is fixed by the first sample
             self.nb_batches = EpochBatches(len(self.neighbors), self.nb_size, self.env, self.cfg.seed + 7)
         self._nb_epoch = epoch

@@ -12,7 +12,7 @@ import torch
 from pinclip.data.dataset import (IMAGE_MEAN, IMAGE_STD, ImageTextCollate, ImageTextDataset, NeighborCollate,
                                   NeighborPairDataset, batches, neighbor_batch_size)
 from pinclip.data.engaged import heldout_split, related_pairs, search_pairs
-from pinclip.data.neighbors import (WalkConfig, graph_edges, neighbor_candidates, random_walk_topk,
+from pinclip.data.neighbors import (LocalBatches, WalkConfig, graph_edges, neighbor_candidates, random_walk_topk,
                                     sample_positives, session_pairs)
 from pinclip.data.sources import drop_misaligned, text_sources
 
@@ -207,6 +207,32 @@ def test_neighbors_share_topic_far_more_than_random_pins(tiny_world, candidates)
     q = positives["pin_id"].to_numpy()
     random = (topic[q] == topic[rng.choice(q, len(q))]).mean()
     assert agree > 0.7 and agree > 10 * random, (agree, random)
+
+
+def test_local_batches_group_graph_neighbours_as_hard_negatives(tiny_world, candidates):
+    topic = tiny_world.truth.pins.topic
+    pairs = sample_positives(candidates, 5, seed=0)
+    query, positive = pairs["pin_id"].to_numpy(), pairs["neighbor_id"].to_numpy()
+    near = set(zip(candidates["pin_id"].to_list(), candidates["neighbor_id"].to_list()))
+    local = LocalBatches(pairs, candidates, group=8)
+    rows = [local.rows(64, np.random.default_rng([0, i])) for i in range(20)]
+    np.testing.assert_array_equal(rows[3], local.rows(64, np.random.default_rng([0, 3])))  # seeded: resumable
+    same_topic = {"local": [], "uniform": []}
+    for i, r in enumerate(rows):
+        assert len(r) == 64 and len(np.unique(query[r])) == 64       # distinct queries, one pair each
+        q = query[r]
+        # a batch is groups: an anchor followed by queries among its walk candidates
+        grouped = sum(any((int(a), int(b)) in near for a in q[:j]) for j, b in enumerate(q))
+        assert grouped >= 64 * 3 // 4, grouped
+        uniform = np.random.default_rng([1, i]).permutation(len(query))[:64]
+        for name, b in (("local", r), ("uniform", uniform)):
+            t = topic[query[b]][:, None] == topic[positive[b]][None, :]
+            same_topic[name].append(t[~np.eye(64, dtype=bool)].mean())   # negatives of the query's topic
+    assert np.mean(same_topic["local"]) > 2 * np.mean(same_topic["uniform"]), same_topic
+    with pytest.raises(ValueError, match="at least 2"):
+        LocalBatches(pairs, candidates, group=1)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        local.rows(len(np.unique(query)) + 1, np.random.default_rng(0))
 
 
 def test_sample_positives_weighted_by_visits_without_replacement():

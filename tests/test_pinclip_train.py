@@ -94,6 +94,15 @@ def test_neighbor_batch_defaults_to_the_paper_ratio_or_is_set(tiny_workdir):
         assert nb.query_images.shape[0] == nb.positive_images.shape[0] == expect
 
 
+def test_neighbor_group_builds_seeded_local_batches(tiny_workdir):
+    cfg = TrainConfig(workdir=str(tiny_workdir), run="group", neighbor_batch_size=8, neighbor_group=4, **SMALL)
+    first, again = Trainer(cfg, progress=False), Trainer(cfg, progress=False)
+    nb = first._neighbor_batch(1)
+    assert len(set(nb.query_ids.tolist())) == 8
+    assert torch.equal(nb.query_ids, again._neighbor_batch(1).query_ids)       # a resumed run draws the same
+    assert not torch.equal(nb.query_ids, first._neighbor_batch(2).query_ids)
+
+
 def test_config_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="train config 'nope' not found"):
         load_train_config("nope")

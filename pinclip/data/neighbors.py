@@ -187,3 +187,54 @@ def sample_positives(candidates: pl.DataFrame, n: int = 5, *, seed: int = 0,
             .sort(["pin_id", "key"])
             .group_by("pin_id", maintain_order=True).head(n)
             .select("pin_id", "neighbor_id"))
+
+
+class LocalBatches:
+    """Pin-to-Pin batches built from graph neighbourhoods, for hard in-batch negatives.
+
+    A uniform batch of a few hundred pairs holds almost no two queries of one topic, so the sigmoid loss is
+    met by the topic alone. Here each batch is ``batch_size // group`` anchor queries, each followed by up to
+    ``group - 1`` queries drawn (by visits) from the anchor's walk candidates: a query's in-batch negatives
+    then include the positives of pins near it in the graph, which share its topic but mostly not its
+    board, as PinSage's hard negatives do. Every query is used once per batch, with one of its pairs.
+    Rows index the ``pairs`` frame (``pin_id, neighbor_id`` as ``sample_positives`` returns it)."""
+
+    def __init__(self, pairs: pl.DataFrame, candidates: pl.DataFrame, group: int):
+        if group < 2:
+            raise ValueError(f"pinclip: neighbor group {group}: expected at least 2 queries per anchor")
+        self.group = group
+        query = pairs["pin_id"].to_numpy()
+        order = np.argsort(query, kind="stable")
+        self.queries, first, self.count = np.unique(query[order], return_index=True, return_counts=True)
+        self.row_order, self.first = order, first
+        cand = candidates.select("pin_id", "neighbor_id", "visits").sort("pin_id", "neighbor_id")
+        src = np.searchsorted(self.queries, cand["pin_id"].to_numpy())
+        dst = np.searchsorted(self.queries, cand["neighbor_id"].to_numpy())
+        src_c, dst_c = np.minimum(src, len(self.queries) - 1), np.minimum(dst, len(self.queries) - 1)
+        keep = (self.queries[src_c] == cand["pin_id"].to_numpy()) & (self.queries[dst_c] == cand["neighbor_id"].to_numpy())
+        self.indptr = np.r_[0, np.cumsum(np.bincount(src_c[keep], minlength=len(self.queries)))]
+        self.near, self.visits = dst_c[keep], cand["visits"].to_numpy()[keep].astype(np.float64)
+
+    def rows(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+        """One batch of ``batch_size`` distinct pair rows (distinct queries too)."""
+        n = len(self.queries)
+        if n < batch_size:
+            raise ValueError(f"pinclip: {n} neighbor queries are fewer than one batch of {batch_size}")
+        used = np.zeros(n, bool)
+        picked: list[int] = []
+        while len(picked) < batch_size:
+            anchor = int(rng.integers(n))
+            if used[anchor]:
+                continue
+            members = [anchor]
+            lo, hi = self.indptr[anchor], self.indptr[anchor + 1]
+            near, w = self.near[lo:hi], self.visits[lo:hi]
+            fresh = ~used[near]
+            near, w = near[fresh], w[fresh]
+            take = min(self.group - 1, len(near), batch_size - len(picked) - 1)
+            if take > 0:
+                members += rng.choice(near, size=take, replace=False, p=w / w.sum()).tolist()
+            used[members] = True
+            picked += members
+        q = np.asarray(picked, np.int64)
+        return self.row_order[self.first[q] + (rng.random(len(q)) * self.count[q]).astype(np.int64)]
