@@ -57,6 +57,8 @@ class WorldConfig:
                                     # (a user's saves on one topic) share style and attribute more often
     curated_board_share: float = 0.0   # users who split each topic's saves into boards by one visual style
                                        # or one described attribute (the rest keep one board per topic)
+    style_annotation_share: float = 0.0   # pins whose annotations also name their visual style, as an image
+                                          # classifier's aesthetic labels would (else style is pixel-only)
     languages: dict[str, float] = field(
         default_factory=lambda: {"en": 0.74, "es": 0.08, "fr": 0.06, "de": 0.05, "it": 0.035, "pt": 0.035}
     )

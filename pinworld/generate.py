@@ -142,15 +142,27 @@ def _annotations(pins: PinLatents, cfg: WorldConfig) -> dict:
     rng = stream(cfg.seed, "text", 2)
     out = {"pin_id": [], "day": [], "annotation": [], "score": []}
     lag = rng.integers(1, 4, len(pins))
+    # its own stream, so that the other annotations do not depend on the share
+    style_rng = stream(cfg.seed, "text", 3)
+    styled = style_rng.random(len(pins)) < cfg.style_annotation_share
+    style_score = style_rng.uniform(0.5, 0.95, len(pins))
     for i in range(len(pins)):
         objs = [int(o) for o in pins.objects[i] if o >= 0]
-        for term, score in writer.annotations(int(pins.topic[i]), objs, int(pins.attr[i]),
-                                              pins.text_quality[i] != TEXT_MISSING, rng):
+        terms = writer.annotations(int(pins.topic[i]), objs, int(pins.attr[i]),
+                                   pins.text_quality[i] != TEXT_MISSING, rng)
+        if styled[i]:
+            terms.append((style_annotation(int(pins.style[i])), float(style_score[i])))
+        for term, score in terms:
             out["pin_id"].append(i)
             out["day"].append(int(pins.created_day[i] + lag[i]))
             out["annotation"].append(term)
             out["score"].append(round(score, 3))
     return out
+
+
+def style_annotation(style: int) -> str:
+    """The annotation term that names a visual style."""
+    return f"{STYLES[style]} style"
 
 
 def _write_truth(pins: PinLatents, users: UserLatents, trend: np.ndarray, truth_dir: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from pinworld import cli
 from pinworld.clock import FRESH_DAYS, NEW_AD_DAYS
 from pinworld.config import GENERATOR_VERSION, preset
-from pinworld.generate import CATCH_ALL_BOARD, generate_world
+from pinworld.generate import CATCH_ALL_BOARD, generate_world, style_annotation
 from pinworld.render import STYLES
 from pinworld.text import ATTRIBUTE_WORDS
 from pinworld.validate import validate_workdir
@@ -111,6 +111,25 @@ def test_curated_boards_share_one_style_or_attribute(tmp_path):
         words = [STYLES[style]] if styles == 1 else []
         words += [ws[attr] for ws in ATTRIBUTE_WORDS.values()]
         assert any(name.startswith(x + " ") for x in words), name
+
+
+def test_style_annotations_name_the_true_style_and_leave_the_rest(tmp_path):
+    """A ``style_annotation_share`` of pins also gets its visual style as an annotation, on the day of its
+    other annotations; every other annotation is the one a world without them has."""
+    worlds = {}
+    for share in (0.0, 0.5):
+        generate_world(preset("tiny", 7, **MICRO, style_annotation_share=share), tmp_path / str(share), progress=False)
+        worlds[share] = World(tmp_path / str(share))
+    plain, styled = (w.table("pin_annotations") for w in (worlds[0.0], worlds[0.5]))
+    names = [style_annotation(s) for s in range(len(STYLES))]
+    extra = styled.filter(pl.col("annotation").is_in(names))
+    assert plain.filter(pl.col("annotation").is_in(names)).height == 0
+    assert styled.filter(~pl.col("annotation").is_in(names)).equals(plain)
+    pins = extra["pin_id"].to_numpy()
+    assert len(np.unique(pins)) == len(pins) and 0.4 < len(pins) / plain["pin_id"].n_unique() < 0.6
+    assert extra["annotation"].to_list() == [names[s] for s in worlds[0.5].truth.pins.style[pins]]
+    first_day = plain.group_by("pin_id").agg(pl.col("day").min())
+    assert extra.join(first_day, on="pin_id", suffix="_other").filter(pl.col("day") != pl.col("day_other")).height == 0
 
 
 def test_cli_generate_skips_same_world_and_refuses_other(tiny_workdir, capsys):
