@@ -29,7 +29,7 @@ ABLATIONS: dict[str, dict] = {
     # the image tower the other way round from the reference (pretrained or from scratch), and the text
     # tower from scratch at the full LR; an ablation equal to the reference is skipped
     "pretrained_image": {"pretrained_image": PRETRAINED_IMAGE},
-    "scratch_image": {"pretrained_image": ""},
+    "scratch_image": {"pretrained_image": "", "trainable_image_blocks": -1},   # a tower from scratch trains whole
     "scratch_text": {"pretrained_text": "", "text_lr_scale": 1.0},
     # no contrastive training: the pretrained image tower alone, both pretrained towers, nothing pretrained
     "image_only": {"steps": 0, "pretrained_image": PRETRAINED_IMAGE, "pretrained_text": ""},

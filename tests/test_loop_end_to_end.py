@@ -40,7 +40,7 @@ def test_completed_stages_are_skipped(loop_workdir, capsys):
     assert pinworld_cli.main(["generate", "--workdir", W, "--preset", "tiny", "--seed", "0"]) == 0
     assert "skipping" in capsys.readouterr().out
     before = (loop_workdir / "pinclip/runs/tiny/metrics.jsonl").read_text()
-    assert pinclip_cli.main(["train", "tiny", "steps=20", "batch_size=32", "vocab_size=2000", "pretrained_image=image",
-                             "pretrained_text=text", "text_lr_scale=0.1",
+    assert pinclip_cli.main(["train", "tiny", "steps=20", "batch_size=32", "neighbor_batch_size=0", "vocab_size=2000",
+                             "pretrained_image=image", "pretrained_text=text", "text_lr_scale=0.1",
                              "--workdir", W, "--run", "tiny", "--quiet"]) == 0
     assert (loop_workdir / "pinclip/runs/tiny/metrics.jsonl").read_text() == before   # resumed at its end

@@ -15,6 +15,8 @@ def test_ablation_config_changes_only_its_fields(loop_workdir):
     assert cfg.tokenizer.endswith("runs/tiny/tokenizer.json")
     for key in ("steps", "batch_size", "lr", "seed", "cutoff_day", "pretrained_image", "heldout_share"):
         assert getattr(cfg, key) == saved[key], key
+    # a tower from scratch is never left partly frozen at its initialization
+    assert ablation_config(loop_workdir, "tiny", "scratch_image").trainable_image_blocks == -1
     with pytest.raises(ValueError, match="unknown ablation 'nope'"):
         ablation_config(loop_workdir, "tiny", "nope")
     with pytest.raises(FileNotFoundError, match="train the reference run 'absent'"):
