@@ -76,8 +76,8 @@ def test_frozen_tower_stays_put(tiny_workdir):
 def test_two_process_torchrun_with_frozen_tower(tiny_workdir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29561",
-           "-m", "pinclip.cli", "train", "tiny", "steps=3", "batch_size=16", "neighbor_batch_size=0", "warmup_steps=1", "vocab_size=2000",
-           "trainable_image_blocks=2", "grad_checkpointing=true", f"workdir={tiny_workdir}", "run=ddp",
+           "-m", "pinclip.cli", "train", "tiny", "steps=3", "batch_size=16", "neighbor_batch_size=0", "warmup_steps=1",
+           "vocab_size=2000", "trainable_image_blocks=2", "grad_checkpointing=true", f"workdir={tiny_workdir}", "run=ddp",
            "--quiet", "--no-resume"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

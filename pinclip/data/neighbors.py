@@ -204,16 +204,16 @@ class LocalBatches:
             raise ValueError(f"pinclip: neighbor group {group}: expected at least 2 queries per anchor")
         self.group = group
         query = pairs["pin_id"].to_numpy()
-        order = np.argsort(query, kind="stable")
-        self.queries, first, self.count = np.unique(query[order], return_index=True, return_counts=True)
-        self.row_order, self.first = order, first
-        cand = candidates.select("pin_id", "neighbor_id", "visits").sort("pin_id", "neighbor_id")
+        self.row_order = np.argsort(query, kind="stable")     # a query's pair rows: first[q] .. first[q]+count[q]
+        self.queries, self.first, self.count = np.unique(query[self.row_order], return_index=True, return_counts=True)
+        # the walk candidates between queries, as CSR over query indices
+        known = pl.Series(self.queries).implode()
+        cand = (candidates.filter(pl.col("pin_id").is_in(known) & pl.col("neighbor_id").is_in(known))
+                .sort("pin_id", "neighbor_id"))
         src = np.searchsorted(self.queries, cand["pin_id"].to_numpy())
-        dst = np.searchsorted(self.queries, cand["neighbor_id"].to_numpy())
-        src_c, dst_c = np.minimum(src, len(self.queries) - 1), np.minimum(dst, len(self.queries) - 1)
-        keep = (self.queries[src_c] == cand["pin_id"].to_numpy()) & (self.queries[dst_c] == cand["neighbor_id"].to_numpy())
-        self.indptr = np.r_[0, np.cumsum(np.bincount(src_c[keep], minlength=len(self.queries)))]
-        self.near, self.visits = dst_c[keep], cand["visits"].to_numpy()[keep].astype(np.float64)
+        self.indptr = np.r_[0, np.cumsum(np.bincount(src, minlength=len(self.queries)))]
+        self.near = np.searchsorted(self.queries, cand["neighbor_id"].to_numpy())
+        self.visits = cand["visits"].to_numpy().astype(np.float64)
 
     def rows(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         """One batch of ``batch_size`` distinct pair rows (distinct queries too)."""
