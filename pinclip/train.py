@@ -82,9 +82,43 @@ class TrainConfig:
     checkpoint_every: int = 200
     seed: int = 0
 
+    def __post_init__(self):
+        for name, ok, expected in _FIELD_CHECKS:
+            value = getattr(self, name)
+            if not ok(value):
+                raise ValueError(f"field {name!r}: expected {expected}, found {value!r}")
+
     def resolved(self, world: World) -> "TrainConfig":
         cutoff = self.cutoff_day if self.cutoff_day is not None else (2 * world.config.days) // 3
         return dataclasses.replace(self, cutoff_day=cutoff)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_FIELD_CHECKS = (
+    ("steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("neighbor_batch_size", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("neighbor_group", lambda v: _integer(v) and (v == 0 or v >= 2), "0 or an integer >= 2"),
+    ("lr", lambda v: _number(v) and v > 0, "a number > 0"),
+    ("text_lr_scale", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("loss_lr_scale", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("text_weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("heldout_share", lambda v: _number(v) and 0 <= v < 1, "a share in [0, 1)"),
+    ("warmup_steps", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("trainable_image_blocks", lambda v: _integer(v) and v >= -1, "-1 (all) or an integer >= 0"),
+    ("precision", lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
+    ("positives_per_query", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("checkpoint_every", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("vocab_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+)
 
 
 def load_train_config(path_or_name: str, overrides: list[str] | None = None) -> TrainConfig:
@@ -111,7 +145,10 @@ def load_train_config(path_or_name: str, overrides: list[str] | None = None) -> 
                 data[key] = float(value)
             except ValueError:
                 raise ValueError(f"pinclip train: {path}: field {key!r}: expected a number, found {value!r}") from None
-    return TrainConfig(**data)
+    try:
+        return TrainConfig(**data)
+    except ValueError as err:
+        raise ValueError(f"pinclip train: {path}: {err}") from None
 
 
 class TrainStep(nn.Module):

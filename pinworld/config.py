@@ -69,6 +69,20 @@ class WorldConfig:
     search_save_share: float = 0.25     # share of saves that came from a search query
     engagement: EngagementConfig = field(default_factory=EngagementConfig)
 
+    def __post_init__(self):
+        for name in _COUNTS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"pinworld: WorldConfig field {name!r}: expected a positive integer, found {value!r}")
+        for name in _SHARES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"pinworld: WorldConfig field {name!r}: expected a share in [0, 1], found {value!r}")
+        text = sum(getattr(self, name) for name in _TEXT_SHARES)
+        if text > 1.0:
+            raise ValueError(f"pinworld: WorldConfig fields {', '.join(_TEXT_SHARES)}: expected shares summing to "
+                             f"at most 1, found {text:g}")
+
     def with_overrides(self, **kw) -> "WorldConfig":
         return dataclasses.replace(self, **kw)
 
@@ -82,6 +96,12 @@ class WorldConfig:
         d["ad_lifetime_days"] = tuple(d.get("ad_lifetime_days", (30, 90)))
         return cls(**d)
 
+
+_COUNTS = ("n_pins", "n_users", "n_advertisers", "days", "image_size", "slate_homefeed", "slate_related",
+           "slate_ads")
+_TEXT_SHARES = ("text_missing_share", "text_title_missing_share", "text_irrelevant_share", "text_noisy_share")
+_SHARES = ("new_pin_share", "ad_share", "activity", "curated_board_share", "style_annotation_share",
+           "search_save_share") + _TEXT_SHARES
 
 PRESETS: dict[str, WorldConfig] = {
     "tiny": WorldConfig(),

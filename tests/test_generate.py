@@ -151,6 +151,15 @@ def test_unknown_preset_is_a_clear_error():
         preset("huge")
 
 
+def test_config_out_of_range_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"field 'style_annotation_share': expected a share in \[0, 1\], found 1.5"):
+        preset("tiny", style_annotation_share=1.5)
+    with pytest.raises(ValueError, match="expected shares summing to at most 1, found 1.08"):
+        preset("tiny", text_missing_share=0.9)
+    with pytest.raises(ValueError, match="field 'n_pins': expected a positive integer, found 0"):
+        preset("tiny", n_pins=0)
+
+
 def test_oracle_export_roundtrip(tiny_world, tmp_path):
     import pyarrow.parquet as pq
 

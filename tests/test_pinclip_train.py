@@ -112,6 +112,14 @@ def test_config_errors(tmp_path):
     assert load_train_config("tiny", ["lr=6e-4"]).lr == 6e-4       # YAML 1.1 reads 6e-4 as a string
     with pytest.raises(ValueError, match="field 'lr': expected a number"):
         load_train_config("tiny", ["lr=fast"])
+    with pytest.raises(ValueError, match=r"train_tiny.yaml: field 'neighbor_group': expected 0 or an integer >= 2, found 1"):
+        load_train_config("tiny", ["neighbor_group=1"])
+    with pytest.raises(ValueError, match="field 'lr': expected a number > 0, found -1.0"):
+        load_train_config("tiny", ["lr=-1"])
+    with pytest.raises(ValueError, match="field 'precision': expected fp32 or bf16"):
+        load_train_config("tiny", ["precision=fp16"])
+    with pytest.raises(ValueError, match="field 'steps': expected an integer >= 1, found 0"):
+        TrainConfig(steps=0)
     assert cli.main(["train", "tiny", "steps"]) == 2
 
 
