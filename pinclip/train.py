@@ -102,7 +102,7 @@ def _integer(v) -> bool:
 
 
 _FIELD_CHECKS = (
-    ("steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("steps", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: the initial weights)"),
     ("batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("neighbor_batch_size", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     ("neighbor_group", lambda v: _integer(v) and (v == 0 or v >= 2), "0 or an integer >= 2"),

@@ -118,8 +118,8 @@ def test_config_errors(tmp_path):
         load_train_config("tiny", ["lr=-1"])
     with pytest.raises(ValueError, match="field 'precision': expected fp32 or bf16"):
         load_train_config("tiny", ["precision=fp16"])
-    with pytest.raises(ValueError, match="field 'steps': expected an integer >= 1, found 0"):
-        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match=r"field 'steps': expected an integer >= 0 \(0: the initial weights\), found -1"):
+        TrainConfig(steps=-1)
     assert cli.main(["train", "tiny", "steps"]) == 2
 
 
