@@ -25,7 +25,7 @@ $(W)/pinclip/pretrain/text/report.json: $(W)/world/world.json
 	$(VENV)/bin/pinclip pretrain-text --workdir $(W) --run text --steps 3000
 
 # both towers pretrained, as in the paper: the text tower then trains at the paper's 10x lower LR, and the
-# image tower (pretrained on annotations, which name the style of half the pins) is partly frozen (§4.4.3),
+# image tower (pretrained 4,000 steps on annotations, which name the style of half the pins) is partly frozen (§4.4.3),
 # so that the style it learned survives the image-text loss, whose texts never name it
 $(W)/pinclip/runs/tiny/eval.json: $(W)/pinclip/pretrain/text/report.json $(W)/pinclip/pretrain/image/report.json
 	$(VENV)/bin/pinclip train tiny pretrained_text=text text_lr_scale=0.1 pretrained_image=image \
@@ -75,7 +75,7 @@ $(W)/pinclip/runs/tiny-%/eval.json: $(W)/pinclip/pretrain/image/report.json
 	$(VENV)/bin/pinclip ablate --workdir $(W) --reference tiny --only $* --quiet
 
 $(W)/pinclip/pretrain/image/report.json: $(W)/world/world.json
-	$(VENV)/bin/pinclip pretrain-image --workdir $(W) --run image --steps 600
+	$(VENV)/bin/pinclip pretrain-image --workdir $(W) --run image --steps 4000
 
 define ranking_run
 $(R)/$(1)_s$(2)/eval.json: $(W)/embeddings/pinclip/LATEST
