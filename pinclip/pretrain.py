@@ -18,6 +18,10 @@ image tower, by the described attributes, which are text-only by construction).
 The optimizer is AdamW with linear warmup then cosine: measured on the demo world, the from-scratch
 image tower under Lion at 1e-4..5e-4 for 200-400 steps stayed at the label prior (loss and mAP), while
 AdamW at 1e-3 learned; PinCLIP training itself keeps Lion, as the paper does.
+
+Runs checkpoint every ``checkpoint_every`` steps and resume from the last checkpoint of the same config
+(a step's batch depends only on the seed and the step, so a resumed run draws the batches an
+uninterrupted one would); a text run that resumes keeps the tokenizer its checkpoint was trained with.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class PretrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 30
     eval_pins: int = 2000
+    checkpoint_every: int = 250     # steps between checkpoints; an interrupted run resumes from the last
     top_labels: int = 32            # also report the mAP over this many most frequent labels
     vocab_size: int = 8000          # text: the tokenizer trained on the corpus before T
     seed: int = 0
@@ -107,12 +112,13 @@ def label_matrix(world: World, pins: np.ndarray, vocab: list[str], as_of: int) -
 
 
 def _schedule(cfg: PretrainConfig, step: int) -> float:
-    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1)) * 0.5 * (1 + np.cos(np.pi * step / cfg.steps))
+    return float(cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1)) * 0.5 * (1 + np.cos(np.pi * step / cfg.steps)))
 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     """Pretrain ``cfg.tower`` on annotation labels; save it (``image_tower.pt``, or ``text_tower.pt`` with the
-    ``tokenizer.json`` it reads) and ``report.json`` with the held-out mAP under pinclip/pretrain/<run>/."""
+    ``tokenizer.json`` it reads) and ``report.json`` with the held-out mAP under pinclip/pretrain/<run>/.
+    Resumes from the run's checkpoint when one exists for the same config."""
     torch.manual_seed(cfg.seed)
     world = World(cfg.workdir)
     t = cfg.cutoff_day if cfg.cutoff_day is not None else (2 * world.config.days) // 3
@@ -123,6 +129,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     rng = np.random.default_rng(cfg.seed)
     out_dir = Path(cfg.workdir) / "pinclip" / "pretrain" / cfg.run
     out_dir.mkdir(parents=True, exist_ok=True)
+    resume = _load_checkpoint(out_dir, cfg)
     # train_inputs(rows of ``examples``) and eval_inputs(pin ids): the model's positional inputs
     if cfg.tower == "image":
         model = ImageClassifier(cfg.model, len(vocab))
@@ -138,7 +145,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
         texts = text_sources(world.pins(as_of=t))
         pairs = pl.concat([texts.select("pin_id", pl.col(c).alias("text")) for c in ("descriptive", "keyword")]
                           ).drop_nulls("text")
-        train_tokenizer(pairs["text"].to_list(), cfg.vocab_size, out_dir / "tokenizer.json")
+        if resume is None or not (out_dir / "tokenizer.json").is_file():   # token ids must match the checkpoint
+            train_tokenizer(pairs["text"].to_list(), cfg.vocab_size, out_dir / "tokenizer.json")
         model = TextClassifier(cfg.model, len(vocab), out_dir / "tokenizer.json", cfg.vocab_size)
         tokenizer = load_tokenizer(model.text_cfg)
         examples = pairs["pin_id"].to_numpy()
@@ -157,12 +165,19 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     y_eval = label_matrix(world, eval_pins, vocab, world.config.days + 10) > 0   # their annotations, for scoring only
     example_rows = np.searchsorted(train_pins, examples)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    bar = tqdm(range(cfg.steps), desc=f"pretrain-{cfg.tower} {cfg.run}", unit="step", disable=not progress,
-               file=sys.stderr)
+    start, losses = 0, []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        torch.set_rng_state(resume["torch_rng"])
+        start, losses = int(resume["step"]), list(resume["losses"])
+        if progress:
+            print(f"pinclip: resumed pretrain-{cfg.tower} {cfg.run} at step {start}", file=sys.stderr)
+    bar = tqdm(range(start, cfg.steps), desc=f"pretrain-{cfg.tower} {cfg.run}", unit="step", disable=not progress,
+               file=sys.stderr, initial=start, total=cfg.steps)
 
-    losses = []
     for step in bar:
-        rows = rng.integers(0, len(examples), cfg.batch_size)
+        rows = np.random.default_rng([cfg.seed, step]).integers(0, len(examples), cfg.batch_size)
         for g in opt.param_groups:
             g["lr"] = _schedule(cfg, step)
         logits = model(*train_inputs(rows))
@@ -170,8 +185,10 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        losses = [*losses[-19:], loss.item()]
+        bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            _save_checkpoint(out_dir, cfg, step + 1, model, opt, losses)
     model.eval()
     with torch.no_grad():
         scores = np.concatenate([torch.sigmoid(model(*eval_inputs(eval_pins[i:i + 256]))).numpy()
@@ -185,6 +202,29 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
               "eval_pins": int(len(eval_pins)), "labels_scored": int(valid.sum()), "mAP": float(ap.mean()),
               "mAP_chance": float(prevalence.mean()), "mAP_top": float(ap[top].mean()),
               "mAP_top_chance": float(prevalence[top].mean()), "top_labels": top.stop,
-              "final_loss": float(np.mean(losses[-20:])), "generator_version": world.generator_version}
+              "final_loss": float(np.mean(losses)) if losses else float("nan"), "generator_version": world.generator_version}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (out_dir / CHECKPOINT).unlink(missing_ok=True)
     return report
+
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def _save_checkpoint(out_dir: Path, cfg: PretrainConfig, step: int, model: nn.Module, opt, losses: list) -> None:
+    tmp = out_dir / f".{CHECKPOINT}.tmp"
+    torch.save({"config": json.dumps(asdict(cfg), sort_keys=True), "step": step, "model": model.state_dict(),
+                "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "losses": losses}, tmp)
+    tmp.replace(out_dir / CHECKPOINT)
+
+
+def _load_checkpoint(out_dir: Path, cfg: PretrainConfig) -> dict | None:
+    """The run's checkpoint when it was written under the same config, else None (a fresh start)."""
+    path = out_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["config"] != json.dumps(asdict(cfg), sort_keys=True):
+        print(f"pinclip: {path}: written under another config; starting over", file=sys.stderr)
+        return None
+    return state
