@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-GENERATOR_VERSION = "pinworld-1.0"
+GENERATOR_VERSION = "pinworld-1.1"
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,9 @@ class WorldConfig:
                                        # or one described attribute (the rest keep one board per topic)
     style_annotation_share: float = 0.0   # pins whose annotations also name their visual style, as an image
                                           # classifier's aesthetic labels would (else style is pixel-only)
+    visible_quality_share: float = 0.0    # share of a pin's quality variance its image shows (sharpness and
+                                          # exposure, as photo quality does); the rest stays hidden. The
+                                          # style-annotated pins' annotations then also grade it
     languages: dict[str, float] = field(
         default_factory=lambda: {"en": 0.74, "es": 0.08, "fr": 0.06, "de": 0.05, "it": 0.035, "pt": 0.035}
     )
@@ -101,15 +104,17 @@ _COUNTS = ("n_pins", "n_users", "n_advertisers", "days", "image_size", "slate_ho
            "slate_ads")
 _TEXT_SHARES = ("text_missing_share", "text_title_missing_share", "text_irrelevant_share", "text_noisy_share")
 _SHARES = ("new_pin_share", "ad_share", "activity", "curated_board_share", "style_annotation_share",
-           "search_save_share") + _TEXT_SHARES
+           "visible_quality_share", "search_save_share") + _TEXT_SHARES
 
 PRESETS: dict[str, WorldConfig] = {
     "tiny": WorldConfig(),
     "small": WorldConfig(preset="small", n_pins=20_000, n_users=3_000, n_advertisers=60, days=60),
     # the demo world curates boards by style or attribute and names the style in half the pins' annotations
-    # (docs/pinworld.md): without both, no PinCLIP objective learned style (fusion probe 0.22 against 0.88)
+    # (docs/pinworld.md): without both, no PinCLIP objective learned style (fusion probe 0.22 against 0.88).
+    # Its images show 60% of the quality variance: with quality wholly hidden, no content feature, not even
+    # the oracle, lifted ranking more on fresh pins than on old ones (docs/pinworld.md, "why cold start")
     "demo": WorldConfig(preset="demo", n_pins=100_000, n_users=12_000, n_advertisers=200, days=60,
-                        curated_board_share=1.0, style_annotation_share=0.5),
+                        curated_board_share=1.0, style_annotation_share=0.5, visible_quality_share=0.6),
     "large": WorldConfig(preset="large", n_pins=1_000_000, n_users=100_000, n_advertisers=1_000, days=90),
 }
 

@@ -146,18 +146,34 @@ def _annotations(pins: PinLatents, cfg: WorldConfig) -> dict:
     style_rng = stream(cfg.seed, "text", 3)
     styled = style_rng.random(len(pins)) < cfg.style_annotation_share
     style_score = style_rng.uniform(0.5, 0.95, len(pins))
+    graded = quality_annotations(pins.visual_quality, cfg.visible_quality_share)
     for i in range(len(pins)):
         objs = [int(o) for o in pins.objects[i] if o >= 0]
         terms = writer.annotations(int(pins.topic[i]), objs, int(pins.attr[i]),
                                    pins.text_quality[i] != TEXT_MISSING, rng)
         if styled[i]:
             terms.append((style_annotation(int(pins.style[i])), float(style_score[i])))
+            if graded[i]:
+                terms.append(graded[i])
         for term, score in terms:
             out["pin_id"].append(i)
             out["day"].append(int(pins.created_day[i] + lag[i]))
             out["annotation"].append(term)
             out["score"].append(round(score, 3))
     return out
+
+
+QUALITY_TERMS = ("low quality photo", "high quality photo")
+
+
+def quality_annotations(visual_quality: np.ndarray, share: float) -> list:
+    """Per pin, the photo-quality term an aesthetic classifier gives its image, with its score, or None:
+    the tails (|z| > 0.8) of the visible quality are graded, the middle is not."""
+    if share == 0:
+        return [None] * len(visual_quality)
+    z = visual_quality / np.sqrt(share)
+    score = np.round(np.clip(0.5 + 0.2 * np.abs(z), 0.5, 0.95), 3)
+    return [(QUALITY_TERMS[int(v > 0)], float(c)) if abs(v) > 0.8 else None for v, c in zip(z, score)]
 
 
 def style_annotation(style: int) -> str:
@@ -177,6 +193,7 @@ def _write_truth(pins: PinLatents, users: UserLatents, trend: np.ndarray, truth_
         "jitter": pa.FixedSizeListArray.from_arrays(pins.jitter.reshape(-1), 6),
         "created_day": pins.created_day, "is_ad": pins.is_ad, "advertiser_id": pins.advertiser_id,
         "bid": pins.bid, "ad_end_day": pins.ad_end_day, "language": pins.language,
+        "visual_quality": pins.visual_quality,
     }), truth_dir / "pins.parquet")
     t = users.taste0.shape[1]
     fixed = lambda a: pa.FixedSizeListArray.from_arrays(a.reshape(-1), a.shape[1])  # noqa: E731

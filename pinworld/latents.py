@@ -31,7 +31,7 @@ class PinLatents:
     objects: np.ndarray        # int16 (N, 3), -1 padded
     style: np.ndarray          # int8, pixel-only factor
     attr: np.ndarray           # int8, text-only factor
-    quality: np.ndarray        # float32, invisible in content
+    quality: np.ndarray        # float32: visible_quality_share of its variance is visual_quality, the rest hidden
     created_day: np.ndarray    # int32
     is_ad: np.ndarray          # bool
     advertiser_id: np.ndarray  # int32, -1 for organic pins
@@ -45,12 +45,14 @@ class PinLatents:
     scale: np.ndarray
     rotations: np.ndarray      # (N, 3)
     jitter: np.ndarray         # (N, 3, 2)
+    visual_quality: np.ndarray  # float32: the part of quality the image shows (its sharpness and exposure)
 
     def __len__(self) -> int:
         return len(self.topic)
 
     def scene(self, sl: slice) -> dict[str, np.ndarray]:
-        return {k: getattr(self, k)[sl] for k in ("objects", "style", "colour", "arrangement", "scale", "rotations", "jitter")}
+        return {k: getattr(self, k)[sl] for k in ("objects", "style", "colour", "arrangement", "scale", "rotations", "jitter",
+                                           "visual_quality")}
 
 
 @dataclass
@@ -121,11 +123,13 @@ def sample_pins(cfg: WorldConfig, tx: Taxonomy) -> PinLatents:
         [r < shares[0], r < shares[1], r < shares[2], r < shares[3]],
         [TEXT_MISSING, TEXT_TITLE_MISSING, TEXT_IRRELEVANT, TEXT_NOISY], TEXT_CLEAN).astype(np.int8)
     langs = list(cfg.languages.values())
+    # its own stream, so that worlds without visible quality keep every other draw
+    visible = stream(cfg.seed, "pins", 1).normal(0, 1, n) * np.sqrt(cfg.visible_quality_share)
     return PinLatents(
         topic=topic, objects=objects,
         style=rng.choice(len(STYLES), size=n).astype(np.int8),
         attr=rng.choice(len(ATTRIBUTES), size=n).astype(np.int8),
-        quality=rng.normal(0, 1, n).astype(np.float32),
+        quality=(visible + rng.normal(0, 1, n) * np.sqrt(1.0 - cfg.visible_quality_share)).astype(np.float32),
         created_day=created, is_ad=is_ad, advertiser_id=adv, bid=bid, ad_end_day=ad_end,
         ad_quality=np.where(is_ad, rng.normal(0, 1, n), 0).astype(np.float32),
         language=rng.choice(len(langs), size=n, p=np.array(langs) / sum(langs)).astype(np.int8),
@@ -135,6 +139,7 @@ def sample_pins(cfg: WorldConfig, tx: Taxonomy) -> PinLatents:
         scale=rng.integers(0, len(SCALES), n).astype(np.int8),
         rotations=rng.choice(ROTATIONS, size=(n, MAX_OBJECTS)).astype(np.int16),
         jitter=rng.normal(0, 1, (n, MAX_OBJECTS, 2)).astype(np.float32),
+        visual_quality=visible.astype(np.float32),
     )
 
 

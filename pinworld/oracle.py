@@ -1,5 +1,6 @@
 """Oracle features: the true content latents of each pin as a dense vector — the ceiling a content
-embedding can reach. Quality is not included: it is invisible in the content by construction."""
+embedding can reach. Of the pin's quality only the part its image shows (``visible_quality_share``,
+zero by default) is included; the rest is invisible in the content by construction."""
 
 from __future__ import annotations
 
@@ -17,19 +18,21 @@ from pinworld.world import World
 
 def oracle_feature_names(n_topics: int) -> list[str]:
     return ([f"topic_{t}" for t in range(n_topics)] + [f"style_{s}" for s in STYLES]
-            + [f"attr_{a}" for a in ATTRIBUTES])
+            + [f"attr_{a}" for a in ATTRIBUTES] + ["visual_quality"])
 
 
 def oracle_features(world: World, pin_ids=None) -> np.ndarray:
-    """float32 (n, n_topics + n_styles + n_attributes): one-hot topic, visual style and attribute."""
+    """float32 (n, n_topics + n_styles + n_attributes + 1): one-hot topic, visual style and attribute, then
+    the visible part of the pin's quality."""
     truth = world.truth
     ids = np.arange(len(truth.pins)) if pin_ids is None else np.asarray(pin_ids)
     t, s = truth.n_topics, len(STYLES)
-    out = np.zeros((len(ids), t + s + len(ATTRIBUTES)), np.float32)
+    out = np.zeros((len(ids), t + s + len(ATTRIBUTES) + 1), np.float32)
     rows = np.arange(len(ids))
     out[rows, truth.pins.topic[ids]] = 1
     out[rows, t + truth.pins.style[ids]] = 1
     out[rows, t + s + truth.pins.attr[ids]] = 1
+    out[:, -1] = truth.pins.visual_quality[ids]
     return out
 
 
@@ -51,15 +54,16 @@ def export_oracle(world: World, out: Path | str) -> Path:
 
 
 ORACLE_EMBEDDING_DIM = 64
-_TOPIC_DIMS, _STYLE_DIMS = 48, 8
+_TOPIC_DIMS, _STYLE_DIMS = 47, 8   # and one for the visible quality
 
 
 def oracle_embeddings(world: World, pin_ids=None, topic_only: bool = False) -> dict[str, np.ndarray]:
     """The oracle as 64-d unit vectors in the published-embedding contract: a fixed near-orthogonal
-    48-d code per topic, then style and attribute as rows of an 8x8 Hadamard matrix (orthogonal codes
+    47-d code per topic, then style and attribute as rows of an 8x8 Hadamard matrix (orthogonal codes
     with small components, so int8 quantization clamps nothing), each block weighted to a third of the
-    squared norm. ``image`` sees topic + style, ``text`` topic + attribute. ``topic_only`` keeps the
-    topic block alone (unit norm) in every kind: the topic one-hot floor in the same contract."""
+    squared norm, then the visible quality (its z-score x 0.15, within +-0.45; zero when the images show
+    none). ``image`` sees topic + style + visible quality, ``text`` topic + attribute. ``topic_only``
+    keeps the topic block alone (unit norm) in every kind: the topic one-hot floor in the same contract."""
     truth = world.truth
     ids = np.arange(len(truth.pins)) if pin_ids is None else np.asarray(pin_ids)
     codes = np.random.default_rng(20260).normal(size=(truth.n_topics, _TOPIC_DIMS)).astype(np.float32)
@@ -68,13 +72,16 @@ def oracle_embeddings(world: World, pin_ids=None, topic_only: bool = False) -> d
     hadamard = (scipy.linalg.hadamard(_STYLE_DIMS) / np.sqrt(_STYLE_DIMS)).astype(np.float32)
     style = hadamard[truth.pins.style[ids]]
     attr = hadamard[truth.pins.attr[ids]]
-    zero_s, zero_a = np.zeros_like(style), np.zeros_like(attr)
+    zero_s, zero_a, zero_q = np.zeros_like(style), np.zeros_like(attr), np.zeros((len(ids), 1), np.float32)
     if topic_only:
-        only = np.concatenate([topic, zero_s, zero_a], 1)
+        only = np.concatenate([topic, zero_s, zero_a, zero_q], 1)
         return {"fusion": only, "image": only, "text": only}
+    share = world.config.visible_quality_share
+    q = zero_q if share == 0 else np.clip(0.15 * truth.pins.visual_quality[ids, None] / np.sqrt(share), -0.45, 0.45)
     w = np.float32(1 / np.sqrt(3))
+    unit = lambda v: (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
     return {
-        "fusion": np.concatenate([topic, style, attr], 1) * w,
-        "image": np.concatenate([topic, style, zero_a], 1) / np.sqrt(np.float32(2)),
-        "text": np.concatenate([topic, zero_s, attr], 1) / np.sqrt(np.float32(2)),
+        "fusion": unit(np.concatenate([topic * w, style * w, attr * w, q], 1)),
+        "image": unit(np.concatenate([topic, style, zero_a, q * np.sqrt(np.float32(2))], 1)),
+        "text": unit(np.concatenate([topic, zero_s, attr, zero_q], 1)),
     }

@@ -1,14 +1,15 @@
 """Render pin images: scenes of 1-3 Twemoji glyphs on a background, graded by the pin's visual style.
 
 The visual style (background pattern + colour grading) is the pixel-only latent factor: it drives
-engagement and appears in no text source. Background colour, arrangement, scale and rotation are
-nuisance attributes.
+engagement and appears in no text source. The visible part of a pin's quality shows as photo quality
+does: a poor pin is blurred and dull, a good one crisp and bright (zero leaves the image as drawn).
+Background colour, arrangement, scale and rotation are nuisance attributes.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from pinworld.taxonomy import Taxonomy
 
@@ -84,7 +85,8 @@ class SceneRenderer:
             out.append((y, x))
         return px, out
 
-    def render_one(self, objects, style, colour, arrangement, scale, rotations, jitter) -> np.ndarray:
+    def render_one(self, objects, style, colour, arrangement, scale, rotations, jitter,
+                   visual_quality: float = 0.0) -> np.ndarray:
         """One scene as uint8 (size, size, 3)."""
         img = self._background(style, colour)
         px, positions = self._layout(len(objects), arrangement, scale, jitter)
@@ -101,7 +103,7 @@ class SceneRenderer:
             grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
             grey = np.clip((grey - 128.0) * 1.5 + 110.0, 0, 255)
             img = np.stack([grey * 0.92, grey * 0.95, grey * 1.05 + 6], axis=-1)
-        return np.clip(img, 0, 255).astype(np.uint8)
+        return photo_quality(np.clip(img, 0, 255).astype(np.uint8), visual_quality, self.size)
 
     def render_batch(self, scenes: dict[str, np.ndarray], out: np.ndarray) -> None:
         """Render rows of a scene table (arrays: objects (n,3) -1 padded, style, colour, arrangement,
@@ -112,5 +114,18 @@ class SceneRenderer:
             out[i] = self.render_one(
                 objs[i, :k], int(scenes["style"][i]), int(scenes["colour"][i]),
                 int(scenes["arrangement"][i]), int(scenes["scale"][i]), scenes["rotations"][i, :k],
-                scenes["jitter"][i],
+                scenes["jitter"][i], float(scenes["visual_quality"][i]),
             )
+
+
+def photo_quality(img: np.ndarray, visual_quality: float, size: int) -> np.ndarray:
+    """Grade a rendered uint8 image by the visible part of its pin's quality: below zero, a blur (radius
+    up to 2 px at 64 px) and lower contrast and exposure; above zero, more of both."""
+    if visual_quality == 0.0:
+        return img
+    tone = float(np.tanh(visual_quality))
+    if visual_quality < 0:
+        radius = min(1.0, -visual_quality / 1.5) * 2.0 * size / 64
+        img = np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(radius)))
+    out = (img.astype(np.float32) - 128.0) * (1.0 + 0.3 * tone) + 128.0 + 18.0 * tone
+    return np.clip(out, 0, 255).astype(np.uint8)

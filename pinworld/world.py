@@ -131,7 +131,10 @@ class World:
             advertiser_id=col(p, "advertiser_id"), bid=col(p, "bid"), ad_end_day=col(p, "ad_end_day"),
             ad_quality=col(p, "ad_quality"), language=col(p, "language"), text_quality=col(p, "text_quality"),
             colour=col(p, "colour"), arrangement=col(p, "arrangement"), scale=col(p, "scale"),
-            rotations=fixed(p, "rotations", 3), jitter=fixed(p, "jitter", 6).reshape(-1, 3, 2))
+            rotations=fixed(p, "rotations", 3), jitter=fixed(p, "jitter", 6).reshape(-1, 3, 2),
+            # worlds from pinworld-1.0 predate visible quality: their images show none
+            visual_quality=col(p, "visual_quality") if "visual_quality" in p.column_names
+            else np.zeros(p.num_rows, np.float32))
         t = self.meta["n_topics"]
         users = UserLatents(
             taste0=fixed(u, "taste0", t), taste1=fixed(u, "taste1", t),

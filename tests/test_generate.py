@@ -132,6 +132,43 @@ def test_style_annotations_name_the_true_style_and_leave_the_rest(tmp_path):
     assert extra.join(first_day, on="pin_id", suffix="_other").filter(pl.col("day") != pl.col("day_other")).height == 0
 
 
+def test_visible_quality_shows_in_images_annotations_and_oracle(tmp_path):
+    """A ``visible_quality_share`` of the quality variance becomes visible: poor pins are drawn blurred and
+    dull, graded pins are annotated by their quality, the oracle knows the visible part; the other
+    latents, and the images of a world without it, are unchanged."""
+    from pinworld.generate import QUALITY_TERMS
+    from pinworld.oracle import oracle_embeddings, oracle_features
+
+    worlds = {}
+    for share in (0.0, 0.6):
+        generate_world(preset("tiny", 7, **MICRO, style_annotation_share=0.5, visible_quality_share=share),
+                       tmp_path / str(share), progress=False)
+        worlds[share] = World(tmp_path / str(share))
+    plain, shown = worlds[0.0].truth.pins, worlds[0.6].truth.pins
+    assert (plain.visual_quality == 0).all()
+    for name in ("topic", "style", "attr", "objects", "created_day", "colour"):
+        np.testing.assert_array_equal(getattr(plain, name), getattr(shown, name))
+    vq = shown.visual_quality
+    assert 0.7 < np.corrcoef(vq, shown.quality)[0, 1] < 0.85 and 0.5 < vq.var() < 0.7   # sqrt(0.6), 0.6
+    ids = np.arange(len(vq))
+    img = {s: w.images(ids, 64).astype(np.float32) for s, w in worlds.items()}
+    sharp = np.abs(np.diff(img[0.6], axis=1)).mean((1, 2, 3)) / (np.abs(np.diff(img[0.0], axis=1)).mean((1, 2, 3)) + 1e-6)
+    z = vq / np.sqrt(0.6)
+    assert sharp[z < -1].mean() < 0.85 and sharp[z > 1].mean() > 1.03   # blurred and dull vs crisp and bright
+    assert img[0.6][z > 1].mean() > img[0.0][z > 1].mean() and img[0.6][z < -1].mean() < img[0.0][z < -1].mean()
+    ann = worlds[0.6].table("pin_annotations").filter(pl.col("annotation").is_in(list(QUALITY_TERMS)))
+    graded = ann["pin_id"].to_numpy()
+    assert len(graded) > 20 and (np.abs(z[graded]) > 0.8).all()
+    assert ann["annotation"].to_list() == [QUALITY_TERMS[int(v > 0)] for v in z[graded]]
+    styled = worlds[0.6].table("pin_annotations").filter(pl.col("annotation").str.ends_with(" style"))["pin_id"]
+    assert set(graded) <= set(styled.to_list())
+    assert worlds[0.0].table("pin_annotations").filter(pl.col("annotation").is_in(list(QUALITY_TERMS))).height == 0
+    np.testing.assert_array_equal(oracle_features(worlds[0.6], ids)[:, -1], vq)
+    emb = oracle_embeddings(worlds[0.6], ids)
+    assert np.corrcoef(emb["fusion"][:, -1], vq)[0, 1] > 0.95 and (emb["text"][:, -1] == 0).all()
+    assert np.allclose(np.linalg.norm(emb["fusion"], axis=1), 1, atol=1e-5) and np.abs(emb["fusion"]).max() <= 0.5
+
+
 def test_cli_generate_skips_same_world_and_refuses_other(tiny_workdir, capsys):
     assert cli.main(["generate", "--workdir", str(tiny_workdir), "--preset", "tiny", "--seed", "0"]) == 0
     assert "skipping" in capsys.readouterr().out
@@ -166,8 +203,8 @@ def test_oracle_export_roundtrip(tiny_world, tmp_path):
     from pinworld.oracle import export_oracle, oracle_features, topic_one_hot
 
     f = oracle_features(tiny_world, [0, 1, 2])
-    assert f.shape[1] == tiny_world.truth.n_topics + 6 + 8
-    assert (f.sum(1) == 3).all()
+    assert f.shape[1] == tiny_world.truth.n_topics + 6 + 8 + 1
+    assert (f[:, :-1].sum(1) == 3).all() and (f[:, -1] == 0).all()   # tiny images show no quality
     assert (topic_one_hot(tiny_world, [0, 1, 2]).argmax(1) == tiny_world.truth.pins.topic[:3]).all()
     out = export_oracle(tiny_world, tmp_path / "oracle.parquet")
     t = pq.read_table(out)

@@ -56,7 +56,7 @@ def test_resume_equals_uninterrupted(tiny_workdir):
     b, _, saved = load_run(tiny_workdir, "p_resumed")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
-    assert saved["train"]["steps"] == 6 and saved["generator_version"] == "pinworld-1.0"
+    assert saved["train"]["steps"] == 6 and saved["generator_version"] == "pinworld-1.1"
     metrics = (tiny_workdir / "pinclip/runs/p_straight/metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 6 and "pin_pin/64" in json.loads(metrics[0])
 
