@@ -9,8 +9,8 @@ liblinear, L2, fixed ``C`` and seed) and impressions on days >= T evaluate it wi
   pin first seen from T on has no ID feature), user-ID one-hot and position one-hot.
 * ``topic``  -- ``ids`` plus the pin's topic one-hot (:func:`pinworld.oracle.topic_one_hot`, the floor).
 * ``oracle`` -- ``ids`` plus the oracle features (:func:`pinworld.oracle.oracle_features`: topic
-  one-hot, pixel-only visual style one-hot, text-only attribute one-hot -- the ceiling of a content
-  embedding).
+  one-hot, pixel-only visual style one-hot, text-only attribute one-hot, and the visible part of the
+  pin's quality when the world's images show one -- the ceiling of a content embedding).
 
 With ``crosses=True`` (the default) the content arms also get user x content crosses: one sparse
 column per (user, content feature), i.e. a per-user weight on each topic / style / attribute. Without
