@@ -21,6 +21,12 @@ gradient back to the rank that owns the features. Each rank's value is normalise
 (as in open_clip), so the mean over ranks equals the single-process loss on the concatenated batch and,
 under DDP's gradient averaging, every parameter gradient equals the single-process one.
 
+Corpus negatives (Pin-to-Pin only, optional). In-batch negatives are other queries' positives: pins the walks
+reach, as saved as the positives themselves, so nothing every saved pin shares (how appealing it looks) tells a
+neighbor from a non-neighbor. Pins drawn uniformly from the whole corpus, saved or not, are added as negatives
+of every query, as in mixed negative sampling (Yang et al., WWW 2020): they are extra columns of y, past the
+diagonal, and travel the ring with the positives.
+
 Matryoshka (eq. 12). Every contrastive term is scored once per prefix k on the head output
 ``model.matryoshka(emb)[k]`` and weighted by c_k; the k = 256 term *is* the full-width loss of eq. 11, so
 nothing is counted twice. Each (term, prefix) has its own temperature and bias: a k-dim prefix has a
@@ -53,7 +59,8 @@ def _block_loss(x: torch.Tensor, y: torch.Tensor, logit_scale: torch.Tensor, log
 
 def sigmoid_loss(x: torch.Tensor, y: torch.Tensor, logit_scale: torch.Tensor,
                  logit_bias: torch.Tensor) -> torch.Tensor:
-    """Sigmoid loss of aligned pairs (x_i, y_i) against all in-batch negatives, divided by the batch size."""
+    """Sigmoid loss of aligned pairs (x_i, y_i) against all in-batch negatives, divided by the batch size;
+    rows of ``y`` past ``len(x)`` are negatives of every x."""
     return _block_loss(x, y, logit_scale, logit_bias, positives_on_diagonal=True)
 
 
@@ -135,7 +142,8 @@ class PinCLIPLoss(nn.Module):
     ``forward`` takes per-prefix embeddings ``{k: (B, k)}`` (from ``PinCLIP.forward`` / ``matryoshka``) and
     returns ``(total, components)``, where ``components["<term>/<k>"]`` is the unweighted loss of a term at
     prefix k and ``total = sum_k c_k * components[term/k]`` over the terms given. The keyword and the
-    Pin-to-Pin terms are optional (pass None); across ranks, every rank must pass the same terms.
+    Pin-to-Pin terms are optional (pass None); across ranks, every rank must pass the same terms. ``negative``
+    ``{k: (m, k)}`` adds m Pin-to-Pin negatives of every query (pins drawn from the corpus), as many per rank.
     """
 
     def __init__(self, prefix_weights: Mapping[int, float] = MATRYOSHKA_WEIGHTS):
@@ -147,9 +155,15 @@ class PinCLIPLoss(nn.Module):
     def forward(self, image: Mapping[int, torch.Tensor], descriptive: Mapping[int, torch.Tensor],
                 keyword: Mapping[int, torch.Tensor] | None = None,
                 query: Mapping[int, torch.Tensor] | None = None,
-                positive: Mapping[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                positive: Mapping[int, torch.Tensor] | None = None,
+                negative: Mapping[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if (query is None) != (positive is None):
             raise ValueError("pinclip: loss: Pin-to-Pin needs both query and positive fusion embeddings")
+        if negative is not None:
+            if positive is None:
+                raise ValueError("pinclip: loss: Pin-to-Pin negatives need query and positive fusion embeddings")
+            # negatives of every query: columns past the diagonal, passed around the ring with the positives
+            positive = {k: torch.cat([positive[k], negative[k]]) for k in positive}
         pairs = {"image_descriptive": (image, descriptive), "image_keyword": (image, keyword),
                  "pin_pin": (query, positive)}
         components: dict[str, torch.Tensor] = {}

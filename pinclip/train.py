@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pinclip.data.dataset import (ImageTextCollate, ImageTextDataset, NeighborCollate, NeighborPairDataset,
+from pinclip.data.dataset import (CorpusPins, ImageTextCollate, ImageTextDataset, NeighborCollate, NeighborPairDataset,
                                   neighbor_batch_size)
 from pinclip.data.engaged import heldout_split
 from pinclip.data.neighbors import LocalBatches, WalkConfig, neighbor_candidates, sample_positives, session_pairs
@@ -57,6 +57,8 @@ class TrainConfig:
     neighbor_batch_size: int = 0            # Pin-to-Pin pairs per rank per step; 0: the paper's 1/8 of batch_size
     neighbor_group: int = 0                 # >= 2: Pin-to-Pin batches of graph neighbourhoods, this many queries
                                             # per anchor (hard negatives, neighbors.LocalBatches); 0: uniform
+    corpus_negatives: int = 0               # Pin-to-Pin negatives of every query per rank per step, drawn uniformly
+                                            # from all training pins (losses: corpus negatives); 0: in-batch only
     lr: float = 2e-4
     text_lr_scale: float = 0.1
     loss_lr_scale: float = 1.0              # LR multiplier of the losses' temperatures and biases
@@ -106,6 +108,7 @@ _FIELD_CHECKS = (
     ("batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("neighbor_batch_size", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     ("neighbor_group", lambda v: _integer(v) and (v == 0 or v >= 2), "0 or an integer >= 2"),
+    ("corpus_negatives", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     ("lr", lambda v: _number(v) and v > 0, "a number > 0"),
     ("text_lr_scale", lambda v: _number(v) and v >= 0, "a number >= 0"),
     ("loss_lr_scale", lambda v: _number(v) and v >= 0, "a number >= 0"),
@@ -162,13 +165,16 @@ class TrainStep(nn.Module):
     def forward(self, it, nb) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image = self.model(["image", "text"], it.images, it.descriptive.input_ids, it.descriptive.attention_mask)
         keyword = self.model(["text"], None, it.keyword.input_ids, it.keyword.attention_mask)["text"]
-        query = positive = None
+        query = positive = negative = None
         if self.use_fusion and self.use_pin_pin:
             query = self.model(["fusion"], nb.query_images, nb.query_text.input_ids,
                                nb.query_text.attention_mask)["fusion"]
             positive = self.model(["fusion"], nb.positive_images, nb.positive_text.input_ids,
                                   nb.positive_text.attention_mask)["fusion"]
-        return self.loss(image["image"], image["text"], keyword, query, positive)
+            if nb.negative_images is not None:
+                negative = self.model(["fusion"], nb.negative_images, nb.negative_text.input_ids,
+                                      nb.negative_text.attention_mask)["fusion"]
+        return self.loss(image["image"], image["text"], keyword, query, positive, negative)
 
 
 def _param_groups(step: TrainStep, cfg: TrainConfig) -> list[dict]:
@@ -285,6 +291,7 @@ class Trainer:
         self.it_collate = ImageTextCollate(tok)
         self.it_batches = EpochBatches(len(self.image_text), self.cfg.batch_size, self.env, self.cfg.seed)
         self.nb_collate = NeighborCollate(tok)
+        self.corpus = CorpusPins(self.world, self.texts, size) if self.cfg.corpus_negatives else None
         self.nb_size = self.cfg.neighbor_batch_size or neighbor_batch_size(self.cfg.batch_size)
         walk = WalkConfig(**{"seed": self.cfg.seed, **self.cfg.walk})
         self.candidates = neighbor_candidates(self.world, t, walk, exclude=held,
@@ -322,11 +329,17 @@ class Trainer:
         offset = step - epoch * self.nb_batches.per_epoch
         if self.local is not None:
             rng = np.random.default_rng([self.cfg.seed + 7, epoch, offset, self.env.rank])
-            return self.nb_collate(self.neighbors.__getitems__(self.local.rows(self.nb_size, rng)))
-        order = np.random.default_rng([self.cfg.seed + 7, epoch]).permutation(len(self.neighbors))
-        start = (offset * self.env.world_size + self.env.rank) * self.nb_size
-        rows = order[start:start + self.nb_size]
-        return self.nb_collate(self.neighbors.__getitems__(rows))
+            rows = self.local.rows(self.nb_size, rng)
+        else:
+            order = np.random.default_rng([self.cfg.seed + 7, epoch]).permutation(len(self.neighbors))
+            start = (offset * self.env.world_size + self.env.rank) * self.nb_size
+            rows = order[start:start + self.nb_size]
+        samples = self.neighbors.__getitems__(rows)
+        if self.corpus is not None:
+            rng = np.random.default_rng([self.cfg.seed + 11, step, self.env.rank])
+            avoid = np.concatenate([samples.query_ids.numpy(), samples.positive_ids.numpy()])
+            samples.negatives = self.corpus.__getitems__(self.corpus.draw(self.cfg.corpus_negatives, rng, avoid))
+        return self.nb_collate(samples)
 
     def _build_neighbors(self, epoch: int) -> None:
         pairs = sample_positives(self.candidates, self.cfg.positives_per_query, seed=self.cfg.seed + epoch)

@@ -98,6 +98,27 @@ def test_pinclip_loss_optional_terms():
         loss_fn(image, desc, query=image)
 
 
+def test_corpus_negatives_are_negatives_of_every_query():
+    g = torch.Generator().manual_seed(7)
+    image, desc, query, pos = (prefixes(unit(4, 256, g)) for _ in range(4))
+    neg = prefixes(unit(3, 256, g))
+    loss_fn = PinCLIPLoss().double()
+    with torch.no_grad():
+        for param in loss_fn.parameters():
+            param.mul_(0.3)   # t and b where the negatives' scores matter
+
+    _, parts = loss_fn(image, desc, query=query, positive=pos, negative=neg)
+    _, without = loss_fn(image, desc, query=query, positive=pos)
+    for k in DIMS:
+        own = loss_fn.terms["pin_pin"].prefix_losses[str(k)]
+        ref = eq7_reference(query[k], torch.cat([pos[k], neg[k]]), own.logit_scale, own.logit_bias)
+        torch.testing.assert_close(parts[f"pin_pin/{k}"], ref)
+        assert parts[f"pin_pin/{k}"] > without[f"pin_pin/{k}"]
+        torch.testing.assert_close(parts[f"image_descriptive/{k}"], without[f"image_descriptive/{k}"])
+    with pytest.raises(ValueError, match="negatives need"):
+        loss_fn(image, desc, negative=neg)
+
+
 def test_each_matryoshka_term_uses_only_its_renormalised_prefix():
     from pinclip.models.factory import MatryoshkaHeads  # see the note at the top of this file
 
@@ -132,7 +153,7 @@ def test_each_matryoshka_term_uses_only_its_renormalised_prefix():
     assert grad_256[:, 128:].abs().max() > 1e-4
 
 
-WORLD, LOCAL, IN_DIM = 2, 3, 10
+WORLD, LOCAL, NEG, IN_DIM = 2, 3, 2, 10
 
 
 def global_batch():
@@ -140,7 +161,8 @@ def global_batch():
     g = torch.Generator().manual_seed(5)
     features = [unit(WORLD * LOCAL, 8, g) for _ in range(2)]
     inputs = [torch.randn(WORLD * LOCAL, IN_DIM, generator=g, dtype=torch.float64) for _ in range(5)]
-    return features, inputs
+    negatives = torch.randn(WORLD * NEG, IN_DIM, generator=g, dtype=torch.float64)
+    return features, inputs + [negatives]
 
 
 class Towers(nn.Module):
@@ -151,9 +173,15 @@ class Towers(nn.Module):
         torch.manual_seed(6)
         self.image, self.text, self.fusion = (nn.Linear(IN_DIM, 256).double() for _ in range(3))
 
-    def forward(self, image, desc, kw, query, pos):
-        return tuple(prefixes(tower(x)) for tower, x in
-                     zip((self.image, self.text, self.text, self.fusion, self.fusion), (image, desc, kw, query, pos)))
+    def forward(self, image, desc, kw, query, pos, neg):
+        return tuple(prefixes(tower(x)) for tower, x in zip((self.image, self.text, self.text, *[self.fusion] * 3),
+                                                            (image, desc, kw, query, pos, neg)))
+
+
+def rank_inputs(inputs, rank):
+    """A rank's share of the global batch: its pairs and its corpus negatives."""
+    pairs = slice(rank * LOCAL, (rank + 1) * LOCAL)
+    return [inp[pairs] for inp in inputs[:-1]] + [inputs[-1][rank * NEG:(rank + 1) * NEG]]
 
 
 def chunked_worker(rank, init_file, outs):
@@ -168,7 +196,7 @@ def chunked_worker(rank, init_file, outs):
         loss.backward()
 
         towers, loss_fn = Towers(), PinCLIPLoss().double()
-        total, parts = loss_fn(*towers(*(inp[local] for inp in inputs)))
+        total, parts = loss_fn(*towers(*rank_inputs(inputs, rank)))
         total.backward()
         for param in [*towers.parameters(), *loss_fn.parameters()]:  # what DDP does to replicated parameters
             dist.all_reduce(param.grad)

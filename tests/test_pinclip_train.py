@@ -77,13 +77,14 @@ def test_two_process_torchrun_with_frozen_tower(tiny_workdir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29561",
            "-m", "pinclip.cli", "train", "tiny", "steps=3", "batch_size=16", "neighbor_batch_size=0", "warmup_steps=1",
-           "vocab_size=2000", "trainable_image_blocks=2", "grad_checkpointing=true", f"workdir={tiny_workdir}", "run=ddp",
+           "vocab_size=2000", "trainable_image_blocks=2", "grad_checkpointing=true", "corpus_negatives=4",
+           f"workdir={tiny_workdir}", "run=ddp",
            "--quiet", "--no-resume"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])["steps"] == 3
     model, _, saved = load_run(tiny_workdir, "ddp")
-    assert saved["train"]["trainable_image_blocks"] == 2
+    assert saved["train"]["trainable_image_blocks"] == 2 and saved["train"]["corpus_negatives"] == 4
 
 
 def test_neighbor_batch_defaults_to_the_paper_ratio_or_is_set(tiny_workdir):
@@ -101,6 +102,23 @@ def test_neighbor_group_builds_seeded_local_batches(tiny_workdir):
     assert len(set(nb.query_ids.tolist())) == 8
     assert torch.equal(nb.query_ids, again._neighbor_batch(1).query_ids)       # a resumed run draws the same
     assert not torch.equal(nb.query_ids, first._neighbor_batch(2).query_ids)
+
+
+def test_corpus_negatives_are_seeded_training_pins_outside_the_batch(tiny_workdir):
+    cfg = TrainConfig(workdir=str(tiny_workdir), run="corpus", neighbor_batch_size=5, corpus_negatives=6,
+                      **{**SMALL, "steps": 2})
+    first, again = Trainer(cfg, progress=False), Trainer(cfg, progress=False)
+    nb = first._neighbor_batch(1)
+    negatives = nb.negative_ids.tolist()
+    assert len(set(negatives)) == 6 and nb.negative_images.shape[0] == nb.negative_text.input_ids.shape[0] == 6
+    assert not set(negatives) & set(nb.query_ids.tolist() + nb.positive_ids.tolist())
+    assert set(negatives) <= set(first.texts["pin_id"].to_list())          # before T, none held out
+    assert torch.equal(nb.negative_ids, again._neighbor_batch(1).negative_ids)
+    assert not torch.equal(nb.negative_ids, first._neighbor_batch(0).negative_ids)
+    in_batch_only = Trainer(TrainConfig(workdir=str(tiny_workdir), run="corpus0", **SMALL), progress=False)
+    assert in_batch_only._neighbor_batch(0).negative_ids is None
+    log = first.fit(resume=False)
+    assert len(log) == 2 and all(np.isfinite(r["pin_pin/64"]) for r in log)
 
 
 def test_config_errors(tmp_path):

@@ -1,4 +1,5 @@
-"""Torch datasets for PinCLIP training: image–text pairs and neighbor (query, positive) pin pairs.
+"""Torch datasets for PinCLIP training: image–text pairs, neighbor (query, positive) pin pairs, and the
+corpus of training pins that uniform Pin-to-Pin negatives are drawn from.
 
 Both datasets implement ``__getitems__``, so a ``DataLoader`` reads a whole batch of images with one
 ``ImageStore.load`` and normalises it as one tensor. A collate then tokenizes the batch's texts with a
@@ -135,6 +136,18 @@ class ImageTextCollate:
         return ImageTextBatch(s.pin_ids, s.images, descriptive, keyword, has_descriptive, has_keyword)
 
 
+def _pin_text(texts: pl.DataFrame) -> pl.DataFrame:
+    """``pin_id, text``: a pin's one text for its fusion embedding (descriptive, else keyword, else null)."""
+    return texts.select("pin_id", pl.coalesce("descriptive", "keyword").alias("text"))
+
+
+@dataclass
+class PinSamples:
+    pin_ids: torch.Tensor             # (n,) int64
+    images: torch.Tensor              # (n, 3, H, W) float32
+    text: list[str | None]
+
+
 @dataclass
 class NeighborSamples:
     query_ids: torch.Tensor           # (n,) int64
@@ -143,6 +156,7 @@ class NeighborSamples:
     positive_images: torch.Tensor
     query_text: list[str | None]
     positive_text: list[str | None]
+    negatives: PinSamples | None = None   # corpus negatives of every query (``CorpusPins``), if drawn
 
 
 @dataclass
@@ -155,6 +169,10 @@ class NeighborBatch:
     positive_text: TokenizedText
     query_has_text: torch.Tensor      # (n,) bool
     positive_has_text: torch.Tensor
+    negative_ids: torch.Tensor | None = None      # (m,) int64: a negative of every query
+    negative_images: torch.Tensor | None = None
+    negative_text: TokenizedText | None = None
+    negative_has_text: torch.Tensor | None = None
 
 
 class NeighborPairDataset(Dataset):
@@ -163,7 +181,7 @@ class NeighborPairDataset(Dataset):
     ``(query image, query text, positive image, positive text)``."""
 
     def __init__(self, world: World, pairs: pl.DataFrame, texts: pl.DataFrame, image_size: int | None = None):
-        pin_text = texts.select("pin_id", pl.coalesce("descriptive", "keyword").alias("text"))
+        pin_text = _pin_text(texts)
         rows = (pairs.select("pin_id", "neighbor_id")
                 .join(pin_text, on="pin_id", how="left", maintain_order="left")
                 .join(pin_text.rename({"pin_id": "neighbor_id", "text": "neighbor_text"}), on="neighbor_id",
@@ -190,8 +208,38 @@ class NeighborPairDataset(Dataset):
         return s.query_images[0], s.query_text[0], s.positive_images[0], s.positive_text[0]
 
 
+class CorpusPins(Dataset):
+    """Every training pin with its image and one text (as in ``NeighborPairDataset``): the pool that uniform
+    Pin-to-Pin negatives are drawn from, saved to a board or not. An item is ``(image, text or None)``."""
+
+    def __init__(self, world: World, texts: pl.DataFrame, image_size: int | None = None):
+        rows = _pin_text(texts).sort("pin_id")
+        self.pin_ids = rows["pin_id"].to_numpy()
+        self.text = rows["text"].to_list()
+        self.images = _Images(world, self.pin_ids, image_size)
+
+    def __len__(self) -> int:
+        return len(self.pin_ids)
+
+    def draw(self, n: int, rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
+        """``n`` distinct rows drawn uniformly among the pins not in ``avoid`` (a batch's own pins)."""
+        allowed = np.flatnonzero(~np.isin(self.pin_ids, avoid))
+        if len(allowed) < n:
+            raise ValueError(f"pinclip: {len(allowed)} corpus pins outside the batch are fewer than the "
+                             f"{n} negatives asked for")
+        return rng.choice(allowed, size=n, replace=False)
+
+    def __getitems__(self, indices: Sequence[int]) -> PinSamples:
+        rows = np.asarray(indices, np.int64)
+        return PinSamples(torch.from_numpy(self.pin_ids[rows]), self.images.load(rows), [self.text[i] for i in rows])
+
+    def __getitem__(self, index: int):
+        s = self.__getitems__([index])
+        return s.images[0], s.text[0]
+
+
 class NeighborCollate:
-    """``NeighborSamples`` -> ``NeighborBatch``, tokenizing both sides' texts."""
+    """``NeighborSamples`` -> ``NeighborBatch``, tokenizing the texts of both sides and of the negatives."""
 
     def __init__(self, tokenize: Tokenize):
         self.tokenize = tokenize
@@ -199,8 +247,12 @@ class NeighborCollate:
     def __call__(self, s: NeighborSamples) -> NeighborBatch:
         query_text, query_has = tokenize_texts(self.tokenize, s.query_text)
         positive_text, positive_has = tokenize_texts(self.tokenize, s.positive_text)
-        return NeighborBatch(s.query_ids, s.positive_ids, s.query_images, s.positive_images,
-                             query_text, positive_text, query_has, positive_has)
+        batch = NeighborBatch(s.query_ids, s.positive_ids, s.query_images, s.positive_images,
+                              query_text, positive_text, query_has, positive_has)
+        if s.negatives is not None:
+            batch.negative_text, batch.negative_has_text = tokenize_texts(self.tokenize, s.negatives.text)
+            batch.negative_ids, batch.negative_images = s.negatives.pin_ids, s.negatives.images
+        return batch
 
 
 def batches(dataset: ImageTextDataset | NeighborPairDataset, collate, batch_size: int, *, seed: int,
