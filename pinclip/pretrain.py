@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -223,8 +224,12 @@ def _load_checkpoint(out_dir: Path, cfg: PretrainConfig) -> dict | None:
     path = out_dir / CHECKPOINT
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state["config"] != json.dumps(asdict(cfg), sort_keys=True):
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:   # truncated, or not a torch file
+        raise ValueError(f"pinclip: {path}: not a readable checkpoint ({type(exc).__name__}); "
+                         f"delete it to start the run over") from None
+    if not isinstance(state, dict) or state.get("config") != json.dumps(asdict(cfg), sort_keys=True):
         print(f"pinclip: {path}: written under another config; starting over", file=sys.stderr)
         return None
     return state

@@ -21,7 +21,8 @@ from pinworld.config import GENERATOR_VERSION, WorldConfig
 from pinworld.engagement import GroundTruth
 from pinworld.files import sha256_file
 from pinworld.images import SHARD_SIZE, shard_uri
-from pinworld.latents import PinLatents, UserLatents, sample_pins, sample_topic_trend, sample_users, stream
+from pinworld.latents import (PinLatents, UserLatents, sample_pins, sample_topic_trend, sample_users, stream,
+                              visible_quality_z)
 from pinworld.logs import Saves, history_saves, simulate_organic_logs
 from pinworld.render import STYLES, SceneRenderer
 from pinworld.schema import arrow_schema
@@ -169,9 +170,7 @@ QUALITY_TERMS = ("low quality photo", "high quality photo")
 def quality_annotations(visual_quality: np.ndarray, share: float) -> list:
     """Per pin, the photo-quality term an aesthetic classifier gives its image, with its score, or None:
     the tails (|z| > 0.8) of the visible quality are graded, the middle is not."""
-    if share == 0:
-        return [None] * len(visual_quality)
-    z = visual_quality / np.sqrt(share)
+    z = visible_quality_z(visual_quality, share)
     score = np.round(np.clip(0.5 + 0.2 * np.abs(z), 0.5, 0.95), 3)
     return [(QUALITY_TERMS[int(v > 0)], float(c)) if abs(v) > 0.8 else None for v, c in zip(z, score)]
 

@@ -55,6 +55,14 @@ class PinLatents:
                                            "visual_quality")}
 
 
+def visible_quality_z(visual_quality: np.ndarray, share: float) -> np.ndarray:
+    """The visible quality in standard units (``PinLatents.visual_quality`` is it scaled by sqrt(share));
+    zero in a world whose images show no quality."""
+    if share == 0:
+        return np.zeros_like(visual_quality)
+    return visual_quality / np.sqrt(share)
+
+
 @dataclass
 class UserLatents:
     taste0: np.ndarray       # float32 (U, T): topic mixture at day 0

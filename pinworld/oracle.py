@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.linalg
 
+from pinworld.latents import visible_quality_z
 from pinworld.render import STYLES
 from pinworld.text import ATTRIBUTES
 from pinworld.world import World
@@ -76,8 +77,8 @@ def oracle_embeddings(world: World, pin_ids=None, topic_only: bool = False) -> d
     if topic_only:
         only = np.concatenate([topic, zero_s, zero_a, zero_q], 1)
         return {"fusion": only, "image": only, "text": only}
-    share = world.config.visible_quality_share
-    q = zero_q if share == 0 else np.clip(0.15 * truth.pins.visual_quality[ids, None] / np.sqrt(share), -0.45, 0.45)
+    q = np.clip(0.15 * visible_quality_z(truth.pins.visual_quality[ids, None], world.config.visible_quality_share),
+                -0.45, 0.45)
     w = np.float32(1 / np.sqrt(3))
     unit = lambda v: (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
     return {
