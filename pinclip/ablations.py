@@ -24,6 +24,8 @@ ABLATIONS: dict[str, dict] = {
     # the paper's loss (eq. 11) reaches the fusion encoder only through Pin-to-Pin: without it the fusion
     # encoder keeps its initialization and the towers train exactly as in image_text
     "no_pin_pin": {"pin_pin": False},
+    # Pin-to-Pin against in-batch negatives only (the reference adds negatives drawn from the whole corpus)
+    "in_batch_negatives": {"corpus_negatives": 0},
     # one 256-d term only; its 64-d "prefix" is a plain truncation
     "no_matryoshka": {"matryoshka": False},
     # the image tower the other way round from the reference (pretrained or from scratch), and the text

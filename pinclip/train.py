@@ -291,7 +291,8 @@ class Trainer:
         self.it_collate = ImageTextCollate(tok)
         self.it_batches = EpochBatches(len(self.image_text), self.cfg.batch_size, self.env, self.cfg.seed)
         self.nb_collate = NeighborCollate(tok)
-        self.corpus = CorpusPins(self.world, self.texts, size) if self.cfg.corpus_negatives else None
+        uses_negatives = self.cfg.corpus_negatives and self.cfg.fusion and self.cfg.pin_pin
+        self.corpus = CorpusPins(self.world, self.texts, size) if uses_negatives else None
         self.nb_size = self.cfg.neighbor_batch_size or neighbor_batch_size(self.cfg.batch_size)
         walk = WalkConfig(**{"seed": self.cfg.seed, **self.cfg.walk})
         self.candidates = neighbor_candidates(self.world, t, walk, exclude=held,

@@ -28,6 +28,7 @@ def test_an_ablation_equal_to_the_reference_is_recognized(loop_workdir):
     assert same_as_reference(loop_workdir, "tiny", "pretrained_image")
     assert not same_as_reference(loop_workdir, "tiny", "scratch_image")
     assert not same_as_reference(loop_workdir, "tiny", "untrained")
+    assert same_as_reference(loop_workdir, "tiny", "in_batch_negatives")     # the reference draws no corpus negatives
 
 
 def test_ablate_trains_evaluates_and_checks(loop_workdir, capsys):
