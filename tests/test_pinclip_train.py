@@ -132,6 +132,8 @@ def test_config_errors(tmp_path):
         load_train_config("tiny", ["lr=fast"])
     with pytest.raises(ValueError, match=r"train_tiny.yaml: field 'neighbor_group': expected 0 or an integer >= 2, found 1"):
         load_train_config("tiny", ["neighbor_group=1"])
+    with pytest.raises(ValueError, match=r"field 'corpus_negatives': expected an integer >= 0, found -1"):
+        load_train_config("tiny", ["corpus_negatives=-1"])
     with pytest.raises(ValueError, match="field 'lr': expected a number > 0, found -1.0"):
         load_train_config("tiny", ["lr=-1"])
     with pytest.raises(ValueError, match="field 'precision': expected fp32 or bf16"):
