@@ -27,6 +27,13 @@ neighbor from a non-neighbor. Pins drawn uniformly from the whole corpus, saved 
 of every query, as in mixed negative sampling (Yang et al., WWW 2020): they are extra columns of y, past the
 diagonal, and travel the ring with the positives.
 
+Annotation loss (optional, not in the paper; ``AnnotationLoss``). The contrastive terms only keep what tells a
+pin's pairs apart, and what every engaging pin shares (how good its photo looks) tells nothing apart, so it
+fades from the fusion embedding even though the pretrained image tower reads it. The towers' pretraining
+objective — multi-label classification of a pin's annotations — is kept as an auxiliary term on the
+published 64-d fusion prefix: a linear head on it, binary cross-entropy against the annotation scores,
+summed over labels and averaged over pins.
+
 Matryoshka (eq. 12). Every contrastive term is scored once per prefix k on the head output
 ``model.matryoshka(emb)[k]`` and weighted by c_k; the k = 256 term *is* the full-width loss of eq. 11, so
 nothing is counted twice. Each (term, prefix) has its own temperature and bias: a k-dim prefix has a
@@ -175,3 +182,24 @@ class PinCLIPLoss(nn.Module):
                 components[f"{term}/{k}"] = value
                 weighted.append(self.prefix_weights[k] * value)
         return torch.stack(weighted).sum(), components
+
+
+class AnnotationLoss(nn.Module):
+    """Multi-label BCE of a linear head on a unit-norm embedding against annotation scores in [0, 1].
+
+    The embedding is scaled by sqrt(dim) (unit RMS entries) so the head's logits need no large weights,
+    and the head's bias starts at the labels' log-odds ``prior`` so the first steps are not spent learning it.
+    """
+
+    def __init__(self, dim: int, prior: torch.Tensor):
+        super().__init__()
+        self.scale = math.sqrt(dim)
+        self.head = nn.Linear(dim, len(prior))
+        nn.init.zeros_(self.head.weight)
+        p = prior.float().clamp(1e-4, 1 - 1e-4)
+        with torch.no_grad():
+            self.head.bias.copy_(torch.log(p / (1 - p)))
+
+    def forward(self, emb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self.head(emb * self.scale)
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / emb.shape[0]

@@ -102,6 +102,13 @@ class TextClassifier(nn.Module):
         return self.head(self.pool(tokens, attn_mask=key_padding_bias(attention_mask.bool(), tokens.dtype)))
 
 
+def annotation_vocab(world: World, as_of: int, n: int) -> list[str]:
+    """The ``n`` most frequent annotation terms before ``as_of`` (ties by name): the label vocabulary."""
+    ann = world.table("pin_annotations", as_of=as_of)
+    counts = ann.group_by("annotation").len().sort(["len", "annotation"], descending=[True, False])
+    return counts["annotation"].to_list()[:n]
+
+
 def label_matrix(world: World, pins: np.ndarray, vocab: list[str], as_of: int) -> np.ndarray:
     """Targets (pins, labels): the annotation score of each vocabulary term, from annotations before T."""
     ann = world.table("pin_annotations", as_of=as_of).filter(pl.col("annotation").is_in(vocab) & pl.col("pin_id").is_in(pins))
@@ -123,8 +130,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     world = World(cfg.workdir)
     t = cfg.cutoff_day if cfg.cutoff_day is not None else (2 * world.config.days) // 3
-    ann = world.table("pin_annotations", as_of=t)
-    vocab = ann.group_by("annotation").len().sort(["len", "annotation"], descending=[True, False])["annotation"].to_list()[:cfg.labels]
+    vocab = annotation_vocab(world, t, cfg.labels)
     train_pins = np.sort(world.table("pins", as_of=t)["pin_id"].to_numpy())
     later = world.table("pins").filter(pl.col("created_day") >= t)["pin_id"].to_numpy()
     rng = np.random.default_rng(cfg.seed)

@@ -36,9 +36,10 @@ from pinclip.data.engaged import heldout_split
 from pinclip.data.neighbors import LocalBatches, WalkConfig, neighbor_candidates, sample_positives, session_pairs
 from pinclip.data.sources import KINDS, drop_misaligned, text_sources
 from pinclip.distributed import Env, setup
-from pinclip.losses import MATRYOSHKA_WEIGHTS, PinCLIPLoss
+from pinclip.losses import MATRYOSHKA_WEIGHTS, AnnotationLoss, PinCLIPLoss
 from pinclip.models.factory import PinCLIP, create_model
 from pinclip.models.text import load_tokenizer, tokenize, train_tokenizer
+from pinclip.pretrain import annotation_vocab, label_matrix
 from pinworld.world import World
 
 
@@ -59,6 +60,9 @@ class TrainConfig:
                                             # per anchor (hard negatives, neighbors.LocalBatches); 0: uniform
     corpus_negatives: int = 0               # Pin-to-Pin negatives of every query per rank per step, drawn uniformly
                                             # from all training pins (losses: corpus negatives); 0: in-batch only
+    annotation_weight: float = 0.0          # > 0: the auxiliary annotation loss on the 64-d fusion prefix, this
+                                            # weight (losses: AnnotationLoss; not in the paper); 0: off
+    annotation_labels: int = 256            # its labels: the most frequent annotation terms before T
     lr: float = 2e-4
     text_lr_scale: float = 0.1
     loss_lr_scale: float = 1.0              # LR multiplier of the losses' temperatures and biases
@@ -109,6 +113,8 @@ _FIELD_CHECKS = (
     ("neighbor_batch_size", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     ("neighbor_group", lambda v: _integer(v) and (v == 0 or v >= 2), "0 or an integer >= 2"),
     ("corpus_negatives", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("annotation_weight", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("annotation_labels", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("lr", lambda v: _number(v) and v > 0, "a number > 0"),
     ("text_lr_scale", lambda v: _number(v) and v >= 0, "a number >= 0"),
     ("loss_lr_scale", lambda v: _number(v) and v >= 0, "a number >= 0"),
@@ -155,15 +161,22 @@ def load_train_config(path_or_name: str, overrides: list[str] | None = None) -> 
 
 
 class TrainStep(nn.Module):
-    """Model + loss as one module, so DDP sees a single forward per step (and syncs the temperatures)."""
+    """Model + loss as one module, so DDP sees a single forward per step (and syncs the temperatures).
 
-    def __init__(self, model: PinCLIP, loss: PinCLIPLoss, use_fusion: bool, use_pin_pin: bool):
+    With an ``annotation`` loss, the image–text batch's pins also get fusion embeddings (image and descriptive
+    text), whose 64-d prefix is scored against ``annotations`` (B, labels), weighted by ``annotation_weight``.
+    """
+
+    def __init__(self, model: PinCLIP, loss: PinCLIPLoss, use_fusion: bool, use_pin_pin: bool,
+                 annotation: AnnotationLoss | None = None, annotation_weight: float = 0.0):
         super().__init__()
         self.model, self.loss = model, loss
         self.use_fusion, self.use_pin_pin = use_fusion, use_pin_pin
+        self.annotation, self.annotation_weight = annotation, annotation_weight
 
-    def forward(self, it, nb) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image = self.model(["image", "text"], it.images, it.descriptive.input_ids, it.descriptive.attention_mask)
+    def forward(self, it, nb, annotations: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        kinds = ["image", "text"] + (["fusion"] if self.annotation is not None else [])
+        image = self.model(kinds, it.images, it.descriptive.input_ids, it.descriptive.attention_mask)
         keyword = self.model(["text"], None, it.keyword.input_ids, it.keyword.attention_mask)["text"]
         query = positive = negative = None
         if self.use_fusion and self.use_pin_pin:
@@ -174,7 +187,11 @@ class TrainStep(nn.Module):
             if nb.negative_images is not None:
                 negative = self.model(["fusion"], nb.negative_images, nb.negative_text.input_ids,
                                       nb.negative_text.attention_mask)["fusion"]
-        return self.loss(image["image"], image["text"], keyword, query, positive, negative)
+        total, parts = self.loss(image["image"], image["text"], keyword, query, positive, negative)
+        if self.annotation is not None:
+            parts["annotation"] = self.annotation(image["fusion"][min(image["fusion"])], annotations)
+            total = total + self.annotation_weight * parts["annotation"]
+        return total, parts
 
 
 def _param_groups(step: TrainStep, cfg: TrainConfig) -> list[dict]:
@@ -284,10 +301,23 @@ class Trainer:
             self.model.matryoshka_heads.heads = nn.ModuleDict({k: v for k, v in self.model.matryoshka_heads.heads.items()
                                                                if int(k) in weights})
             self.model.matryoshka_heads.dims = tuple(weights)
-        self.step_module = TrainStep(self.model, PinCLIPLoss(weights), self.cfg.fusion, self.cfg.pin_pin).to(self.env.device)
         size = self.model.cfg.image.img_size
         tok = lambda texts: tokenize(self.tokenizer, texts)  # noqa: E731
         self.image_text = ImageTextDataset(self.world, pairs_texts, size)
+        annotation, self.annotations = None, None
+        if self.cfg.annotation_weight:
+            if not self.cfg.fusion:
+                raise ValueError("pinclip train: field 'annotation_weight': the annotation loss scores the fusion "
+                                 "embedding; expected 0 with fusion: false")
+            vocab = annotation_vocab(self.world, t, self.cfg.annotation_labels)
+            # rows in the order of the image–text pins, which are unique; targets are annotations before T
+            order = np.argsort(self.image_text.pin_ids)
+            labels = label_matrix(self.world, self.image_text.pin_ids[order], vocab, t)
+            self.annotations = np.empty_like(labels)
+            self.annotations[order] = labels
+            annotation = AnnotationLoss(min(self.model.matryoshka_heads.dims), torch.from_numpy(labels.mean(0)))
+        self.step_module = TrainStep(self.model, PinCLIPLoss(weights), self.cfg.fusion, self.cfg.pin_pin,
+                                     annotation, self.cfg.annotation_weight).to(self.env.device)
         self.it_collate = ImageTextCollate(tok)
         self.it_batches = EpochBatches(len(self.image_text), self.cfg.batch_size, self.env, self.cfg.seed)
         self.nb_collate = NeighborCollate(tok)
@@ -376,14 +406,16 @@ class Trainer:
         return True
 
     def train_step(self) -> dict:
-        it = self.it_collate(self.image_text.__getitems__(self.it_batches.indices(self.step)))
+        rows = self.it_batches.indices(self.step)
+        it = self.it_collate(self.image_text.__getitems__(rows))
+        annotations = None if self.annotations is None else torch.from_numpy(self.annotations[rows]).to(self.env.device)
         nb = self._neighbor_batch(self.step)
         factor = lr_factor(self.step, self.cfg.warmup_steps, self.cfg.steps)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         with torch.autocast("cpu" if self.env.device.type == "cpu" else "cuda", dtype=torch.bfloat16,
                             enabled=self.cfg.precision == "bf16"):
-            total, parts = self.ddp(_to(it, self.env.device), _to(nb, self.env.device))
+            total, parts = self.ddp(_to(it, self.env.device), _to(nb, self.env.device), annotations)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()

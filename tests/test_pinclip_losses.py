@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from pinclip.losses import MATRYOSHKA_WEIGHTS, PinCLIPLoss, SigmoidLoss, chunked_sigmoid_loss, sigmoid_loss
+from pinclip.losses import MATRYOSHKA_WEIGHTS, AnnotationLoss, PinCLIPLoss, SigmoidLoss, chunked_sigmoid_loss, sigmoid_loss
 
 # Kept free of pinclip.models at import time: the 2-rank test re-imports this module in each child process.
 
@@ -117,6 +117,24 @@ def test_corpus_negatives_are_negatives_of_every_query():
         torch.testing.assert_close(parts[f"image_descriptive/{k}"], without[f"image_descriptive/{k}"])
     with pytest.raises(ValueError, match="negatives need"):
         loss_fn(image, desc, negative=neg)
+
+
+def test_annotation_loss_is_bce_summed_over_labels_from_the_prior():
+    torch.manual_seed(0)
+    prior = torch.tensor([0.2, 0.05, 0.5])
+    loss = AnnotationLoss(4, prior)
+    emb = F.normalize(torch.randn(5, 4), dim=-1).requires_grad_()
+    targets = torch.tensor([[1.0, 0.0, 0.7], [0.0, 0.0, 0.0], [0.9, 1.0, 0.0], [0.0, 0.0, 1.0], [0.6, 0.0, 0.5]])
+    # at init the head predicts each label's prior for every pin
+    torch.testing.assert_close(torch.sigmoid(loss.head(emb * 2.0)), prior.expand(5, 3))
+    with torch.no_grad():
+        loss.head.weight.normal_()
+    p = torch.sigmoid(emb.detach() * 2.0 @ loss.head.weight.T + loss.head.bias)      # sqrt(dim) = 2
+    expect = -(targets * p.log() + (1 - targets) * (1 - p).log()).sum() / 5
+    value = loss(emb, targets)
+    torch.testing.assert_close(value, expect.detach())
+    value.backward()
+    assert emb.grad.abs().sum() > 0
 
 
 def test_each_matryoshka_term_uses_only_its_renormalised_prefix():

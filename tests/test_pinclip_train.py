@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pinclip import cli
+from pinclip.pretrain import annotation_vocab
 from pinclip.train import TrainConfig, Trainer, load_run, load_train_config, lr_factor
 
 SMALL = dict(steps=6, batch_size=32, warmup_steps=2, checkpoint_every=3, vocab_size=2000)
@@ -121,6 +122,32 @@ def test_corpus_negatives_are_seeded_training_pins_outside_the_batch(tiny_workdi
     assert len(log) == 2 and all(np.isfinite(r["pin_pin/64"]) for r in log)
 
 
+def test_annotation_loss_scores_the_fusion_prefix_against_annotations_before_t(tiny_workdir, tiny_world):
+    cfg = TrainConfig(workdir=str(tiny_workdir), run="annot", annotation_weight=1.0, annotation_labels=40,
+                      **{**SMALL, "steps": 2})
+    tr = Trainer(cfg, progress=False)
+    t = tr.cfg.cutoff_day
+    ann = tiny_world.table("pin_annotations", as_of=t)
+    vocab = annotation_vocab(tiny_world, t, 40)
+    assert len(vocab) == 40 and tr.annotations.shape == (len(tr.image_text), 40)
+    for row in (0, 7, len(tr.image_text) - 1):          # each row holds its own pin's scores, from before T
+        pin = tr.image_text.pin_ids[row]
+        mine = ann.filter(pl.col("pin_id") == pin)
+        expect = np.zeros(40, np.float32)
+        for term, score in zip(mine["annotation"], mine["score"]):
+            if term in vocab:
+                expect[vocab.index(term)] = max(expect[vocab.index(term)], score)
+        np.testing.assert_allclose(tr.annotations[row], expect)
+    log = tr.fit(resume=False)
+    assert all(np.isfinite(r["annotation"]) and np.isfinite(r["pin_pin/64"]) for r in log)
+    assert tr.step_module.annotation.head.weight.abs().sum() > 0           # the head learns from zero
+    plain = Trainer(TrainConfig(workdir=str(tiny_workdir), run="annot0", **SMALL), progress=False)
+    assert plain.annotations is None and plain.step_module.annotation is None
+    with pytest.raises(ValueError, match="field 'annotation_weight'.*fusion: false"):
+        Trainer(TrainConfig(workdir=str(tiny_workdir), run="annot_nofusion", annotation_weight=1.0, fusion=False,
+                            **SMALL), progress=False)
+
+
 def test_config_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="train config 'nope' not found"):
         load_train_config("nope")
@@ -134,6 +161,8 @@ def test_config_errors(tmp_path):
         load_train_config("tiny", ["neighbor_group=1"])
     with pytest.raises(ValueError, match=r"field 'corpus_negatives': expected an integer >= 0, found -1"):
         load_train_config("tiny", ["corpus_negatives=-1"])
+    with pytest.raises(ValueError, match=r"field 'annotation_weight': expected a number >= 0, found -0.5"):
+        load_train_config("tiny", ["annotation_weight=-0.5"])
     with pytest.raises(ValueError, match="field 'lr': expected a number > 0, found -1.0"):
         load_train_config("tiny", ["lr=-1"])
     with pytest.raises(ValueError, match="field 'precision': expected fp32 or bf16"):
