@@ -26,10 +26,11 @@ $(W)/pinclip/pretrain/text/report.json: $(W)/world/world.json
 
 # both towers pretrained, as in the paper: the text tower then trains at the paper's 10x lower LR, and the
 # image tower (pretrained 4,000 steps on annotations, which name the style of half the pins) is partly frozen (§4.4.3),
-# so that the style it learned survives the image-text loss, whose texts never name it
+# so that the style it learned survives the image-text loss, whose texts never name it; the annotation loss
+# keeps the pretraining labels (style, attribute, photo quality) readable from the published 64-d fusion prefix
 $(W)/pinclip/runs/tiny/eval.json: $(W)/pinclip/pretrain/text/report.json $(W)/pinclip/pretrain/image/report.json
 	$(VENV)/bin/pinclip train tiny pretrained_text=text text_lr_scale=0.1 pretrained_image=image \
-	    trainable_image_blocks=2 --workdir $(W) --run tiny
+	    trainable_image_blocks=2 annotation_weight=1.0 --workdir $(W) --run tiny
 	$(VENV)/bin/pinclip eval --workdir $(W) --run tiny
 
 $(W)/embeddings/pinclip/LATEST: $(W)/pinclip/runs/tiny/eval.json
@@ -57,7 +58,7 @@ bench: install
 # over three seeds, and one ranking model per surface. Every run is its own job, two at a time with one
 # thread each on 2 cores (a torch process with 2 threads slows down many times over beside another one);
 # finished runs are reused and unfinished ones resume. The last two commands only gather and write tables.
-ABLATIONS := image_text no_pin_pin no_matryoshka scratch_text pretrained_image image_only pretrained_towers untrained
+ABLATIONS := image_text no_pin_pin no_annotation no_matryoshka scratch_text pretrained_image image_only pretrained_towers untrained
 ARMS := ids pinclip pinclip_shuffled topic oracle
 SEEDS := 0 1 2
 results: demo

@@ -19,13 +19,15 @@ from pinworld.files import write_text_atomic
 # the image tower pretrained by `pinclip pretrain-image --run image` (`make results` runs it)
 PRETRAINED_IMAGE = "image"
 ABLATIONS: dict[str, dict] = {
-    # the image–text model: each tower pooled on its own, no fusion encoder and no Pin-to-Pin loss
-    "image_text": {"fusion": False, "pin_pin": False},
+    # the image–text model: each tower pooled on its own, no fusion encoder, no Pin-to-Pin or annotation loss
+    "image_text": {"fusion": False, "pin_pin": False, "annotation_weight": 0.0},
     # the paper's loss (eq. 11) reaches the fusion encoder only through Pin-to-Pin: without it the fusion
     # encoder keeps its initialization and the towers train exactly as in image_text
     "no_pin_pin": {"pin_pin": False},
     # Pin-to-Pin against in-batch negatives only (the reference adds negatives drawn from the whole corpus)
     "in_batch_negatives": {"corpus_negatives": 0},
+    # the paper's loss alone: no auxiliary annotation loss on the 64-d fusion prefix
+    "no_annotation": {"annotation_weight": 0.0},
     # one 256-d term only; its 64-d "prefix" is a plain truncation
     "no_matryoshka": {"matryoshka": False},
     # the image tower the other way round from the reference (pretrained or from scratch), and the text

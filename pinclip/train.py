@@ -2,11 +2,13 @@
 
 Each step mixes an image–text batch and a neighbor-pair batch (8 : 1, the paper's 32,768 : 4,096), and
 optimises the sigmoid image–descriptive and image–keyword losses plus the Pin-to-Pin loss on fusion
-embeddings, each Matryoshka-weighted (``pinclip.losses``). Lion (timm) with warmup then cosine to 0, the
-text tower at 10x lower LR with its own weight decay, optional partial freezing of the image tower and
-activation checkpointing. Runs in one process or under ``torchrun`` (DDP; the sigmoid loss is chunked
-across ranks). Only pins, text sources and Pin–Board behaviour from days before the cutoff T are used,
-and a held-out share of older pins is excluded too, so evaluation pins are disjoint from training.
+embeddings, each Matryoshka-weighted (``pinclip.losses``); with ``annotation_weight`` > 0, also an
+auxiliary annotation loss (not in the paper) on the 64-d fusion prefix of the image–text batch's pins.
+Lion (timm) with warmup then cosine to 0, the text tower at 10x lower LR with its own weight decay,
+optional partial freezing of the image tower and activation checkpointing. Runs in one process or under
+``torchrun`` (DDP; the sigmoid loss is chunked across ranks). Only pins, text sources, annotations and
+Pin–Board behaviour from days before the cutoff T are used, and a held-out share of older pins is excluded
+too, so evaluation pins are disjoint from training.
 """
 
 from __future__ import annotations
@@ -398,8 +400,13 @@ class Trainer:
         latest = self.run_dir / "checkpoints" / "LATEST"
         if not latest.is_file():
             return False
-        state = torch.load(latest.parent / latest.read_text().strip(), map_location="cpu", weights_only=True)
-        self.step_module.load_state_dict(state["model"])
+        path = latest.parent / latest.read_text().strip()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            self.step_module.load_state_dict(state["model"])
+        except RuntimeError:
+            raise ValueError(f"pinclip train: {path}: written by a run of another model or loss config; "
+                             f"train under another --run, or pass --no-resume to start this one over") from None
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
@@ -424,6 +431,7 @@ class Trainer:
                 **{k: v.item() for k, v in parts.items()}}
 
     def fit(self, resume: bool = True) -> list[dict]:
+        resumed = resume and self.load_checkpoint()      # before the config is written: a mismatch changes nothing
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(
@@ -431,7 +439,7 @@ class Trainer:
                  "generator_version": self.world.generator_version, "heldout_pins": len(self.split.heldout),
                  "image_text_pairs": len(self.image_text), "misaligned_texts_dropped": self.dropped_misaligned,
                  "neighbor_candidates": self.candidates.height}, indent=2))
-        if resume and self.load_checkpoint() and self.env.is_main:
+        if resumed and self.env.is_main:
             print(f"pinclip: resumed {self.cfg.run} at step {self.step}", file=sys.stderr)
         log = []
         metrics_path = self.run_dir / "metrics.jsonl"

@@ -11,7 +11,7 @@ from pinclip.ablations import ablation_config, same_as_reference, target_checks
 def test_ablation_config_changes_only_its_fields(loop_workdir):
     saved = json.loads((loop_workdir / "pinclip/runs/tiny/config.json").read_text())["train"]
     cfg = ablation_config(loop_workdir, "tiny", "image_text")
-    assert cfg.run == "tiny-image_text" and cfg.fusion is False and cfg.pin_pin is False
+    assert cfg.run == "tiny-image_text" and cfg.fusion is False and cfg.pin_pin is False and cfg.annotation_weight == 0
     assert cfg.tokenizer.endswith("runs/tiny/tokenizer.json")
     for key in ("steps", "batch_size", "lr", "seed", "cutoff_day", "pretrained_image", "heldout_share"):
         assert getattr(cfg, key) == saved[key], key
@@ -29,6 +29,7 @@ def test_an_ablation_equal_to_the_reference_is_recognized(loop_workdir):
     assert not same_as_reference(loop_workdir, "tiny", "scratch_image")
     assert not same_as_reference(loop_workdir, "tiny", "untrained")
     assert same_as_reference(loop_workdir, "tiny", "in_batch_negatives")     # the reference draws no corpus negatives
+    assert not same_as_reference(loop_workdir, "tiny", "no_annotation")      # as the demo, it has the annotation loss
 
 
 def test_ablate_trains_evaluates_and_checks(loop_workdir, capsys):
