@@ -30,7 +30,7 @@ $(W)/pinclip/pretrain/text/report.json: $(W)/world/world.json
 # keeps the pretraining labels (style, attribute, photo quality) readable from the published 64-d fusion prefix
 $(W)/pinclip/runs/tiny/eval.json: $(W)/pinclip/pretrain/text/report.json $(W)/pinclip/pretrain/image/report.json
 	$(VENV)/bin/pinclip train tiny pretrained_text=text text_lr_scale=0.1 pretrained_image=image \
-	    trainable_image_blocks=2 annotation_weight=1.0 --workdir $(W) --run tiny
+	    trainable_image_blocks=2 annotation_weight=3.0 --workdir $(W) --run tiny
 	$(VENV)/bin/pinclip eval --workdir $(W) --run tiny
 
 $(W)/embeddings/pinclip/LATEST: $(W)/pinclip/runs/tiny/eval.json

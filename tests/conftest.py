@@ -64,7 +64,7 @@ def loop_workdir(tmp_path_factory):
     assert pinclip_cli.main(["pretrain-text", "--workdir", W, "--steps", "20", "--batch-size", "32", "--vocab-size", "2000",
                              "--quiet"]) == 0
     assert pinclip_cli.main(["train", "tiny", "steps=20", "batch_size=32", "neighbor_batch_size=0", "vocab_size=2000",
-                             "pretrained_image=image", "pretrained_text=text", "text_lr_scale=0.1", "annotation_weight=1.0",
+                             "pretrained_image=image", "pretrained_text=text", "text_lr_scale=0.1", "annotation_weight=3.0",
                              "--workdir", W, "--run", "tiny", "--quiet"]) == 0
     assert pinclip_cli.main(["eval", "--workdir", W, "--run", "tiny", "--max-queries", "200", "--distractors", "1000",
                              "--quiet"]) == 0
