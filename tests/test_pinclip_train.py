@@ -79,6 +79,7 @@ def test_two_process_torchrun_with_frozen_tower(tiny_workdir):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29561",
            "-m", "pinclip.cli", "train", "tiny", "steps=3", "batch_size=16", "neighbor_batch_size=0", "warmup_steps=1",
            "vocab_size=2000", "trainable_image_blocks=2", "grad_checkpointing=true", "corpus_negatives=4",
+           "annotation_weight=1.0", "annotation_labels=40",
            f"workdir={tiny_workdir}", "run=ddp",
            "--quiet", "--no-resume"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -86,6 +87,7 @@ def test_two_process_torchrun_with_frozen_tower(tiny_workdir):
     assert json.loads(out.stdout.strip().splitlines()[-1])["steps"] == 3
     model, _, saved = load_run(tiny_workdir, "ddp")
     assert saved["train"]["trainable_image_blocks"] == 2 and saved["train"]["corpus_negatives"] == 4
+    assert saved["train"]["annotation_weight"] == 1.0
 
 
 def test_neighbor_batch_defaults_to_the_paper_ratio_or_is_set(tiny_workdir):
