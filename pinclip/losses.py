@@ -193,7 +193,7 @@ class AnnotationLoss(nn.Module):
 
     def __init__(self, dim: int, prior: torch.Tensor):
         super().__init__()
-        self.scale = math.sqrt(dim)
+        self.dim, self.scale = dim, math.sqrt(dim)
         self.head = nn.Linear(dim, len(prior))
         nn.init.zeros_(self.head.weight)
         p = prior.float().clamp(1e-4, 1 - 1e-4)

@@ -191,7 +191,7 @@ class TrainStep(nn.Module):
                                       nb.negative_text.attention_mask)["fusion"]
         total, parts = self.loss(image["image"], image["text"], keyword, query, positive, negative)
         if self.annotation is not None:
-            parts["annotation"] = self.annotation(image["fusion"][min(image["fusion"])], annotations)
+            parts["annotation"] = self.annotation(image["fusion"][self.annotation.dim], annotations)
             total = total + self.annotation_weight * parts["annotation"]
         return total, parts
 
