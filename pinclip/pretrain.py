@@ -113,7 +113,8 @@ def label_matrix(world: World, pins: np.ndarray, vocab: list[str], as_of: int) -
     """Targets (pins, labels): the annotation score of each vocabulary term, from annotations before T."""
     ann = world.table("pin_annotations", as_of=as_of).filter(pl.col("annotation").is_in(vocab) & pl.col("pin_id").is_in(pins))
     rows = np.searchsorted(pins, ann["pin_id"].to_numpy())
-    cols = np.array([vocab.index(a) for a in ann["annotation"].to_list()], np.int64)
+    col_of = {a: j for j, a in enumerate(vocab)}
+    cols = np.array([col_of[a] for a in ann["annotation"].to_list()], np.int64)
     y = np.zeros((len(pins), len(vocab)), np.float32)
     np.maximum.at(y, (rows, cols), ann["score"].to_numpy().astype(np.float32))
     return y
