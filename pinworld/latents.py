@@ -5,6 +5,7 @@ Every component draws from its own seeded stream, so changing one knob leaves th
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ from pinworld.taxonomy import Taxonomy
 from pinworld.text import ATTRIBUTES, TEXT_CLEAN, TEXT_IRRELEVANT, TEXT_MISSING, TEXT_NOISY, TEXT_TITLE_MISSING
 
 MAX_OBJECTS = 3
+SAME_TOPIC_OBJECT = 0.8  # a pin's second and third objects come from its own topic with this probability
 TREND_HORIZON = 240  # topic trends are defined for days [0, days + TREND_HORIZON)
 
 STREAMS = {"topics": 1, "pins": 2, "users": 4, "trend": 5, "text": 6, "logs": 7, "history": 8}
@@ -81,6 +83,33 @@ def topic_popularity(cfg: WorldConfig, n_topics: int) -> np.ndarray:
     return (w[rng.permutation(n_topics)] / w.sum()).astype(np.float64)
 
 
+def topic_posterior(cfg: WorldConfig, tx: Taxonomy, objects: np.ndarray) -> np.ndarray:
+    """P(topic | the pin's objects), float64 (n, n_topics): what an exact reader of a pin's objects could
+    know of its topic, inverting :func:`sample_pins`. The objects are taken as an unordered set (-1 padded,
+    as ``PinLatents.objects``): each order is summed, the first object from the topic, each later one from
+    the topic or, with probability 1 - ``SAME_TOPIC_OBJECT``, from a random topic of its category."""
+    obj_topic = np.asarray(tx.object_topic())
+    size = np.array([len(t.object_ids) for t in tx.topics], np.float64)
+    category = np.array([t.category for t in tx.topics])
+    first = np.zeros((tx.n_objects, tx.n_topics))
+    first[np.arange(tx.n_objects), obj_topic] = 1 / size[obj_topic]
+    same_category = category[:, None] == category[None, :]
+    # a later object o from topic t: its own topic's draw, or t's category drew o's topic
+    later = SAME_TOPIC_OBJECT * first + ((1 - SAME_TOPIC_OBJECT) / same_category.sum(1)[None, :]
+                                         * same_category[obj_topic] / size[obj_topic][:, None])
+    objects = np.asarray(objects)
+    like = np.zeros((len(objects), tx.n_topics))
+    for k in range(1, objects.shape[1] + 1):
+        rows = np.flatnonzero((objects >= 0).sum(1) == k)
+        for order in itertools.permutations(range(k)):
+            term = first[objects[rows, order[0]]]
+            for j in order[1:]:
+                term = term * later[objects[rows, j]]
+            like[rows] += term
+    post = like * topic_popularity(cfg, tx.n_topics)[None, :]
+    return post / post.sum(1, keepdims=True)
+
+
 def sample_topic_trend(cfg: WorldConfig, n_topics: int) -> np.ndarray:
     """Topic popularity trend per day, a mean-reverting random walk: (T, days + horizon)."""
     rng = stream(cfg.seed, "trend")
@@ -108,7 +137,7 @@ def sample_pins(cfg: WorldConfig, tx: Taxonomy) -> PinLatents:
     for i in range(n):
         t = int(topic[i])
         for j in range(k[i]):
-            src = t if j == 0 or rng.random() < 0.8 else int(rng.choice(cat_topics[tx.topics[t].category]))
+            src = t if j == 0 or rng.random() < SAME_TOPIC_OBJECT else int(rng.choice(cat_topics[tx.topics[t].category]))
             objects[i, j] = obj_lists[src][rng.integers(len(obj_lists[src]))]
     # created days: organic back catalog before day 0, then a steady stream; ads over the whole span
     n_new = int(round(n_org * cfg.new_pin_share))

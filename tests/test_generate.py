@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -12,7 +13,9 @@ from pinworld import cli
 from pinworld.clock import FRESH_DAYS, NEW_AD_DAYS
 from pinworld.config import GENERATOR_VERSION, preset
 from pinworld.generate import CATCH_ALL_BOARD, generate_world, style_annotation
+from pinworld.latents import SAME_TOPIC_OBJECT, topic_popularity, topic_posterior
 from pinworld.render import STYLES
+from pinworld.taxonomy import load_taxonomy
 from pinworld.text import ATTRIBUTE_WORDS
 from pinworld.validate import validate_workdir
 from pinworld.world import World
@@ -211,3 +214,33 @@ def test_oracle_export_roundtrip(tiny_world, tmp_path):
     assert t.num_rows == 3000
     np.testing.assert_array_equal(np.asarray(t.column("features")[1].as_py(), np.float32), f[1])
     assert json.loads(json.dumps(tiny_world.meta["counts"]))["pins"] == 3000
+
+
+def test_topic_posterior_inverts_the_pin_sampler(tiny_world):
+    """P(topic | objects) against a by-hand sum over the orders of each pin's objects; one object is certain."""
+    tx, pins = load_taxonomy(), tiny_world.truth.pins
+    post = topic_posterior(tiny_world.config, tx, pins.objects)
+    np.testing.assert_allclose(post.sum(1), 1)
+    obj_topic = tx.object_topic()
+    one = np.flatnonzero((pins.objects >= 0).sum(1) == 1)
+    np.testing.assert_allclose(post[one, np.asarray(obj_topic)[pins.objects[one, 0]]], 1)
+    in_category = {t.topic_id: [u.topic_id for u in tx.topics if u.category == t.category] for t in tx.topics}
+    size = [len(t.object_ids) for t in tx.topics]
+
+    def likelihood(objs, t):
+        total = 0.0
+        for order in itertools.permutations(objs):
+            p = (obj_topic[order[0]] == t) / size[t]
+            for o in order[1:]:
+                u = obj_topic[o]
+                p *= (SAME_TOPIC_OBJECT * (u == t) / size[t]
+                      + (1 - SAME_TOPIC_OBJECT) * (u in in_category[t]) / (len(in_category[t]) * size[u]))
+            total += p
+        return total
+
+    prior = topic_popularity(tiny_world.config, tx.n_topics)
+    for i in np.flatnonzero((pins.objects >= 0).sum(1) > 1)[:40]:
+        objs = [int(o) for o in pins.objects[i] if o >= 0]
+        ref = np.array([prior[t] * likelihood(objs, t) for t in range(tx.n_topics)])
+        np.testing.assert_allclose(post[i], ref / ref.sum(), rtol=1e-9, atol=1e-12)
+    assert 0.9 < (post.argmax(1) == pins.topic).mean() < 1
