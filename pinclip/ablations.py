@@ -21,8 +21,9 @@ PRETRAINED_IMAGE = "image"
 ABLATIONS: dict[str, dict] = {
     # the image–text model: each tower pooled on its own, no fusion encoder, no Pin-to-Pin or annotation loss
     "image_text": {"fusion": False, "pin_pin": False, "annotation_weight": 0.0},
-    # the paper's loss (eq. 11) reaches the fusion encoder only through Pin-to-Pin: without it the fusion
-    # encoder keeps its initialization and the towers train exactly as in image_text
+    # the paper's loss (eq. 11) reaches the fusion encoder only through Pin-to-Pin: without it only the
+    # auxiliary annotation loss trains the fusion encoder (under the paper's loss alone it would keep its
+    # initialization, and the towers would train exactly as in image_text)
     "no_pin_pin": {"pin_pin": False},
     # Pin-to-Pin against in-batch negatives only (the reference adds negatives drawn from the whole corpus)
     "in_batch_negatives": {"corpus_negatives": 0},
