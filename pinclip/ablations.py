@@ -18,28 +18,43 @@ from pinworld.files import write_text_atomic
 
 # the image tower pretrained by `pinclip pretrain-image --run image` (`make results` runs it)
 PRETRAINED_IMAGE = "image"
-ABLATIONS: dict[str, dict] = {
-    # the image–text model: each tower pooled on its own, no fusion encoder, no Pin-to-Pin or annotation loss
-    "image_text": {"fusion": False, "pin_pin": False, "annotation_weight": 0.0},
-    # the paper's loss (eq. 11) reaches the fusion encoder only through Pin-to-Pin: without it only the
-    # auxiliary annotation loss trains the fusion encoder (under the paper's loss alone it would keep its
-    # initialization, and the towers would train exactly as in image_text)
-    "no_pin_pin": {"pin_pin": False},
-    # Pin-to-Pin against in-batch negatives only (the reference adds negatives drawn from the whole corpus)
-    "in_batch_negatives": {"corpus_negatives": 0},
-    # the paper's loss alone: no auxiliary annotation loss on the 64-d fusion prefix
-    "no_annotation": {"annotation_weight": 0.0},
-    # one 256-d term only; its 64-d "prefix" is a plain truncation
-    "no_matryoshka": {"matryoshka": False},
-    # the image tower the other way round from the reference (pretrained or from scratch), and the text
-    # tower from scratch at the full LR; an ablation equal to the reference is skipped
-    "pretrained_image": {"pretrained_image": PRETRAINED_IMAGE},
-    "scratch_image": {"pretrained_image": "", "trainable_image_blocks": -1},   # a tower from scratch trains whole
-    "scratch_text": {"pretrained_text": "", "text_lr_scale": 1.0},
-    # no contrastive training: the pretrained image tower alone, both pretrained towers, nothing pretrained
-    "image_only": {"steps": 0, "pretrained_image": PRETRAINED_IMAGE, "pretrained_text": ""},
-    "pretrained_towers": {"steps": 0, "pretrained_image": PRETRAINED_IMAGE},
-    "untrained": {"steps": 0, "pretrained_image": "", "pretrained_text": ""},
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+    """One change to the reference run's training config, and what the run without it tests."""
+    changes: dict
+    description: str
+
+
+ABLATIONS: dict[str, Ablation] = {
+    "image_text": Ablation({"fusion": False, "pin_pin": False, "annotation_weight": 0.0},
+                           "the image–text model: each tower pooled on its own, no fusion encoder, no Pin-to-Pin or "
+                           "annotation loss"),
+    "no_pin_pin": Ablation({"pin_pin": False},
+                           "no Pin-to-Pin loss, the only term of the paper's loss (eq. 11) that reaches the fusion "
+                           "encoder; only the auxiliary annotation loss trains it then (under the paper's loss alone "
+                           "it would keep its initialization over towers trained as in `image_text`)"),
+    "in_batch_negatives": Ablation({"corpus_negatives": 0},
+                                   "Pin-to-Pin against in-batch negatives only, without negatives drawn from the "
+                                   "whole corpus"),
+    "no_annotation": Ablation({"annotation_weight": 0.0},
+                              "the paper's loss alone, without the auxiliary annotation loss on the 64-d fusion "
+                              "prefix"),
+    "no_matryoshka": Ablation({"matryoshka": False}, "the 256-d term only; its 64-d row is a plain truncation"),
+    "pretrained_image": Ablation({"pretrained_image": PRETRAINED_IMAGE},
+                                 "the image tower from `pinclip pretrain-image`, with the reference's frozen blocks"),
+    "scratch_image": Ablation({"pretrained_image": "", "trainable_image_blocks": -1},
+                              "the image tower from scratch, trained whole (a tower from scratch is never left "
+                              "partly frozen at its initialization)"),
+    "scratch_text": Ablation({"pretrained_text": "", "text_lr_scale": 1.0},
+                             "the text tower from scratch at the full learning rate"),
+    "image_only": Ablation({"steps": 0, "pretrained_image": PRETRAINED_IMAGE, "pretrained_text": ""},
+                           "no contrastive training: the pretrained image tower, everything else at initialization"),
+    "pretrained_towers": Ablation({"steps": 0, "pretrained_image": PRETRAINED_IMAGE},
+                                  "no contrastive training: both pretrained towers"),
+    "untrained": Ablation({"steps": 0, "pretrained_image": "", "pretrained_text": ""},
+                          "no training: every tower at initialization"),
 }
 TABLE_TASKS = ("pintext", "related_image", "related_fusion", "search_image", "search_fusion")
 TARGET_K = 10
@@ -57,7 +72,7 @@ def _reference_config(workdir: str | Path, reference: str) -> TrainConfig:
 def same_as_reference(workdir: str | Path, reference: str, name: str) -> bool:
     """Whether ablation ``name`` changes nothing in the reference's training config."""
     cfg = _reference_config(workdir, reference)
-    return all(getattr(cfg, k) == v for k, v in ABLATIONS[name].items())
+    return all(getattr(cfg, k) == v for k, v in ABLATIONS[name].changes.items())
 
 
 def ablation_config(workdir: str | Path, reference: str, name: str) -> TrainConfig:
@@ -67,7 +82,7 @@ def ablation_config(workdir: str | Path, reference: str, name: str) -> TrainConf
     cfg = _reference_config(workdir, reference)
     # the same tokenizer as the reference, so that text towers differ by training alone
     tokenizer = Path(workdir) / "pinclip" / "runs" / reference / "tokenizer.json"
-    changes = {"tokenizer": str(tokenizer) if tokenizer.is_file() else cfg.tokenizer, **ABLATIONS[name]}
+    changes = {"tokenizer": str(tokenizer) if tokenizer.is_file() else cfg.tokenizer, **ABLATIONS[name].changes}
     return dataclasses.replace(cfg, workdir=str(workdir), run=f"{reference}-{name}", **changes)
 
 

@@ -37,3 +37,20 @@ def test_experiments_table_has_one_row_per_experiment():
     assert rows[2].endswith("| +10.0% [+9.0%, +11.0%] | +10.0% [+9.0%, +11.0%] |")
     # metrics and differences an experiment lacks are blank cells
     assert rows[3] == "| `b` | -2.0% |  |  |  |  | -2.0% [-3.0%, -1.0%] |  |"
+
+
+def test_ablations_section_describes_the_runs_in_its_table(tmp_path):
+    import json
+
+    from pinclip.ablations import ABLATIONS, TABLE_TASKS
+
+    tasks = {t: {"64": {"R@10": 0.1, "R@100": 0.5}, "256": {"R@10": 0.2}} for t in TABLE_TASKS}
+    (tmp_path / "pinclip").mkdir()
+    (tmp_path / "pinclip" / "ablations.json").write_text(json.dumps({
+        "reference": "tiny", "recall": {"fusion": tasks, "image_text": tasks, "no_annotation": tasks},
+        "checks": {"R@10": [{"claim": "c", "value": 0.1, "reference": 0.2, "ratio": 0.5, "holds": False}]}}))
+    text = "\n".join(results.ablations_section(tmp_path))
+    assert f"- `image_text`: {ABLATIONS['image_text'].description}." in text
+    assert f"- `no_annotation`: {ABLATIONS['no_annotation'].description}." in text
+    assert "`no_pin_pin`" not in text and "`untrained`" not in text      # only the runs in the table
+    assert "| image_text | 64 | 0.1000 | 0.5000 |" in text and "- **fails**: c (0.1000 vs 0.2000, ratio 0.50)" in text
