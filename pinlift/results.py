@@ -15,6 +15,7 @@ from pinclip.ablations import ABLATIONS, ablation_table
 from pinclip.embeddings import open_embeddings
 from pinclip.publish import latest_version
 from pinworld.files import write_text_atomic
+from ranking.claims import format_checks
 from ranking.compare import format_best_epochs, format_per_surface, format_table
 
 
@@ -112,6 +113,10 @@ def ranking_section(w: Path) -> list[str]:
             f"validation day; epochs at that check, mean over seeds: {format_best_epochs(cmp_['best_epochs'])}); "
             "in brackets the lift over IDs-only, paired by seed.", "",
             format_table(cmp_["summary"], cmp_["arms"]), "",
+            *(["The cold-start claims (`ranking.claims`): differences paired by seed, mean ± standard error; a "
+               "claim holds when the difference is positive on every seed and more than twice its standard "
+               "error (for the shuffled arm: when its lift is not).", "", format_checks(cmp_["checks"]), ""]
+              if cmp_.get("checks") else []),
             *(["One model with surface-specific heads against one model per surface, same arm and seeds "
                "(`--per-surface`); AUC of each and the difference, paired by seed.", "",
                format_per_surface(cmp_["per_surface"]), ""] if cmp_.get("per_surface") else [])]

@@ -24,6 +24,7 @@ import numpy as np
 from pinclip.publish import latest_version
 from pinclip.oracle_source import publish_oracle
 from pinworld.files import write_text_atomic
+from ranking.claims import claim_checks, format_checks
 from ranking.train import TrainConfig, Trainer
 
 ARMS = {  # name -> (embedding name, shuffled)
@@ -196,6 +197,10 @@ def main(argv=None) -> int:
               f"check with the lowest validation loss on the {base.validation_days} day(s) before the cutoff (epochs at that check, "
               f"mean over seeds: {format_best_epochs(best_epochs)}).\n\n")
     out = {"arms": arms, "seeds": a.seeds, "epochs": a.epochs, "summary": summary, "best_epochs": best_epochs}
+    checks = claim_checks(reports)
+    if checks:
+        out["checks"] = checks
+        table += "\n\nThe cold-start claims (`ranking.claims`; paired by seed, mean ± standard error):\n\n" + format_checks(checks)
     if separate:
         out["per_surface"] = per_surface_summary(reports, separate)
         table += ("\n\nOne model with surface-specific heads vs one model per surface (AUC):\n\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from ranking import compare
@@ -59,3 +60,38 @@ def test_compare_runs_arms_on_tiny(tiny_workdir, tmp_path, capsys):
         compare.main(["--workdir", str(tiny_workdir), "--arms", "bogus"])
     with pytest.raises(SystemExit):
         compare.main(["--workdir", str(tiny_workdir), "--arms", "ids", "--per-surface", "oracle"])
+
+
+def test_claim_checks_pair_by_seed_and_judge_against_the_spread():
+    from ranking.claims import IMPRESSION_SLICES, claim_checks, format_checks
+
+    def runs(all_, fresh, few, many, seeds=3):
+        """Eval reports whose homefeed AUCs are the given values plus a per-seed wobble."""
+        wobble = [0.0, 0.001, -0.001][:seeds]
+        slices = dict(zip(("all", "fresh", *IMPRESSION_SLICES), (all_, fresh, few, few, many, many)))
+        return [{"metrics": {"homefeed/repin": {sl: {"auc": v + w} for sl, v in slices.items()}}} for w in wobble]
+
+    reports = {"ids": runs(0.70, 0.69, 0.68, 0.71), "pinclip": runs(0.72, 0.72, 0.71, 0.72),
+               "topic": runs(0.71, 0.70, 0.69, 0.715), "pinclip_shuffled": runs(0.70, 0.69, 0.68, 0.71)}
+    # an arm's wobble repeats the IDs-only one, so paired differences are exact: test the rule, not the noise
+    reports["pinclip"][1]["metrics"]["homefeed/repin"]["fresh"]["auc"] -= 0.0004
+    checks = {c["claim"].split(": ")[1].split(" (")[0]: c for c in claim_checks(reports)}
+    assert checks["pinclip lifts AUC overall"]["holds"] is True
+    fresh = checks["the lift on fresh exceeds the overall lift"]
+    np.testing.assert_allclose(fresh["per_seed"], [0.01, 0.0096, 0.01], atol=1e-9)
+    assert fresh["holds"] is True
+    assert checks["the lift shrinks with training impressions"]["holds"] is True      # 0.03 at few, 0.01 at many
+    assert checks["pinclip beats the topic one-hot on fresh"]["holds"] is True
+    assert checks["pinclip_shuffled shows no lift"]["holds"] is True
+    # a positive shuffled lift fails, and so does a difference that changes sign across seeds
+    reports["pinclip_shuffled"] = runs(0.705, 0.69, 0.68, 0.71)
+    reports["topic"][2]["metrics"]["homefeed/repin"]["fresh"]["auc"] += 0.05
+    checks = {c["claim"].split(": ")[1].split(" (")[0]: c for c in claim_checks(reports)}
+    assert checks["pinclip_shuffled shows no lift"]["holds"] is False
+    assert checks["pinclip beats the topic one-hot on fresh"]["holds"] is False
+    # one seed is not judged; without the topic arm its claim is left out
+    one = {k: v[:1] for k, v in reports.items() if k != "topic"}
+    checks = claim_checks(one)
+    assert all(c["holds"] is None for c in checks) and not any("topic" in c["claim"] for c in checks)
+    assert format_checks(checks).startswith("- not judged (one seed): homefeed/repin: pinclip lifts AUC overall: +0.0200")
+    assert claim_checks({"pinclip": reports["pinclip"]}) == []

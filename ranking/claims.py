@@ -1,0 +1,67 @@
+"""The cold-start claims a content embedding must show in ranking, checked on the arms' per-seed AUCs.
+
+Every check is a difference of AUCs paired by seed (a lift is the arm's AUC minus the IDs-only AUC of the
+same seed). A claim that something is larger **holds** when the difference is positive on every seed and
+its mean is more than twice its standard error, so that it stands out of the seed-to-seed spread; the
+shuffled arm's "no lift" holds when its lift is not positive by that same rule. One seed is not judged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IMPRESSION_SLICES = ("train_impressions_0", "train_impressions_1_10", "train_impressions_11_100",
+                     "train_impressions_101+")
+FRESH_SLICE = {"homefeed/repin": "fresh", "related/repin": "fresh", "ads/click": "new_ads"}
+
+
+def _auc(runs: list[dict], task: str, sl: str) -> np.ndarray | None:
+    cells = [r["metrics"].get(task, {}).get(sl) for r in runs]
+    return None if any(c is None for c in cells) else np.array([c["auc"] for c in cells])
+
+
+def _lift(reports: dict[str, list[dict]], arm: str, task: str, sl: str) -> np.ndarray | None:
+    a, base = _auc(reports[arm], task, sl), _auc(reports["ids"], task, sl)
+    return None if a is None or base is None else a - base[:len(a)]
+
+
+def _record(claim: str, diff: np.ndarray, *, larger: bool = True) -> dict:
+    mean = float(diff.mean())
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+    positive = bool((diff > 0).all() and mean > 2 * se)
+    holds = None if len(diff) < 2 else positive if larger else not positive   # one seed has no spread to judge by
+    return {"claim": claim, "per_seed": [float(d) for d in diff], "mean": mean, "se": se, "holds": holds}
+
+
+def claim_checks(reports: dict[str, list[dict]], arm: str = "pinclip") -> list[dict]:
+    """The claims for ``arm`` against IDs-only, its shuffled control and the topic one-hot, on every key
+    task the reports have; claims whose arms or slices are missing are left out."""
+    if "ids" not in reports or arm not in reports:
+        return []
+    out = []
+    for task, fresh in FRESH_SLICE.items():
+        overall, cold = _lift(reports, arm, task, "all"), _lift(reports, arm, task, fresh)
+        if overall is None:
+            continue
+        out.append(_record(f"{task}: {arm} lifts AUC overall", overall))
+        if cold is not None:
+            out.append(_record(f"{task}: the lift on {fresh} exceeds the overall lift", cold - overall))
+        by_impressions = [_lift(reports, arm, task, sl) for sl in IMPRESSION_SLICES]
+        if all(x is not None for x in by_impressions):
+            means = ", ".join(f"{x.mean():+.4f}" for x in by_impressions)
+            few, many = (by_impressions[0] + by_impressions[1]) / 2, (by_impressions[2] + by_impressions[3]) / 2
+            out.append(_record(f"{task}: the lift shrinks with training impressions (0 / 1–10 / 11–100 / 101+: "
+                               f"{means}; checked: the mean of 0 and 1–10 against that of 11–100 and 101+)", few - many))
+        if "topic" in reports and cold is not None and (topic := _lift(reports, "topic", task, fresh)) is not None:
+            out.append(_record(f"{task}: {arm} beats the topic one-hot on {fresh}", cold - topic))
+        shuffled = f"{arm}_shuffled"
+        if shuffled in reports and (noise := _lift(reports, shuffled, task, "all")) is not None:
+            out.append(_record(f"{task}: {shuffled} shows no lift", noise, larger=False))
+    return out
+
+
+def format_checks(checks: list[dict]) -> str:
+    """One line per claim: holds or fails, the mean paired difference ± its standard error, per seed."""
+    verdict = {True: "holds", False: "**fails**", None: "not judged (one seed)"}
+    return "\n".join(f"- {verdict[c['holds']]}: {c['claim']}: {c['mean']:+.4f} ± {c['se']:.4f} "
+                     f"(per seed {', '.join(f'{d:+.4f}' for d in c['per_seed'])})" for c in checks)
