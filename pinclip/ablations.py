@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from pinclip.evaluate import evaluate_run
 from pinclip.train import TrainConfig, Trainer
 from pinworld.files import write_text_atomic
@@ -100,38 +102,49 @@ def recall(results: dict, task: str, variant: str = "64", k: int = TARGET_K) -> 
     return results["tasks"][task]["recall"].get(variant, {}).get(f"R@{k}")
 
 
+def _side(results: dict, task: str, variant: str = "64", k: int = TARGET_K) -> tuple[float | None, int | None]:
+    """A recall and the number of queries it was measured on."""
+    return recall(results, task, variant, k), results["tasks"][task].get("queries")
+
+
 def target_checks(evals: dict[str, dict], k: int = TARGET_K) -> list[dict]:
-    """The paper's claims as checks on R@k: each a record with the two sides, their ratio and whether it holds."""
+    """The paper's claims as checks on R@k: each a record with the two sides, their ratio, whether it holds
+    and whether the difference is within two binomial standard errors (the queries are a sample)."""
     checks = []
 
-    def check(claim: str, a: float | None, b: float | None, ratio: float) -> None:
+    def check(claim: str, side_a: tuple, side_b: tuple, ratio: float) -> None:
+        (a, n_a), (b, n_b) = side_a, side_b
         if a is None or b is None:
             return
+        # binomial standard errors of the two recalls, taken as independent (conservative for two prefixes of
+        # one model, which share their queries); the verdict is "within noise" inside two of them
+        se = np.sqrt(a * (1 - a) / n_a + ratio ** 2 * b * (1 - b) / n_b) if n_a and n_b else None
         checks.append({"claim": claim, "value": a, "reference": b, "ratio": a / b if b else None,
-                       "holds": bool(a >= ratio * b and a > 0)})
+                       "holds": bool(a >= ratio * b and a > 0),
+                       "within_noise": None if se is None else bool(abs(a - ratio * b) < 2 * se)})
 
     fusion = evals.get("fusion")
     if fusion is None:
         return checks
     if "image_text" in evals:
         check("Related Pins: Fusion multimodal >= 1.3x the image-text model's image->image",
-              recall(fusion, "related_fusion", k=k), recall(evals["image_text"], "related_image", k=k), 1.3)
+              _side(fusion, "related_fusion", k=k), _side(evals["image_text"], "related_image", k=k), 1.3)
     if "no_pin_pin" in evals:
         check("Related Pins: Fusion multimodal >= Fusion without Pin-to-Pin",
-              recall(fusion, "related_fusion", k=k), recall(evals["no_pin_pin"], "related_fusion", k=k), 1.0)
+              _side(fusion, "related_fusion", k=k), _side(evals["no_pin_pin"], "related_fusion", k=k), 1.0)
         if "image_text" in evals:
             check("Related Pins: Fusion without Pin-to-Pin >= the image-text model's image->image",
-                  recall(evals["no_pin_pin"], "related_fusion", k=k),
-                  recall(evals["image_text"], "related_image", k=k), 1.0)
+                  _side(evals["no_pin_pin"], "related_fusion", k=k),
+                  _side(evals["image_text"], "related_image", k=k), 1.0)
     for base in ("untrained", "image_only", "pretrained_towers"):
         if base in evals:
-            check(f"Related Pins: Fusion multimodal > {base}", recall(fusion, "related_fusion", k=k),
-                  recall(evals[base], "related_fusion", k=k), 1.0)
-    check("Matryoshka: 64-d keeps >= 90% of 256-d (Related multimodal)", recall(fusion, "related_fusion", "64", k),
-          recall(fusion, "related_fusion", "256", k), 0.9)
+            check(f"Related Pins: Fusion multimodal > {base}", _side(fusion, "related_fusion", k=k),
+                  _side(evals[base], "related_fusion", k=k), 1.0)
+    check("Matryoshka: 64-d keeps >= 90% of 256-d (Related multimodal)", _side(fusion, "related_fusion", "64", k),
+          _side(fusion, "related_fusion", "256", k), 0.9)
     if "no_matryoshka" in evals:
         check("Matryoshka 64-d > the no-Matryoshka model truncated to 64-d (Related multimodal)",
-              recall(fusion, "related_fusion", "64", k), recall(evals["no_matryoshka"], "related_fusion", "64", k), 1.0)
+              _side(fusion, "related_fusion", "64", k), _side(evals["no_matryoshka"], "related_fusion", "64", k), 1.0)
     return checks
 
 

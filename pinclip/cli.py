@@ -96,7 +96,8 @@ def _ablate(args) -> int:
     print("\n".join(out["table"]))
     for k, checks in out["checks"].items():
         for c in checks:
-            print(f"{k}: {'holds' if c['holds'] else 'FAILS'}: {c['claim']} ({c['value']:.4f} vs {c['reference']:.4f})")
+            noise = ", within two standard errors" if c.get("within_noise") else ""
+            print(f"{k}: {'holds' if c['holds'] else 'FAILS'}: {c['claim']} ({c['value']:.4f} vs {c['reference']:.4f}{noise})")
     return 0
 
 

@@ -82,12 +82,14 @@ def ablations_section(w: Path) -> list[str]:
            *(f"- `{name}`: {ABLATIONS[name].description}." for name in runs), "",
            *ablation_table(ab["recall"]), ""]
     for k, checks in ab["checks"].items():
-        out.append(f"Targets at {k}:")
+        out.append(f"Targets at {k} (\"within two standard errors\": the difference is inside the binomial "
+                   "sampling noise of the queries):")
         out.append("")
         for c in checks:
             ratio = "" if c["ratio"] is None else f", ratio {c['ratio']:.2f}"
+            noise = ", within two standard errors" if c.get("within_noise") else ""
             out.append(f"- {'holds' if c['holds'] else '**fails**'}: {c['claim']} "
-                       f"({c['value']:.4f} vs {c['reference']:.4f}{ratio})")
+                       f"({c['value']:.4f} vs {c['reference']:.4f}{ratio}{noise})")
         out.append("")
     return out
 

@@ -67,3 +67,11 @@ def test_target_checks_compare_the_right_cells():
     assert check("keeps >= 90%")["holds"]            # 0.26 >= 0.9 * 0.28
     assert not check("no-Matryoshka")["holds"]        # 0.26 < 0.27
     assert not any("Pin-to-Pin" in c["claim"] for c in checks)   # no such run: no such check
+    assert all(c["within_noise"] is None for c in checks)         # no query counts: no standard errors
+    # with 5,000 queries a side, 0.26 against 0.27 is inside two standard errors (0.0177); against 0.05 not
+    evals["untrained"] = ev(related_fusion={"64": 0.05})
+    for e in evals.values():
+        for task in e["tasks"].values():
+            task["queries"] = 5_000
+    checks = target_checks(evals)
+    assert check("no-Matryoshka")["within_noise"] is True and check("> untrained")["within_noise"] is False
