@@ -75,3 +75,15 @@ def test_target_checks_compare_the_right_cells():
             task["queries"] = 5_000
     checks = target_checks(evals)
     assert check("no-Matryoshka")["within_noise"] is True and check("> untrained")["within_noise"] is False
+
+
+def test_make_results_lists_every_ablation():
+    """`make results` runs each ablation as its own job; one missing from its list would run alone at the end."""
+    import re
+    from pathlib import Path
+
+    from pinclip.ablations import ABLATIONS
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    listed = re.search(r"^ABLATIONS := ((?:.*\\\n)*.*)$", makefile, re.MULTILINE).group(1)
+    assert sorted(listed.replace("\\", " ").split()) == sorted(ABLATIONS)
