@@ -27,9 +27,11 @@ def _lift(reports: dict[str, list[dict]], arm: str, task: str, sl: str) -> np.nd
 
 def _record(claim: str, diff: np.ndarray, *, larger: bool = True) -> dict:
     mean = float(diff.mean())
-    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+    if len(diff) < 2:   # one seed has no spread to judge by
+        return {"claim": claim, "per_seed": [float(d) for d in diff], "mean": mean, "se": None, "holds": None}
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
     positive = bool((diff > 0).all() and mean > 2 * se)
-    holds = None if len(diff) < 2 else positive if larger else not positive   # one seed has no spread to judge by
+    holds = positive if larger else not positive
     return {"claim": claim, "per_seed": [float(d) for d in diff], "mean": mean, "se": se, "holds": holds}
 
 
@@ -63,5 +65,6 @@ def claim_checks(reports: dict[str, list[dict]], arm: str = "pinclip") -> list[d
 def format_checks(checks: list[dict]) -> str:
     """One line per claim: holds or fails, the mean paired difference ± its standard error, per seed."""
     verdict = {True: "holds", False: "**fails**", None: "not judged (one seed)"}
-    return "\n".join(f"- {verdict[c['holds']]}: {c['claim']}: {c['mean']:+.4f} ± {c['se']:.4f} "
+    return "\n".join(f"- {verdict[c['holds']]}: {c['claim']}: {c['mean']:+.4f}"
+                     + ("" if c["se"] is None else f" ± {c['se']:.4f}") + " "
                      f"(per seed {', '.join(f'{d:+.4f}' for d in c['per_seed'])})" for c in checks)

@@ -92,6 +92,7 @@ def test_claim_checks_pair_by_seed_and_judge_against_the_spread():
     # one seed is not judged; without the topic arm its claim is left out
     one = {k: v[:1] for k, v in reports.items() if k != "topic"}
     checks = claim_checks(one)
-    assert all(c["holds"] is None for c in checks) and not any("topic" in c["claim"] for c in checks)
+    assert all(c["holds"] is None and c["se"] is None for c in checks)
+    assert not any("topic" in c["claim"] for c in checks)
     assert format_checks(checks).startswith("- not judged (one seed): homefeed/repin: pinclip lifts AUC overall: +0.0200")
     assert claim_checks({"pinclip": reports["pinclip"]}) == []
