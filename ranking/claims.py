@@ -26,13 +26,13 @@ def _lift(reports: dict[str, list[dict]], arm: str, task: str, sl: str) -> np.nd
 
 
 def _record(claim: str, diff: np.ndarray, *, larger: bool = True) -> dict:
-    mean = float(diff.mean())
-    if len(diff) < 2:   # one seed has no spread to judge by
-        return {"claim": claim, "per_seed": [float(d) for d in diff], "mean": mean, "se": None, "holds": None}
-    se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
-    positive = bool((diff > 0).all() and mean > 2 * se)
-    holds = positive if larger else not positive
-    return {"claim": claim, "per_seed": [float(d) for d in diff], "mean": mean, "se": se, "holds": holds}
+    record = {"claim": claim, "per_seed": [float(d) for d in diff], "mean": float(diff.mean()), "se": None,
+              "holds": None}
+    if len(diff) > 1:   # one seed has no spread to judge by
+        record["se"] = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+        positive = bool((diff > 0).all() and record["mean"] > 2 * record["se"])
+        record["holds"] = positive if larger else not positive
+    return record
 
 
 def claim_checks(reports: dict[str, list[dict]], arm: str = "pinclip") -> list[dict]:

@@ -24,7 +24,7 @@ import numpy as np
 from pinclip.publish import latest_version
 from pinclip.oracle_source import publish_oracle
 from pinworld.files import write_text_atomic
-from ranking.claims import claim_checks, format_checks
+from ranking.claims import IMPRESSION_SLICES, claim_checks, format_checks
 from ranking.train import TrainConfig, Trainer
 
 ARMS = {  # name -> (embedding name, shuffled)
@@ -34,8 +34,7 @@ ARMS = {  # name -> (embedding name, shuffled)
     "topic": ("topic", False),
     "oracle": ("oracle", False),
 }
-SLICES = ("all", "fresh", "older", "unseen_pins", "new_ads", "older_ads", "train_impressions_0",
-          "train_impressions_1_10", "train_impressions_11_100", "train_impressions_101+")
+SLICES = ("all", "fresh", "older", "unseen_pins", "new_ads", "older_ads", *IMPRESSION_SLICES)
 KEY_TASKS = ("homefeed/repin", "related/repin", "ads/click")
 RESULTS_BEGIN, RESULTS_END = "<!-- ranking-compare:begin -->", "<!-- ranking-compare:end -->"
 
