@@ -5,7 +5,9 @@ pin, the pin's boards, advertiser, query pin (Related Pins) and the user's recen
 IDs are mapped through vocabularies fit on the training examples; an id never seen in training maps to
 row 0, an explicit unknown row, never to another id's row.
 
-Dense features: position, content age, and counts from events strictly before the example's day; with
+Dense features: position, content age, counts from events strictly before the example's day and the
+candidate's co-engagement cosines with the user and the query pin (``ranking.coengagement``: the save
+graph as of a snapshot before the day, what old pins' IDs know and fresh pins lack); with
 a content embedding (``embeddings=NAME@VERSION``) also the dequantized 64-d fusion embedding of the
 candidate, of the query pin and the mean over the user's other recent saves (the candidate's own left
 out), each with a missing indicator, then the candidate's dot product with the query pin's vector and
@@ -25,6 +27,7 @@ from torchrec.datasets.utils import Batch
 
 from pinclip.embeddings import PublishedEmbeddings, open_embeddings
 from pinworld.world import World
+from ranking.coengagement import CoEngagement
 from ranking.history import History, entity_day_keys, gather_jagged
 
 SURFACES = ("homefeed", "related", "ads")
@@ -33,7 +36,8 @@ SPARSE_FEATURES = ("user", "pin", "pin_boards", "advertiser", "query_pin", "user
 TABLE_OF_FEATURE = {"user": "user", "pin": "pin", "query_pin": "pin", "user_history": "pin",
                     "pin_boards": "board", "advertiser": "advertiser"}
 BASE_DENSE = ("position", "log_age", "is_ad", "pin_impressions", "pin_repins", "pin_clicks", "pin_saves",
-              "pin_repin_rate", "user_saves", "user_impressions", "surface_homefeed", "surface_related", "surface_ads")
+              "pin_repin_rate", "user_saves", "user_impressions", "surface_homefeed", "surface_related", "surface_ads",
+              "coeng_user_cosine", "coeng_query_cosine", "coeng_pin_known", "coeng_query_known")
 CONTENT_DIM = 64
 
 
@@ -82,7 +86,8 @@ def _csr(values: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarra
 class FeatureSource:
     """Everything features are computed from: logs, saves and (optionally) published embeddings."""
 
-    def __init__(self, world: World, max_boards: int = 5, max_history: int = 10):
+    def __init__(self, world: World, max_boards: int = 5, max_history: int = 10, coengagement_dim: int = 64,
+                 coengagement_every: int = 7):
         self.world = world
         self.max_boards, self.max_history = max_boards, max_history
         imp = world.impressions().select("day", "user_id", "pin_id", "repin", "click")
@@ -97,6 +102,8 @@ class FeatureSource:
         self.pin_saves = History(edges["pin_id"].to_numpy(), edges["day"].to_numpy())
         self.pin_boards = History(edges["pin_id"].to_numpy(), edges["day"].to_numpy(), item=edges["board_id"].to_numpy())
         self.user_saves = History(edges["user_id"].to_numpy(), edges["day"].to_numpy(), item=edges["pin_id"].to_numpy())
+        self.coengagement = CoEngagement(edges["user_id"].to_numpy(), edges["pin_id"].to_numpy(), edges["day"].to_numpy(),
+                                         dim=coengagement_dim, every=coengagement_every)
 
     def examples(self, impressions: pl.DataFrame) -> Examples:
         """Examples for impression rows (labels from their repin/click columns)."""
@@ -113,7 +120,8 @@ class FeatureSource:
         surface = _surface_index(imp["surface"])
         impr = self.pin_impressions.count_before(pin, day)
         repins = self.pin_repins.count_before(pin, day)
-        dense = np.stack([
+        query = imp["query_pin_id"].fill_null(-1).to_numpy().astype(np.int64)
+        dense = np.concatenate([np.stack([
             imp["position"].to_numpy() / 10.0,
             np.log1p(np.maximum(day - created, 0)) / 5.0,
             imp["is_ad"].to_numpy().astype(np.float32),
@@ -124,7 +132,7 @@ class FeatureSource:
             np.log1p(self.user_saves.count_before(user, day)) / 5.0,
             np.log1p(self.user_impressions.count_before(user, day)) / 5.0,
             surface == 0, surface == 1, surface == 2,
-        ], 1).astype(np.float32)
+        ], 1), self.coengagement.features(user, pin, query, day)], 1).astype(np.float32)
         labels = np.full((len(pin), len(TASKS)), np.nan, np.float32)
         for j, (s, task) in enumerate(TASKS):
             rows = surface == SURFACES.index(s)
@@ -133,7 +141,7 @@ class FeatureSource:
         history = _csr(*self.user_saves.recent_before(user, day, self.max_history))
         return Examples(
             user_id=user.astype(np.int64), pin_id=pin.astype(np.int64),
-            query_pin_id=imp["query_pin_id"].fill_null(-1).to_numpy().astype(np.int64),
+            query_pin_id=query,
             advertiser_id=imp["advertiser_id"].fill_null(-1).to_numpy().astype(np.int64),
             surface=surface, day=day.astype(np.int32), created_day=created.astype(np.int32),
             is_ad=imp["is_ad"].to_numpy(), dense=dense, labels=labels, boards=boards, history=history)

@@ -37,7 +37,8 @@ class Scorer:
         self.cfg = json.loads(cfg_path.read_text())
         self.env = env or distributed.setup()
         self.world = world or World(workdir)
-        self.source = FeatureSource(self.world, self.cfg["max_boards"], self.cfg["max_history"])
+        self.source = FeatureSource(self.world, self.cfg["max_boards"], self.cfg["max_history"],
+                                    self.cfg["coengagement_dim"], self.cfg["coengagement_every"])
         with np.load(run_dir / "vocab.npz", allow_pickle=False) as z:
             self.vocabs = Vocabs.from_arrays(dict(z))
         # the simulator may pass a newer version of the same embedding (incremental publishes)

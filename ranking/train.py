@@ -66,6 +66,8 @@ class TrainConfig:
     seed: int = 0
     max_boards: int = 5
     max_history: int = 10
+    coengagement_dim: int = 64             # co-engagement vectors: SVD rank of the user x pin save matrix
+    coengagement_every: int = 7            # days between co-engagement snapshots
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def resolved(self, world: World) -> "TrainConfig":
@@ -114,7 +116,8 @@ class Trainer:
         self.cfg = cfg.resolved(self.world)
         self.run_dir = Path(cfg.workdir) / "ranking" / "runs" / self.cfg.run
         torch.manual_seed(self.cfg.seed)
-        source = FeatureSource(self.world, self.cfg.max_boards, self.cfg.max_history)
+        source = FeatureSource(self.world, self.cfg.max_boards, self.cfg.max_history, self.cfg.coengagement_dim,
+                               self.cfg.coengagement_every)
         train_imp, val_imp, eval_imp = _impressions(self.world, self.cfg)
         self.train_ex = source.examples(train_imp)
         self.val_ex = source.examples(val_imp) if val_imp is not None else None
