@@ -31,6 +31,8 @@ class Snapshot:
 class CoEngagement:
     """Point-in-time co-engagement vectors from saves (user_id, pin_id, day)."""
 
+    KEEP = 2
+
     def __init__(self, user_id, pin_id, day, dim: int = 64, every: int = 7, seed: int = 0):
         if every < 1:
             raise ValueError(f"ranking: co-engagement snapshot interval must be >= 1 day, got {every}")
@@ -46,8 +48,11 @@ class CoEngagement:
         return (np.asarray(day, np.int64) // self.every) * self.every
 
     def snapshot(self, day: int) -> Snapshot:
-        """Vectors from the saves on days < ``day`` (computed once per snapshot day)."""
+        """Vectors from the saves on days < ``day``. The last ``KEEP`` snapshots stay cached: training reads
+        each snapshot once, and serving moves forward a day at a time."""
         if day not in self._snapshots:
+            if len(self._snapshots) >= self.KEEP:
+                self._snapshots.pop(next(iter(self._snapshots)))
             self._snapshots[day] = self._fit(day)
         return self._snapshots[day]
 

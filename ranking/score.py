@@ -35,6 +35,9 @@ class Scorer:
         if not cfg_path.is_file():
             raise FileNotFoundError(f"ranking: {cfg_path} not found: no trained run {run!r}")
         self.cfg = json.loads(cfg_path.read_text())
+        if "coengagement_dim" not in self.cfg:
+            raise ValueError(f"ranking: {cfg_path}: run {run!r} was trained without the co-engagement features "
+                             "(no 'coengagement_dim'); train it again")
         self.env = env or distributed.setup()
         self.world = world or World(workdir)
         self.source = FeatureSource(self.world, self.cfg["max_boards"], self.cfg["max_history"],

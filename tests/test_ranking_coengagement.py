@@ -45,6 +45,10 @@ def test_snapshot_sees_only_saves_before_its_day():
     assert not np.allclose(ce.snapshot(7).users[0], without.snapshot(7).users[0], atol=1e-3)
     # before any save there is nothing: every feature is zero
     np.testing.assert_array_equal(ce.features([0], [101], [102], [-7]), np.zeros((1, 4)))
+    # only the last two snapshots stay in memory, and an evicted one comes back the same
+    first = ce.features([0, 0, 0], [101, 101, 101], [102, 102, 102], [0, 7, 14])
+    assert len(ce._snapshots) == CoEngagement.KEEP
+    np.testing.assert_array_equal(ce.features([0, 0, 0], [101, 101, 101], [102, 102, 102], [0, 7, 14]), first)
 
 
 def test_unknown_ids_and_missing_query_give_zero_and_flags():

@@ -100,6 +100,14 @@ def test_scorer_scores_slates(tiny_workdir, tiny_world):
     assert rel.shape == (2, 10) and not np.allclose(rel, s[:2])
     with pytest.raises(ValueError, match="unknown surface 'search'"):
         scorer.score([1], "search", slates[:1], day=35)
+    # a run trained before the co-engagement features has a narrower dense input: refused by name
+    old = tiny_workdir / "ranking" / "runs" / "before_coengagement"
+    old.mkdir(parents=True)
+    cfg = json.loads((tiny_workdir / "ranking" / "runs" / "for_scoring" / "config.json").read_text())
+    del cfg["coengagement_dim"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="'before_coengagement' was trained without the co-engagement features"):
+        Scorer(tiny_workdir, "before_coengagement")
 
 
 def test_cli_bad_input(tiny_workdir, capsys):
