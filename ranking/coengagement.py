@@ -4,7 +4,7 @@ A pin's vector is its row in a truncated SVD of the degree-normalized user × pi
 saves strictly before a snapshot day; a user's vector is their row. Two pins saved by the same people
 point the same way, so the cosine of a candidate with the query pin (Related Pins) or with the user is
 the item-to-item and user-to-item collaborative signal that production rankers get from precomputed
-graph embeddings (Pixie, PinSage). Snapshots are taken every ``every`` days, as a daily batch job would
+graph embeddings (Pixie, PinSage). Snapshots are taken every ``every`` days, as a batch job would
 publish them; an example on day d uses the snapshot of day ``every * floor(d / every)``, so it never sees a
 save from its own day or later. A pin or user with no save before the snapshot has no vector (cosine 0,
 flagged), which is what a fresh pin looks like to every engagement feature.
