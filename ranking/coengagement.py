@@ -18,14 +18,17 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils.extmath import randomized_svd
 
+from ranking.vocab import Vocab
+
 
 @dataclass
 class Snapshot:
-    """Unit-norm user and pin vectors (zero rows for those with no save before ``day``)."""
+    """Unit-norm user and pin vectors by vocabulary row (zero rows for row 0 and for those with no save
+    before ``day``)."""
 
     day: int
-    users: np.ndarray      # (n_users, dim) float32
-    pins: np.ndarray       # (n_pins, dim) float32
+    users: np.ndarray      # (len(user vocabulary), dim) float32
+    pins: np.ndarray       # (len(pin vocabulary), dim) float32
 
 
 class CoEngagement:
@@ -36,9 +39,9 @@ class CoEngagement:
     def __init__(self, user_id, pin_id, day, dim: int = 64, every: int = 7, seed: int = 0):
         if every < 1:
             raise ValueError(f"ranking: co-engagement snapshot interval must be >= 1 day, got {every}")
-        # ids -> dense rows; an id with no save at all (and so no vector in any snapshot) maps to -1
-        self.user_ids, self.user_row = np.unique(np.asarray(user_id, np.int64), return_inverse=True)
-        self.pin_ids, self.pin_row = np.unique(np.asarray(pin_id, np.int64), return_inverse=True)
+        # an id with no save at all (and so no vector in any snapshot) maps to row 0, a zero row
+        self.users, self.pins = Vocab(user_id), Vocab(pin_id)
+        self.user_row, self.pin_row = self.users.rows(user_id), self.pins.rows(pin_id)
         self.day = np.asarray(day, np.int64)
         self.dim, self.every, self.seed = dim, every, seed
         self._snapshots: dict[int, Snapshot] = {}
@@ -58,11 +61,11 @@ class CoEngagement:
 
     def _fit(self, day: int) -> Snapshot:
         before = self.day < day
-        # one extra zero row at the end: where ids without a vector are looked up
-        users = np.zeros((len(self.user_ids) + 1, self.dim), np.float32)
-        pins = np.zeros((len(self.pin_ids) + 1, self.dim), np.float32)
-        m = sp.csr_matrix((np.ones(int(before.sum()), np.float32), (self.user_row[before], self.pin_row[before])),
-                          shape=(len(self.user_ids), len(self.pin_ids)))
+        users = np.zeros((len(self.users), self.dim), np.float32)
+        pins = np.zeros((len(self.pins), self.dim), np.float32)
+        # the save matrix over known ids only: vocabulary row r is matrix row r - 1
+        rows, cols = self.user_row[before] - 1, self.pin_row[before] - 1
+        m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(self.users) - 1, len(self.pins) - 1))
         m.data[:] = 1.0   # a pin saved twice by one user is one co-engagement
         du, dp = np.asarray(m.sum(1)).ravel(), np.asarray(m.sum(0)).ravel()
         k = min(self.dim, min(m.shape) - 1, int((du > 0).sum()) - 1, int((dp > 0).sum()) - 1)
@@ -70,16 +73,15 @@ class CoEngagement:
             return Snapshot(day, users, pins)
         norm = sp.diags(1 / np.sqrt(np.maximum(du, 1))) @ m @ sp.diags(1 / np.sqrt(np.maximum(dp, 1)))
         u, s, vt = randomized_svd(norm, k, n_iter=5, random_state=self.seed)
-        users[:-1, :k] = _unit(u * s, du > 0)
-        pins[:-1, :k] = _unit(vt.T * s, dp > 0)
+        users[1:, :k] = _unit(u * s, du > 0)
+        pins[1:, :k] = _unit(vt.T * s, dp > 0)
         return Snapshot(day, users, pins)
 
     def features(self, user_id, pin_id, query_pin_id, day) -> np.ndarray:
         """Per example (n, 4): cosine of the candidate with the user and with the query pin (0 without a
         query or where either has no vector), whether the candidate has a vector, whether the query has."""
-        user = _rows(self.user_ids, user_id)
-        pin = _rows(self.pin_ids, pin_id)
-        query = _rows(self.pin_ids, query_pin_id)   # -1 (no query) is never a saved pin's id
+        user, pin = self.users.rows(user_id), self.pins.rows(pin_id)
+        query = self.pins.rows(query_pin_id)   # -1 (no query) is never a saved pin's id
         snap_day = self.snapshot_day(day)
         out = np.zeros((len(pin_id), 4), np.float32)
         for s in np.unique(snap_day):
@@ -91,15 +93,6 @@ class CoEngagement:
             out[rows, 2] = cand.any(1)
             out[rows, 3] = q.any(1)
         return out
-
-
-def _rows(known: np.ndarray, ids) -> np.ndarray:
-    """Rows of ``ids`` among the sorted ``known`` ids; anything else -> -1 (the zero row)."""
-    ids = np.asarray(ids, np.int64)
-    if len(known) == 0:
-        return np.full(len(ids), -1)
-    pos = np.minimum(np.searchsorted(known, ids), len(known) - 1)
-    return np.where(known[pos] == ids, pos, -1)
 
 
 def _unit(x: np.ndarray, present: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ from pinclip.embeddings import PublishedEmbeddings, open_embeddings
 from pinworld.world import World
 from ranking.coengagement import CoEngagement
 from ranking.history import History, entity_day_keys, gather_jagged
+from ranking.vocab import Vocab
 
 SURFACES = ("homefeed", "related", "ads")
 TASKS = (("homefeed", "repin"), ("homefeed", "click"), ("related", "repin"), ("related", "click"), ("ads", "click"))
@@ -39,23 +40,6 @@ BASE_DENSE = ("position", "log_age", "is_ad", "pin_impressions", "pin_repins", "
               "pin_repin_rate", "user_saves", "user_impressions", "surface_homefeed", "surface_related", "surface_ads",
               "coeng_user_cosine", "coeng_query_cosine", "coeng_pin_known", "coeng_query_known")
 CONTENT_DIM = 64
-
-
-class Vocab:
-    """Sorted known ids -> rows 1..n; anything else -> 0 (the unknown row)."""
-
-    def __init__(self, ids):
-        self.ids = np.unique(np.asarray(ids, np.int64))
-
-    def __len__(self) -> int:
-        return len(self.ids) + 1
-
-    def rows(self, ids) -> np.ndarray:
-        ids = np.asarray(ids, np.int64)
-        if len(self.ids) == 0:
-            return np.zeros(len(ids), np.int64)
-        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
-        return np.where(self.ids[pos] == ids, pos + 1, 0)
 
 
 @dataclass
