@@ -107,6 +107,13 @@ def _side(results: dict, task: str, variant: str = "64", k: int = TARGET_K) -> t
     return recall(results, task, variant, k), results["tasks"][task].get("queries")
 
 
+def describe_check(check: dict) -> str:
+    """A target check as ``claim (value vs reference, ratio R[, within two standard errors])``."""
+    ratio = "" if check["ratio"] is None else f", ratio {check['ratio']:.2f}"
+    noise = ", within two standard errors" if check.get("within_noise") else ""
+    return f"{check['claim']} ({check['value']:.4f} vs {check['reference']:.4f}{ratio}{noise})"
+
+
 def target_checks(evals: dict[str, dict], k: int = TARGET_K) -> list[dict]:
     """The paper's claims as checks on R@k: each a record with the two sides, their ratio, whether it holds
     and whether the difference is within two binomial standard errors (the queries are a sample)."""

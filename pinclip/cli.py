@@ -88,7 +88,7 @@ def _pretrain(args) -> int:
 
 
 def _ablate(args) -> int:
-    from pinclip.ablations import ABLATIONS, run_ablations
+    from pinclip.ablations import ABLATIONS, describe_check, run_ablations
 
     names = args.only.split(",") if args.only else list(ABLATIONS)
     out = run_ablations(args.workdir, args.reference, names, max_queries=args.max_queries,
@@ -96,8 +96,7 @@ def _ablate(args) -> int:
     print("\n".join(out["table"]))
     for k, checks in out["checks"].items():
         for c in checks:
-            noise = ", within two standard errors" if c.get("within_noise") else ""
-            print(f"{k}: {'holds' if c['holds'] else 'FAILS'}: {c['claim']} ({c['value']:.4f} vs {c['reference']:.4f}{noise})")
+            print(f"{k}: {'holds' if c['holds'] else 'FAILS'}: {describe_check(c)}")
     return 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pinclip.ablations import ABLATIONS, ablation_table
+from pinclip.ablations import ABLATIONS, ablation_table, describe_check
 from pinclip.embeddings import open_embeddings
 from pinclip.publish import latest_version
 from pinworld.files import write_text_atomic
@@ -86,10 +86,7 @@ def ablations_section(w: Path) -> list[str]:
                    "sampling noise of the queries):")
         out.append("")
         for c in checks:
-            ratio = "" if c["ratio"] is None else f", ratio {c['ratio']:.2f}"
-            noise = ", within two standard errors" if c.get("within_noise") else ""
-            out.append(f"- {'holds' if c['holds'] else '**fails**'}: {c['claim']} "
-                       f"({c['value']:.4f} vs {c['reference']:.4f}{ratio}{noise})")
+            out.append(f"- {'holds' if c['holds'] else '**fails**'}: {describe_check(c)}")
         out.append("")
     return out
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from pinclip import cli as pinclip_cli
-from pinclip.ablations import ablation_config, same_as_reference, target_checks
+from pinclip.ablations import ablation_config, describe_check, same_as_reference, target_checks
 
 
 def test_ablation_config_changes_only_its_fields(loop_workdir):
@@ -75,6 +75,8 @@ def test_target_checks_compare_the_right_cells():
             task["queries"] = 5_000
     checks = target_checks(evals)
     assert check("no-Matryoshka")["within_noise"] is True and check("> untrained")["within_noise"] is False
+    assert describe_check(check("no-Matryoshka")).endswith("(0.2600 vs 0.2700, ratio 0.96, within two standard errors)")
+    assert describe_check(check("> untrained")).endswith("(0.2600 vs 0.0500, ratio 5.20)")
 
 
 def test_make_results_lists_every_ablation():
