@@ -62,7 +62,7 @@ bench: install
 # in the reference (here pretrained_image and in_batch_negatives) is skipped at once.
 ABLATIONS := image_text no_pin_pin in_batch_negatives no_annotation no_matryoshka scratch_image pretrained_image scratch_text \
              image_only pretrained_towers untrained
-ARMS := ids pinclip pinclip_shuffled topic oracle
+ARMS := ids pinclip pinclip_shuffled topic topic_objects oracle
 SEEDS := 0 1 2
 results: demo
 	OMP_NUM_THREADS=1 $(MAKE) -j2 --output-sync=target results-jobs

@@ -21,7 +21,7 @@ import polars as pl
 from abtest.errors import AbtestError
 from pinclip.embeddings import PublishedEmbeddings, open_embeddings
 from pinclip.publish import EmbeddingBatch, embeddings_dir, latest_version, publish
-from pinworld.oracle import oracle_embeddings
+from pinworld.oracle import ORACLE_KINDS, oracle_embeddings
 from pinworld.text import TEXT_MISSING
 from pinworld.world import World
 
@@ -81,18 +81,19 @@ class DailyPublisher:
 
 
 class OracleEmbeddingPublisher(DailyPublisher):
-    """pinworld's oracle (or topic-only) embeddings, published day by day like a production pipeline."""
+    """pinworld's oracle (or a topic-only floor: ``kind`` from ``pinworld.oracle.ORACLE_KINDS``) embeddings,
+    published day by day like a production pipeline."""
 
-    def __init__(self, world: World, out_workdir: Path | str, name: str, lag: int, *, topic_only: bool = False):
+    def __init__(self, world: World, out_workdir: Path | str, name: str, lag: int, *, kind: str = "oracle"):
         super().__init__(world, out_workdir, name, lag)
-        self.topic_only = topic_only
+        self.kind = kind
 
     @property
     def source(self) -> dict:
-        return {"kind": "topic" if self.topic_only else "oracle", "generator_version": self.world.generator_version}
+        return {"kind": self.kind, "generator_version": self.world.generator_version}
 
     def embed(self, ids: np.ndarray, as_of: int, first: bool) -> EmbeddingBatch:
-        vectors = oracle_embeddings(self.world, ids, topic_only=self.topic_only)
+        vectors = oracle_embeddings(self.world, ids, kind=self.kind)
         return EmbeddingBatch(ids, vectors, {"text": self.world.truth.pins.text_quality[ids] != TEXT_MISSING})
 
 
@@ -121,8 +122,8 @@ class PinCLIPRunPublisher(DailyPublisher):
 
 PublisherFactory = Callable[[World, Path, str, int, dict], EmbeddingPublisher]
 PUBLISHERS: dict[str, PublisherFactory] = {
-    "oracle": lambda world, out, name, lag, manifest: OracleEmbeddingPublisher(world, out, name, lag),
-    "topic": lambda world, out, name, lag, manifest: OracleEmbeddingPublisher(world, out, name, lag, topic_only=True),
+    **{kind: (lambda world, out, name, lag, manifest, kind=kind: OracleEmbeddingPublisher(world, out, name, lag, kind=kind))
+       for kind in ORACLE_KINDS},
     "pinclip": PinCLIPRunPublisher,
 }
 

@@ -10,8 +10,10 @@ from tqdm import tqdm
 
 
 def _publish(args) -> int:
-    if args.source not in ("run", "oracle", "topic"):
-        raise ValueError(f"pinclip publish: --source {args.source!r}: expected 'run', 'oracle' or 'topic'")
+    from pinworld.oracle import ORACLE_KINDS
+
+    if args.source not in ("run", *ORACLE_KINDS):
+        raise ValueError(f"pinclip publish: --source {args.source!r}: expected one of run, {', '.join(ORACLE_KINDS)}")
     if args.source == "run" and not args.run:
         raise ValueError("pinclip publish: --source run: expected --run RUN (a trained run under pinclip/runs/)")
     bar = tqdm(desc=f"publish {args.name}", unit="part", disable=args.quiet)
@@ -29,7 +31,7 @@ def _publish(args) -> int:
         from pinclip.oracle_source import publish_oracle
 
         manifest = publish_oracle(args.workdir, args.name, as_of_day=args.as_of_day, since_day=args.since_day,
-                                  topic_only=args.source == "topic", on_part=on_part)
+                                  kind=args.source, on_part=on_part)
     bar.close()
     from pinworld.catalog import build_catalog
 
@@ -155,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="pinwork")
     p.add_argument("--name", default="pinclip")
     p.add_argument("--source", default="run", help="run: a trained PinCLIP run (--run); oracle: pinworld's true "
-                   "content latents; topic: the topic alone (the floor)")
+                   "content latents; topic: the topic alone (the floor); topic_objects: the topic the pin's objects show")
     p.add_argument("--run", default=None, help="the PinCLIP run to publish (with --source run)")
     p.add_argument("--as-of-day", type=int, default=None, help="only pins created before this day")
     p.add_argument("--since-day", type=int, default=None,

@@ -13,10 +13,11 @@ from pinworld.world import World
 
 
 def publish_oracle(workdir: Path | str, name: str = "oracle", *, as_of_day: int | None = None,
-                   since_day: int | None = None, topic_only: bool = False, on_part=None) -> dict:
+                   since_day: int | None = None, kind: str = "oracle", on_part=None) -> dict:
     """Publish oracle embeddings of the pins created before ``as_of_day`` (all when None); with
     ``since_day``, an incremental version adding the pins created since then that LATEST lacks.
-    ``topic_only`` publishes the floor instead: the topic code alone."""
+    ``kind`` (``pinworld.oracle.ORACLE_KINDS``) ``topic`` or ``topic_objects`` publishes a floor instead: a
+    topic code alone."""
     world = World(workdir)
     pins = world.table("pins", as_of=as_of_day).select("pin_id", "created_day")
     ids = pins["pin_id"].to_numpy()
@@ -28,9 +29,9 @@ def publish_oracle(workdir: Path | str, name: str = "oracle", *, as_of_day: int 
             raise PublishError(f"pinclip publish: --since-day {since_day}: nothing published under {name!r} yet")
         prev = open_embeddings(workdir, name)
         ids = ids[(pins["created_day"].to_numpy() >= since_day) & ~np.isin(ids, prev.pin_ids)]
-    vectors = oracle_embeddings(world, ids, topic_only=topic_only)
+    vectors = oracle_embeddings(world, ids, kind=kind)
     has_text = world.truth.pins.text_quality[ids] != TEXT_MISSING
     batch = EmbeddingBatch(ids, vectors, present={"text": has_text})
-    source = {"kind": "topic" if topic_only else "oracle", "generator_version": world.generator_version}
+    source = {"kind": kind, "generator_version": world.generator_version}
     return publish(workdir, name, batch, source=source, incremental=incremental, as_of_day=as_of_day,
                    on_part=on_part)

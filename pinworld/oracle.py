@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.linalg
 
-from pinworld.latents import visible_quality_z
+from pinworld.latents import topic_posterior, visible_quality_z
 from pinworld.render import STYLES
+from pinworld.taxonomy import load_taxonomy
 from pinworld.text import ATTRIBUTES
 from pinworld.world import World
 
@@ -54,27 +55,42 @@ def export_oracle(world: World, out: Path | str) -> Path:
     return out
 
 
+def topic_from_objects(world: World, pin_ids=None) -> np.ndarray:
+    """The topic an exact reader of each pin's objects would name: the most probable one given the
+    unordered object set (:func:`pinworld.latents.topic_posterior`). Unlike the true topic, which a second or
+    third object from another topic of the same category can hide, this is what content can show of it."""
+    truth = world.truth
+    ids = np.arange(len(truth.pins)) if pin_ids is None else np.asarray(pin_ids)
+    return topic_posterior(world.config, load_taxonomy(), truth.pins.objects[ids]).argmax(1)
+
+
 ORACLE_EMBEDDING_DIM = 64
+# what an oracle embedding holds: every content latent (the ceiling), the true topic alone (the floor),
+# or the topic as the pin's objects show it (the floor a content reader could reach)
+ORACLE_KINDS = ("oracle", "topic", "topic_objects")
 _TOPIC_DIMS, _STYLE_DIMS = 47, 8   # and one for the visible quality
 
 
-def oracle_embeddings(world: World, pin_ids=None, topic_only: bool = False) -> dict[str, np.ndarray]:
+def oracle_embeddings(world: World, pin_ids=None, kind: str = "oracle") -> dict[str, np.ndarray]:
     """The oracle as 64-d unit vectors in the published-embedding contract: a fixed near-orthogonal
     47-d code per topic, then style and attribute as rows of an 8x8 Hadamard matrix (orthogonal codes
     with small components, so int8 quantization clamps nothing), each block weighted to a third of the
     squared norm, then the visible quality (its z-score x 0.15, within +-0.45; zero when the images show
-    none). ``image`` sees topic + style + visible quality, ``text`` topic + attribute. ``topic_only``
-    keeps the topic block alone (unit norm) in every kind: the topic one-hot floor in the same contract."""
+    none). ``image`` sees topic + style + visible quality, ``text`` topic + attribute. ``kind`` (one of
+    ``ORACLE_KINDS``) ``topic`` keeps the topic block alone (unit norm) in every kind: the topic one-hot floor
+    in the same contract; ``topic_objects`` the same with the topic of :func:`topic_from_objects`."""
+    if kind not in ORACLE_KINDS:
+        raise ValueError(f"oracle embeddings: kind {kind!r}: expected one of {', '.join(ORACLE_KINDS)}")
     truth = world.truth
     ids = np.arange(len(truth.pins)) if pin_ids is None else np.asarray(pin_ids)
     codes = np.random.default_rng(20260).normal(size=(truth.n_topics, _TOPIC_DIMS)).astype(np.float32)
     codes /= np.linalg.norm(codes, axis=1, keepdims=True)
-    topic = codes[truth.pins.topic[ids]]
+    topic = codes[topic_from_objects(world, ids) if kind == "topic_objects" else truth.pins.topic[ids]]
     hadamard = (scipy.linalg.hadamard(_STYLE_DIMS) / np.sqrt(_STYLE_DIMS)).astype(np.float32)
     style = hadamard[truth.pins.style[ids]]
     attr = hadamard[truth.pins.attr[ids]]
     zero_s, zero_a, zero_q = np.zeros_like(style), np.zeros_like(attr), np.zeros((len(ids), 1), np.float32)
-    if topic_only:
+    if kind != "oracle":
         only = np.concatenate([topic, zero_s, zero_a, zero_q], 1)
         return {"fusion": only, "image": only, "text": only}
     q = np.clip(0.15 * visible_quality_z(truth.pins.visual_quality[ids, None], world.config.visible_quality_share),

@@ -1,7 +1,9 @@
 """`python -m ranking.compare`: the ranking arms side by side, over seeds.
 
 Arms differ only in the dense content feature: IDs only; + PinCLIP; + PinCLIP shuffled across pins
-(must show no lift); + topic one-hot (the floor); + oracle features (the ceiling). Data, seeds, the
+(must show no lift); + topic one-hot (the floor); + the topic one-hot as the pin's objects show it (the
+floor a content reader could reach: pinworld's true topic is hidden in ~2% of pins); + oracle features
+(the ceiling). Data, seeds, the
 training rule (at most ``--epochs``, early stopping on the same validation day) and widths are
 identical: the IDs-only arm has the content inputs too, every pin marked missing (with a narrower input
 layer it scored 0.003–0.006 AUC lower on the demo world, which had read as a "lift" of the shuffled
@@ -24,6 +26,7 @@ import numpy as np
 from pinclip.publish import latest_version
 from pinclip.oracle_source import publish_oracle
 from pinworld.files import write_text_atomic
+from pinworld.oracle import ORACLE_KINDS
 from ranking.claims import IMPRESSION_SLICES, claim_checks, format_checks
 from ranking.train import TrainConfig, Trainer
 
@@ -32,6 +35,7 @@ ARMS = {  # name -> (embedding name, shuffled)
     "pinclip": ("pinclip", False),
     "pinclip_shuffled": ("pinclip", True),
     "topic": ("topic", False),
+    "topic_objects": ("topic_objects", False),
     "oracle": ("oracle", False),
 }
 SLICES = ("all", "fresh", "older", "unseen_pins", "new_ads", "older_ads", *IMPRESSION_SLICES)
@@ -40,12 +44,12 @@ RESULTS_BEGIN, RESULTS_END = "<!-- ranking-compare:begin -->", "<!-- ranking-com
 
 
 def ensure_embeddings(workdir: str, arms: list[str]) -> list[str]:
-    """Publish the oracle/topic embeddings an arm needs; drop PinCLIP arms when nothing is published."""
+    """Publish the oracle and topic embeddings an arm needs; drop PinCLIP arms when nothing is published."""
     kept = []
     for arm in arms:
         name, _ = ARMS[arm]
-        if name in ("oracle", "topic") and latest_version(workdir, name) is None:
-            publish_oracle(workdir, name, topic_only=name == "topic")
+        if name in ORACLE_KINDS and latest_version(workdir, name) is None:
+            publish_oracle(workdir, name, kind=name)
         if name == "pinclip" and latest_version(workdir, name) is None:
             print(f"ranking.compare: skipping arm {arm!r}: nothing published under 'pinclip' yet", file=sys.stderr)
             continue

@@ -11,7 +11,7 @@ from pinclip import cli
 from pinclip.embeddings import open_embeddings
 from pinclip.index import CandidateIndex, HNSWConfig, recall_against_exact
 from pinclip.quantization import clamped_share
-from pinworld.oracle import oracle_embeddings
+from pinworld.oracle import oracle_embeddings, topic_from_objects
 
 
 def test_oracle_embeddings_are_unit_and_unclamped(tiny_world):
@@ -24,6 +24,23 @@ def test_oracle_embeddings_are_unit_and_unclamped(tiny_world):
     sim = emb["fusion"] @ emb["fusion"].T
     same_topic = t.topic[:500, None] == t.topic[None, :500]
     assert sim[same_topic].mean() > sim[~same_topic].mean() + 0.2
+
+
+def test_topic_floors_code_the_true_topic_or_the_one_its_objects_show(tiny_world):
+    """The topic floor is the true topic's code; the objects' floor the code of the most probable topic given
+    the object set, which differs exactly where the objects point elsewhere."""
+    ids = np.arange(len(tiny_world.truth.pins))
+    shown = topic_from_objects(tiny_world, ids)
+    truth = tiny_world.truth.pins.topic
+    assert 0.9 < (shown == truth).mean() < 1.0
+    topic, objects = (oracle_embeddings(tiny_world, ids, kind=k)["fusion"] for k in ("topic", "topic_objects"))
+    np.testing.assert_allclose(np.linalg.norm(objects, axis=1), 1.0, rtol=1e-5)
+    same_code = np.isclose(topic, objects).all(1)
+    np.testing.assert_array_equal(same_code, shown == truth)
+    other = np.flatnonzero(shown != truth)[0]
+    np.testing.assert_allclose(objects[other], topic[np.flatnonzero(truth == shown[other])[0]])
+    with pytest.raises(ValueError, match="kind 'topics'"):
+        oracle_embeddings(tiny_world, ids[:3], kind="topics")
 
 
 def test_oracle_published_covers_all_pins_text_where_it_applies(tiny_oracle, tiny_world):

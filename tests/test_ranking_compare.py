@@ -72,7 +72,8 @@ def test_claim_checks_pair_by_seed_and_judge_against_the_spread():
         return [{"metrics": {"homefeed/repin": {sl: {"auc": v + w} for sl, v in slices.items()}}} for w in wobble]
 
     reports = {"ids": runs(0.70, 0.69, 0.68, 0.71), "pinclip": runs(0.72, 0.72, 0.71, 0.72),
-               "topic": runs(0.71, 0.70, 0.69, 0.715), "pinclip_shuffled": runs(0.70, 0.69, 0.68, 0.71)}
+               "topic": runs(0.71, 0.70, 0.69, 0.715), "topic_objects": runs(0.71, 0.725, 0.69, 0.715),
+               "pinclip_shuffled": runs(0.70, 0.69, 0.68, 0.71)}
     # an arm's wobble repeats the IDs-only one, so paired differences are exact: test the rule, not the noise
     reports["pinclip"][1]["metrics"]["homefeed/repin"]["fresh"]["auc"] -= 0.0004
     checks = {c["claim"].split(": ")[1].split(" (")[0]: c for c in claim_checks(reports)}
@@ -82,6 +83,7 @@ def test_claim_checks_pair_by_seed_and_judge_against_the_spread():
     assert fresh["holds"] is True
     assert checks["the lift shrinks with training impressions"]["holds"] is True      # 0.03 at few, 0.01 at many
     assert checks["pinclip beats the topic one-hot on fresh"]["holds"] is True
+    assert checks["pinclip beats the topic one-hot its objects show on fresh"]["holds"] is False   # 0.72 < 0.725
     assert checks["pinclip_shuffled shows no lift"]["holds"] is True
     # a positive shuffled lift fails, and so does a difference that changes sign across seeds
     reports["pinclip_shuffled"] = runs(0.705, 0.69, 0.68, 0.71)
@@ -89,8 +91,13 @@ def test_claim_checks_pair_by_seed_and_judge_against_the_spread():
     checks = {c["claim"].split(": ")[1].split(" (")[0]: c for c in claim_checks(reports)}
     assert checks["pinclip_shuffled shows no lift"]["holds"] is False
     assert checks["pinclip beats the topic one-hot on fresh"]["holds"] is False
-    # one seed is not judged; without the topic arm its claim is left out
-    one = {k: v[:1] for k, v in reports.items() if k != "topic"}
+    # each floor is its own claim
+    reports["topic_objects"] = runs(0.71, 0.70, 0.69, 0.715)
+    checks = {c["claim"].split(": ")[1].split(" (")[0]: c for c in claim_checks(reports)}
+    assert checks["pinclip beats the topic one-hot its objects show on fresh"]["holds"] is True
+    assert checks["pinclip beats the topic one-hot on fresh"]["holds"] is False
+    # one seed is not judged; without the topic arms their claims are left out
+    one = {k: v[:1] for k, v in reports.items() if not k.startswith("topic")}
     checks = claim_checks(one)
     assert all(c["holds"] is None and c["se"] is None for c in checks)
     assert not any("topic" in c["claim"] for c in checks)
