@@ -88,6 +88,12 @@ class OracleEmbeddingPublisher(DailyPublisher):
         super().__init__(world, out_workdir, name, lag)
         self.kind = kind
 
+    @classmethod
+    def from_manifest(cls, world: World, out_workdir: Path | str, name: str, lag: int,
+                      manifest: dict) -> OracleEmbeddingPublisher:
+        """The publisher of the kind the workspace's version was published as."""
+        return cls(world, out_workdir, name, lag, kind=manifest["source"]["kind"])
+
     @property
     def source(self) -> dict:
         return {"kind": self.kind, "generator_version": self.world.generator_version}
@@ -122,8 +128,7 @@ class PinCLIPRunPublisher(DailyPublisher):
 
 PublisherFactory = Callable[[World, Path, str, int, dict], EmbeddingPublisher]
 PUBLISHERS: dict[str, PublisherFactory] = {
-    **{kind: (lambda world, out, name, lag, manifest, kind=kind: OracleEmbeddingPublisher(world, out, name, lag, kind=kind))
-       for kind in ORACLE_KINDS},
+    **dict.fromkeys(ORACLE_KINDS, OracleEmbeddingPublisher.from_manifest),
     "pinclip": PinCLIPRunPublisher,
 }
 

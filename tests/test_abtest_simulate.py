@@ -17,7 +17,7 @@ from abtest.assign import BUCKETS, assign, bucket_bounds, buckets, sample_users,
 from abtest.candidates import CandidateSource
 from abtest.config import Days, load_config
 from abtest.errors import AbtestError
-from abtest.publishers import OracleEmbeddingPublisher
+from abtest.publishers import OracleEmbeddingPublisher, make_publisher
 from abtest.rankers import auction, rank_slates
 from abtest.simulate import EVENTS_SCHEMA, EXPOSURES_SCHEMA, simulate, simulate_potential_outcomes
 from pinworld.world import World
@@ -82,6 +82,15 @@ def test_oracle_publisher_is_incremental_with_lag(tiny_workdir, tiny_oracle, tmp
     assert set(created[np.setdiff1d(v2.pin_ids, v1.pin_ids)]) == {29}
     assert pub.publish_until(31) is v2
     np.testing.assert_array_equal(v2.lookup(v1.pin_ids[:50]).values, tiny_oracle.lookup(v1.pin_ids[:50]).values)
+
+
+def test_publisher_follows_the_source_kind_of_the_workspace_version(tiny_workdir, tmp_path):
+    from pinclip.oracle_source import publish_oracle
+
+    publish_oracle(tiny_workdir, "floor_objects", kind="topic_objects")
+    pub = make_publisher(World(tiny_workdir), tmp_path, "floor_objects", lag=2)
+    assert isinstance(pub, OracleEmbeddingPublisher) and pub.kind == "topic_objects"
+    assert pub.publish_until(30).manifest["source"]["kind"] == "topic_objects"
 
 
 def test_ads_pool_depth_follows_the_experiment(tiny_workdir):
