@@ -81,7 +81,7 @@ class DailyPublisher:
 
 
 class OracleEmbeddingPublisher(DailyPublisher):
-    """pinworld's oracle (or a topic-only floor: ``kind`` from ``pinworld.oracle.ORACLE_KINDS``) embeddings,
+    """pinworld's oracle (or a topic code alone: ``kind`` from ``pinworld.oracle.ORACLE_KINDS``) embeddings,
     published day by day like a production pipeline."""
 
     def __init__(self, world: World, out_workdir: Path | str, name: str, lag: int, *, kind: str = "oracle"):

@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="pinwork")
     p.add_argument("--name", default="pinclip")
     p.add_argument("--source", default="run", help="run: a trained PinCLIP run (--run); oracle: pinworld's true "
-                   "content latents; topic: the topic alone (the floor); topic_objects: the topic the pin's objects show")
+                   "content latents; topic: the latent true topic alone (a reference); topic_objects: the topic the pin's "
+                   "objects show (the floor)")
     p.add_argument("--run", default=None, help="the PinCLIP run to publish (with --source run)")
     p.add_argument("--as-of-day", type=int, default=None, help="only pins created before this day")
     p.add_argument("--since-day", type=int, default=None,

@@ -16,8 +16,8 @@ def publish_oracle(workdir: Path | str, name: str = "oracle", *, as_of_day: int 
                    since_day: int | None = None, kind: str = "oracle", on_part=None) -> dict:
     """Publish oracle embeddings of the pins created before ``as_of_day`` (all when None); with
     ``since_day``, an incremental version adding the pins created since then that LATEST lacks.
-    ``kind`` (``pinworld.oracle.ORACLE_KINDS``) ``topic`` or ``topic_objects`` publishes a floor instead: a
-    topic code alone."""
+    ``kind`` (``pinworld.oracle.ORACLE_KINDS``) ``topic`` or ``topic_objects`` publishes a topic code alone
+    instead: the latent true topic's (a reference) or the topic the pin's objects show (the floor)."""
     world = World(workdir)
     pins = world.table("pins", as_of=as_of_day).select("pin_id", "created_day")
     ids = pins["pin_id"].to_numpy()

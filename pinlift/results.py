@@ -114,7 +114,9 @@ def ranking_section(w: Path) -> list[str]:
             format_table(cmp_["summary"], cmp_["arms"]), "",
             *(["The cold-start claims (`ranking.claims`): differences paired by seed, mean ± standard error; a "
                "claim holds when the difference is positive on every seed and more than twice its standard "
-               "error (for the shuffled arm: when its lift is not).", "", format_checks(cmp_["checks"]), ""]
+               "error (for the shuffled arm: when its lift is not). The floor is `topic_objects`, the topic one-hot "
+               "of the topic a pin's objects show; `topic`, pinworld's latent true topic, is a reference that no "
+               "reader of the content observes, reported and not judged.", "", format_checks(cmp_["checks"]), ""]
               if cmp_.get("checks") else []),
             *(["One model with surface-specific heads against one model per surface, same arm and seeds "
                "(`--per-surface`); AUC of each and the difference, paired by seed.", "",

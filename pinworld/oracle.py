@@ -65,8 +65,8 @@ def topic_from_objects(world: World, pin_ids=None) -> np.ndarray:
 
 
 ORACLE_EMBEDDING_DIM = 64
-# what an oracle embedding holds: every content latent (the ceiling), the true topic alone (the floor),
-# or the topic as the pin's objects show it (the floor a content reader could reach)
+# what an oracle embedding holds: every content latent (the ceiling), the latent true topic alone (a
+# reference no content reader observes), or the topic as the pin's objects show it (the floor)
 ORACLE_KINDS = ("oracle", "topic", "topic_objects")
 _TOPIC_DIMS, _STYLE_DIMS = 47, 8   # and one for the visible quality
 
@@ -77,8 +77,9 @@ def oracle_embeddings(world: World, pin_ids=None, kind: str = "oracle") -> dict[
     with small components, so int8 quantization clamps nothing), each block weighted to a third of the
     squared norm, then the visible quality (its z-score x 0.15, within +-0.45; zero when the images show
     none). ``image`` sees topic + style + visible quality, ``text`` topic + attribute. ``kind`` (one of
-    ``ORACLE_KINDS``) ``topic`` keeps the topic block alone (unit norm) in every kind: the topic one-hot floor
-    in the same contract; ``topic_objects`` the same with the topic of :func:`topic_from_objects`."""
+    ``ORACLE_KINDS``) ``topic`` keeps the topic block alone (unit norm) in every kind: the latent topic's
+    one-hot in the same contract; ``topic_objects`` the same with the topic of :func:`topic_from_objects`,
+    the floor a content embedding must beat."""
     if kind not in ORACLE_KINDS:
         raise ValueError(f"oracle embeddings: kind {kind!r}: expected one of {', '.join(ORACLE_KINDS)}")
     truth = world.truth

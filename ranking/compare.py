@@ -1,15 +1,16 @@
 """`python -m ranking.compare`: the ranking arms side by side, over seeds.
 
-Arms differ only in the dense content feature: IDs only; + PinCLIP; + PinCLIP shuffled across pins
-(must show no lift); + topic one-hot (the floor); + the topic one-hot as the pin's objects show it (the
-floor a content reader could reach: pinworld's true topic is hidden in ~2% of pins); + oracle features
-(the ceiling). Data, seeds, the training rule (at most ``--epochs``, early stopping on the same validation day) and widths are
-identical: the IDs-only arm has the content inputs too, every pin marked missing (with a narrower input
-layer it scored 0.003–0.006 AUC lower on the demo world, which had read as a "lift" of the shuffled
-arm; so had training two full epochs, where random per-pin inputs slowed the ID tables' overfitting).
-``--per-surface`` also trains one model per surface for chosen arms. Runs already
-trained (eval.json present) are reused. The table (mean AUC and the lift over IDs-only, mean ± sd over
-seeds, paired by seed) goes to ``docs/results.md`` and ``W/ranking/compare.json``.
+Arms differ only in the dense content feature: IDs only; + PinCLIP; + PinCLIP shuffled across pins (must
+show no lift); + the topic one-hot as the pin's objects show it (the floor: what a content reader could
+reach); + the one-hot of pinworld's latent true topic (a reference, not a floor: no content shows it in
+~2% of pins); + oracle features (the ceiling). Data, seeds, the training rule (at most ``--epochs``, early
+stopping on the same validation day) and widths are identical: the IDs-only arm has the content inputs
+too, every pin marked missing (with a narrower input layer it scored 0.003–0.006 AUC lower on the demo
+world, which had read as a "lift" of the shuffled arm; so had training two full epochs, where random
+per-pin inputs slowed the ID tables' overfitting). ``--per-surface`` also trains one model per surface for
+chosen arms. Runs already trained (eval.json present) are reused. The table (mean AUC and the lift over
+IDs-only, mean ± sd over seeds, paired by seed) goes to ``docs/results.md`` and
+``W/ranking/compare.json``.
 """
 
 from __future__ import annotations

@@ -82,20 +82,25 @@ def test_claim_checks_pair_by_seed_and_judge_against_the_spread():
     np.testing.assert_allclose(fresh["per_seed"], [0.01, 0.0096, 0.01], atol=1e-9)
     assert fresh["holds"] is True
     assert checks["the lift shrinks with training impressions"]["holds"] is True      # 0.03 at few, 0.01 at many
-    assert checks["pinclip beats the topic one-hot on fresh"]["holds"] is True
     assert checks["pinclip beats the topic one-hot its objects show on fresh"]["holds"] is False   # 0.72 < 0.725
+    # the latent true topic is a reference: its paired difference is reported with its spread, never judged
+    latent = checks["pinclip against the latent true topic one-hot on fresh"]
+    assert latent["reference"] is True and latent["holds"] is None and latent["se"] is not None
+    np.testing.assert_allclose(latent["mean"], 0.02 - 0.0004 / 3, atol=1e-9)
     assert checks["pinclip_shuffled shows no lift"]["holds"] is True
     # a positive shuffled lift fails, and so does a difference that changes sign across seeds
     reports["pinclip_shuffled"] = runs(0.705, 0.69, 0.68, 0.71)
-    reports["topic"][2]["metrics"]["homefeed/repin"]["fresh"]["auc"] += 0.05
+    reports["topic_objects"] = runs(0.71, 0.70, 0.69, 0.715)
+    reports["topic_objects"][2]["metrics"]["homefeed/repin"]["fresh"]["auc"] += 0.05
     checks = {c["claim"].split(": ")[1].split(" (")[0]: c for c in claim_checks(reports)}
     assert checks["pinclip_shuffled shows no lift"]["holds"] is False
-    assert checks["pinclip beats the topic one-hot on fresh"]["holds"] is False
-    # each floor is its own claim
+    assert checks["pinclip beats the topic one-hot its objects show on fresh"]["holds"] is False
     reports["topic_objects"] = runs(0.71, 0.70, 0.69, 0.715)
     checks = {c["claim"].split(": ")[1].split(" (")[0]: c for c in claim_checks(reports)}
     assert checks["pinclip beats the topic one-hot its objects show on fresh"]["holds"] is True
-    assert checks["pinclip beats the topic one-hot on fresh"]["holds"] is False
+    lines = format_checks(list(checks.values())).splitlines()
+    assert "- reference: homefeed/repin: pinclip against the latent true topic one-hot on fresh: +0.0199 ± 0." in \
+        "\n".join(lines)
     # one seed is not judged; without the topic arms their claims are left out
     one = {k: v[:1] for k, v in reports.items() if not k.startswith("topic")}
     checks = claim_checks(one)
