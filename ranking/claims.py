@@ -14,12 +14,12 @@ import numpy as np
 IMPRESSION_SLICES = ("train_impressions_0", "train_impressions_1_10", "train_impressions_11_100",
                      "train_impressions_101+")
 FRESH_SLICE = {"homefeed/repin": "fresh", "related/repin": "fresh", "ads/click": "new_ads"}
-# the floor a content embedding must beat on cold content: the topic one-hot of the topic the pin's objects
-# show, all a reader of the content could know of it
-FLOORS = {"topic_objects": "the topic one-hot its objects show"}
-# compared on cold content but not judged: pinworld's latent true topic, which no reader of the content
-# observes (it differs from the objects' topic on ~2% of pins) and which is the main term of Related relevance
-REFERENCES = {"topic": "the latent true topic one-hot"}
+# arm -> (the comparison of ``arm`` with it on cold content, whether it is a reference, never judged). The
+# floor a content embedding must beat is the topic one-hot of the topic the pin's objects show, all a reader
+# of the content could know of it; pinworld's latent true topic is a reference: no reader of the content
+# observes it (it differs from the objects' topic on ~2% of pins), and it is the main term of Related relevance
+TOPIC_ARMS = {"topic_objects": ("beats the topic one-hot its objects show", False),
+              "topic": ("against the latent true topic one-hot", True)}
 
 
 def _auc(runs: list[dict], task: str, sl: str) -> np.ndarray | None:
@@ -37,9 +37,9 @@ def _record(claim: str, diff: np.ndarray, *, larger: bool = True, reference: boo
               "holds": None, "reference": reference}
     if len(diff) > 1:   # one seed has no spread to judge by
         record["se"] = float(diff.std(ddof=1) / np.sqrt(len(diff)))
-    if len(diff) > 1 and not reference:
-        positive = bool((diff > 0).all() and record["mean"] > 2 * record["se"])
-        record["holds"] = positive if larger else not positive
+        if not reference:
+            positive = bool((diff > 0).all() and record["mean"] > 2 * record["se"])
+            record["holds"] = positive if larger else not positive
     return record
 
 
@@ -62,9 +62,8 @@ def claim_checks(reports: dict[str, list[dict]], arm: str = "pinclip") -> list[d
             few, many = (by_impressions[0] + by_impressions[1]) / 2, (by_impressions[2] + by_impressions[3]) / 2
             out.append(_record(f"{task}: the lift shrinks with training impressions (0 / 1–10 / 11–100 / 101+: "
                                f"{means}; checked: the mean of 0 and 1–10 against that of 11–100 and 101+)", few - many))
-        for other, what, reference in [(a, f"beats {w}", False) for a, w in FLOORS.items()] + \
-                                      [(a, f"against {w}", True) for a, w in REFERENCES.items()]:
-            if other in reports and cold is not None and (lift := _lift(reports, other, task, fresh)) is not None:
+        for topic, (what, reference) in TOPIC_ARMS.items():
+            if topic in reports and cold is not None and (lift := _lift(reports, topic, task, fresh)) is not None:
                 out.append(_record(f"{task}: {arm} {what} on {fresh}", cold - lift, reference=reference))
         shuffled = f"{arm}_shuffled"
         if shuffled in reports and (noise := _lift(reports, shuffled, task, "all")) is not None:

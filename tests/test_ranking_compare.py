@@ -71,12 +71,16 @@ def test_claim_checks_pair_by_seed_and_judge_against_the_spread():
         slices = dict(zip(("all", "fresh", *IMPRESSION_SLICES), (all_, fresh, few, few, many, many)))
         return [{"metrics": {"homefeed/repin": {sl: {"auc": v + w} for sl, v in slices.items()}}} for w in wobble]
 
+    def by_claim(reports):
+        """The checks by claim, without the task prefix and the bracketed figures."""
+        return {c["claim"].split(": ")[1].split(" (")[0]: c for c in claim_checks(reports)}
+
     reports = {"ids": runs(0.70, 0.69, 0.68, 0.71), "pinclip": runs(0.72, 0.72, 0.71, 0.72),
                "topic": runs(0.71, 0.70, 0.69, 0.715), "topic_objects": runs(0.71, 0.725, 0.69, 0.715),
                "pinclip_shuffled": runs(0.70, 0.69, 0.68, 0.71)}
     # an arm's wobble repeats the IDs-only one, so paired differences are exact: test the rule, not the noise
     reports["pinclip"][1]["metrics"]["homefeed/repin"]["fresh"]["auc"] -= 0.0004
-    checks = {c["claim"].split(": ")[1].split(" (")[0]: c for c in claim_checks(reports)}
+    checks = by_claim(reports)
     assert checks["pinclip lifts AUC overall"]["holds"] is True
     fresh = checks["the lift on fresh exceeds the overall lift"]
     np.testing.assert_allclose(fresh["per_seed"], [0.01, 0.0096, 0.01], atol=1e-9)
@@ -92,15 +96,14 @@ def test_claim_checks_pair_by_seed_and_judge_against_the_spread():
     reports["pinclip_shuffled"] = runs(0.705, 0.69, 0.68, 0.71)
     reports["topic_objects"] = runs(0.71, 0.70, 0.69, 0.715)
     reports["topic_objects"][2]["metrics"]["homefeed/repin"]["fresh"]["auc"] += 0.05
-    checks = {c["claim"].split(": ")[1].split(" (")[0]: c for c in claim_checks(reports)}
+    checks = by_claim(reports)
     assert checks["pinclip_shuffled shows no lift"]["holds"] is False
     assert checks["pinclip beats the topic one-hot its objects show on fresh"]["holds"] is False
     reports["topic_objects"] = runs(0.71, 0.70, 0.69, 0.715)
-    checks = {c["claim"].split(": ")[1].split(" (")[0]: c for c in claim_checks(reports)}
+    checks = by_claim(reports)
     assert checks["pinclip beats the topic one-hot its objects show on fresh"]["holds"] is True
-    lines = format_checks(list(checks.values())).splitlines()
-    assert "- reference: homefeed/repin: pinclip against the latent true topic one-hot on fresh: +0.0199 ± 0." in \
-        "\n".join(lines)
+    assert "\n- reference: homefeed/repin: pinclip against the latent true topic one-hot on fresh: +0.0199 ± 0." in \
+        format_checks(list(checks.values()))
     # one seed is not judged; without the topic arms their claims are left out
     one = {k: v[:1] for k, v in reports.items() if not k.startswith("topic")}
     checks = claim_checks(one)
