@@ -16,7 +16,7 @@ R := $(W)/ranking/runs
 demo: install $(W)/world/world.json $(W)/pinclip/pretrain/text/report.json $(W)/pinclip/pretrain/image/report.json \
       $(W)/pinclip/runs/tiny/eval.json \
       $(W)/embeddings/pinclip/LATEST $(W)/ranking/compare.json $(W)/experiments/pinclip_ranking/analysis.json
-	$(PY) -m pinlift.summary --workdir $(W)
+	$(PY) -m pinlift.readouts.summary --workdir $(W)
 
 $(W)/world/world.json:
 	$(VENV)/bin/pinworld generate --workdir $(W) --preset demo --seed $(SEED)
@@ -68,7 +68,7 @@ results: demo
 	OMP_NUM_THREADS=1 $(MAKE) -j2 --output-sync=target results-jobs
 	$(VENV)/bin/pinclip ablate --workdir $(W) --reference tiny --quiet
 	$(PY) -m ranking.compare --workdir $(W) --seeds $(SEEDS) --epochs 2 --results '' --per-surface ids
-	$(PY) -m pinlift.results --workdir $(W) --out docs/results.md
+	$(PY) -m pinlift.readouts.results --workdir $(W) --out docs/results.md
 
 results-jobs: $(foreach a,$(ABLATIONS),$(W)/pinclip/runs/tiny-$(a)/eval.json) \
               $(foreach a,$(ARMS),$(foreach s,$(SEEDS),$(R)/$(a)_s$(s)/eval.json)) \

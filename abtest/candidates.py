@@ -17,7 +17,7 @@ import polars as pl
 
 from pinclip.embeddings import PublishedEmbeddings
 from pinclip.index import CandidateIndex, HNSWConfig
-from pinworld.clock import FRESH_DAYS
+from pinlift.core.clock import FRESH_DAYS
 from pinworld.logs import LoggingPolicy
 from pinworld.world import World
 

@@ -24,7 +24,7 @@ import duckdb
 import numpy as np
 
 from abtest.errors import input_error
-from pinworld.clock import FRESH_DAYS, NEW_AD_DAYS
+from pinlift.core.clock import FRESH_DAYS, NEW_AD_DAYS
 
 SURFACES = ("homefeed", "related", "ads")
 ACTIONS = ("impression", "repin", "click", "hide")

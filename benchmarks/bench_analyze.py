@@ -45,7 +45,7 @@ import psutil
 from tqdm import tqdm
 
 from machine_info import machine, save
-from pinworld.clock import FRESH_DAYS, NEW_AD_DAYS
+from pinlift.core.clock import FRESH_DAYS, NEW_AD_DAYS
 
 MIB = 1024 ** 2
 SURFACES = ("homefeed", "related", "ads")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 
-from pinworld.schema import TABLES
+from pinlift.core.schema import TABLES
 
 CATALOG_FILE = "catalog.duckdb"
 

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from pinlift.core.cli import add_debug_flag, run_command
 from pinworld.config import PRESETS, preset
 
 
@@ -74,6 +75,7 @@ def _export_oracle(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pinworld", description="The simulated Pinterest behind pinlift.")
+    add_debug_flag(ap)
     sub = ap.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate a world: tables, images, organic logs")
     g.add_argument("--workdir", default="pinwork")
@@ -102,11 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
+    return run_command("pinworld", lambda: args.func(args), args.debug)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ the job a content embedding does inside a real ranker. Nothing else is crossed a
 per arm.
 
 AUC is reported on all test impressions and on slices: ``fresh`` (pin age < 28 days at impression,
-:mod:`pinworld.clock`), ``old`` (the rest) and ``unseen`` (pins with no training impression, so no ID
+:mod:`pinlift.core.clock`), ``old`` (the rest) and ``unseen`` (pins with no training impression, so no ID
 feature). Lifts are arm AUC minus ``ids`` AUC on the same rows. Their spread comes from a Poisson
 bootstrap over users (the models are fixed; test rows are reweighted per user), which is cheap and
 accounts for the clustering of impressions by user.
@@ -42,7 +42,8 @@ import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from pinworld.clock import FRESH_DAYS, is_fresh
+from pinlift.core.cli import add_debug_flag, run_command
+from pinlift.core.clock import FRESH_DAYS, is_fresh
 from pinworld.engagement import ACTIONS, SURFACES
 from pinworld.oracle import oracle_features
 from pinworld.world import World
@@ -89,7 +90,7 @@ def run_study(workdir, cutoff: int | None = None, surface: str = "homefeed", lab
     t_start = time.time()
     world = World(workdir)
     cfg = world.config
-    T = int(cutoff) if cutoff is not None else (2 * cfg.days) // 3
+    T = int(cutoff) if cutoff is not None else world.default_cutoff()
     if not 0 < T < cfg.days:
         raise ValueError(f"cutoff {T} must be inside the log window (0, {cfg.days})")
     truth = world.truth
@@ -253,13 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-crosses", action="store_true", help="content features without user x content crosses")
     ap.add_argument("--n-boot", type=int, default=20, help="bootstrap replicates (0 to skip)")
     ap.add_argument("--out", default=None, help="write the result as JSON here")
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
-    try:
-        result = run_study(args.workdir, args.cutoff, args.surface, args.label, args.seed,
-                           crosses=not args.no_crosses, C=args.C, n_boot=args.n_boot)
-    except (FileNotFoundError, ValueError) as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
+    return run_command("pinworld coldstart-study", lambda: _run(args), args.debug)
+
+
+def _run(args) -> int:
+    result = run_study(args.workdir, args.cutoff, args.surface, args.label, args.seed,
+                       crosses=not args.no_crosses, C=args.C, n_boot=args.n_boot)
     print(format_table(result))
     if args.out:
         out = Path(args.out)

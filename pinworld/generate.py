@@ -25,7 +25,7 @@ from pinworld.latents import (PinLatents, UserLatents, sample_pins, sample_topic
                               visible_quality_z)
 from pinworld.logs import Saves, history_saves, simulate_organic_logs
 from pinworld.render import STYLES, SceneRenderer
-from pinworld.schema import arrow_schema
+from pinlift.core.schema import arrow_schema
 from pinworld.taxonomy import load_taxonomy
 from pinworld.text import ATTRIBUTE_WORDS, ATTRIBUTES, TEXT_MISSING, TextWriter
 

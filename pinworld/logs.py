@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pinworld.clock import FRESH_DAYS
+from pinlift.core.clock import FRESH_DAYS
 from pinworld.engagement import GroundTruth
 from pinworld.latents import stream
 

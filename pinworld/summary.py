@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from pinworld.catalog import connect
-from pinworld.clock import FRESH_DAYS, NEW_AD_DAYS
+from pinlift.core.clock import FRESH_DAYS, NEW_AD_DAYS
 from pinworld.world import World
 
 

@@ -9,7 +9,7 @@ import duckdb
 import pyarrow.dataset as ds
 
 from pinworld.images import ImageStore
-from pinworld.schema import KIND_CHECKS, TABLES, Table
+from pinlift.core.schema import KIND_CHECKS, TABLES, Table
 
 SURFACE_VALUES = ("homefeed", "related", "ads")
 

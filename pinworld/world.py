@@ -20,7 +20,9 @@ from pinworld.engagement import GroundTruth
 from pinworld.images import ImageStore
 from pinworld.latents import PinLatents, UserLatents
 from pinworld.render import STYLES
-from pinworld.schema import TABLES
+from pinlift.core.clock import default_cutoff
+from pinlift.core.errors import InputError
+from pinlift.core.schema import TABLES
 from pinworld.text import ATTRIBUTES
 
 KIND_POLARS = {"int": pl.Int64, "float": pl.Float32, "string": pl.String, "bool": pl.Boolean}
@@ -46,6 +48,23 @@ class World:
     @cached_property
     def config(self) -> WorldConfig:
         return WorldConfig.from_dict(self.meta["config"])
+
+    @cached_property
+    def log_window(self) -> tuple[int, int]:
+        """Days [first, end) of the organic logs: pinworld's generated window, or the days a team's own
+        impressions span."""
+        if "config" in self.meta:
+            return 0, self.config.days
+        lo, hi = self.scan("impressions").select(pl.col("day").min(), pl.col("day").max()).collect().row(0) \
+            if self.has("impressions") else (None, None)
+        if lo is None:
+            raise InputError(f"{self.workdir / TABLES['impressions'].path}: day: expected impressions to set "
+                             "the default cutoff, found none (give the cutoff day)")
+        return int(lo), int(hi) + 1
+
+    def default_cutoff(self) -> int:
+        """The cutoff T when none is given (``pinlift.core.clock.default_cutoff`` of the log window)."""
+        return default_cutoff(*self.log_window)
 
     def scan(self, table: str) -> pl.LazyFrame:
         """All rows of a table, lazily."""

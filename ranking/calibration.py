@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from pinworld.clock import NEW_AD_DAYS
+from pinlift.core.clock import NEW_AD_DAYS
 
 SEGMENTS = ("old_ad_seen_id", "old_ad_unseen_id", "new_ad_seen_id", "new_ad_unseen_id")
 MIN_IMPRESSIONS, MIN_CLICKS = 200, 5

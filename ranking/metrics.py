@@ -9,7 +9,7 @@ from torchrec.metrics.auc import compute_auc
 from torchrec.metrics.calibration import compute_calibration
 from torchrec.metrics.ne import compute_cross_entropy, compute_ne
 
-from pinworld.clock import FRESH_DAYS, NEW_AD_DAYS
+from pinlift.core.clock import FRESH_DAYS, NEW_AD_DAYS
 
 IMPRESSION_BUCKETS = ((0, 0), (1, 10), (11, 100), (101, None))   # training impressions of the pin
 MIN_SLICE = 50   # fewer examples (or no positives/negatives) -> metrics are not reported

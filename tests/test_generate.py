@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from pinworld import cli
-from pinworld.clock import FRESH_DAYS, NEW_AD_DAYS
+from pinlift.core.clock import FRESH_DAYS, NEW_AD_DAYS
 from pinworld.config import GENERATOR_VERSION, preset
 from pinworld.generate import CATCH_ALL_BOARD, generate_world, style_annotation
 from pinworld.latents import SAME_TOPIC_OBJECT, topic_popularity, topic_posterior

@@ -24,7 +24,7 @@ def test_summary_and_results_cover_the_stages_that_ran(tiny_workdir, tiny_pincli
 
 
 def test_experiments_table_has_one_row_per_experiment():
-    from pinlift.results import experiments_table
+    from pinlift.readouts.results import experiments_table
 
     def analysis(name, lift):
         rel = {"value": lift, "ci_low": lift - 0.01, "ci_high": lift + 0.01}
@@ -42,7 +42,7 @@ def test_experiments_table_has_one_row_per_experiment():
 def test_ablations_section_describes_the_runs_in_its_table(tmp_path):
     import json
 
-    from pinclip.ablations import ABLATIONS, TABLE_TASKS
+    from pinclip.training.ablations import ABLATIONS, TABLE_TASKS
 
     tasks = {t: {"64": {"R@10": 0.1, "R@100": 0.5}, "256": {"R@10": 0.2}} for t in TABLE_TASKS}
     (tmp_path / "pinclip").mkdir()

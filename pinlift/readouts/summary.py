@@ -1,4 +1,4 @@
-"""`python -m pinlift.summary --workdir W`: one headline figure per stage of the loop, read from the
+"""`python -m pinlift.readouts.summary --workdir W`: one headline figure per stage of the loop, read from the
 files each stage wrote (stages not run yet say so)."""
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from pinlift.core.cli import add_debug_flag, run_command
 
 
 def _read(path: Path) -> dict | None:
@@ -67,12 +69,17 @@ def stage_figures(workdir: Path | str) -> list[tuple[str, str, str]]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pinlift.summary", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pinlift.readouts.summary", description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="pinwork")
+    add_debug_flag(ap)
     a = ap.parse_args(argv)
-    rows = stage_figures(a.workdir)
+    return run_command("pinlift summary", lambda: _print_summary(a.workdir), a.debug)
+
+
+def _print_summary(workdir: str) -> int:
+    rows = stage_figures(workdir)
     width = max(len(r[0]) for r in rows)
-    print(f"pinlift demo summary ({a.workdir})")
+    print(f"pinlift demo summary ({workdir})")
     for stage, headline, path in rows:
         print(f"  {stage:<{width}}  {headline}\n  {'':<{width}}  -> {path}")
     return 0
