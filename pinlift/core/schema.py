@@ -1,7 +1,8 @@
-"""The tables of a world: columns, types, keys and foreign keys. Real data plugs in by writing them.
+"""The tables of a workspace: columns, types, keys and foreign keys. Real data plugs in by writing them.
 
 Types are logical kinds (any integer width is an ``int``), so user tables need not match pinworld's
-widths exactly. This module is the one source for writing, validating and documenting the tables.
+widths exactly. This module is the one source for writing, validating and documenting the tables: the
+column tables of docs/data.md and docs/abtest.md are generated from it (``pinlift.core.docs``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("pins", "world/pins.parquet", (
         C("pin_id", "int", doc="unique pin id"),
         C("created_day", "int", doc="day the pin was created (negative: before the log window)"),
-        C("image_uri", "string", doc="image location: 'images/shard-K.npy#ROW' or a file path relative to world/"),
+        C("image_uri", "string", doc="image location: `images/shard-K.npy#ROW` or a file path relative to `world/` "
+          "(see [Images](#images))"),
         C("title", "string", True, "title, null when missing"),
         C("description", "string", True, "description, null when missing"),
         C("caption", "string", True, "synthetic caption from a captioning model (English)"),
@@ -92,7 +94,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("impressions", "logs/impressions", (
         C("request_id", "int", doc="request (one slate) id"),
         C("day", "int", doc="day of the request"),
-        C("surface", "string", doc="homefeed | related | ads"),
+        C("surface", "string", doc="a surface the workspace declares (pinworld: `homefeed` \\| `related` \\| `ads`)"),
         C("user_id", "int", doc="viewer"),
         C("query_pin_id", "int", True, "Related Pins: the query pin; null elsewhere"),
         C("pin_id", "int", doc="pin shown"),
@@ -104,6 +106,42 @@ TABLES: dict[str, Table] = {t.name: t for t in (
                                                     "query_pin_id": "pins.pin_id"},
         doc="Organic logs: one row per impression with its labels; Parquet under day=D/surface=S/."),
 )}
+
+# An experiment's logs, under experiments/<name>/ (simulated by `abtest simulate`, or a team's own)
+EXPERIMENT_TABLES: dict[str, Table] = {t.name: t for t in (
+    Table("exposures", "experiments/<name>/exposures", (
+        C("experiment", "string", doc="experiment name"),
+        C("user_id", "int", doc="the randomisation unit (→ `users.user_id`)"),
+        C("variant", "string", doc="`control` \\| `treatment`"),
+        C("first_exposure_day", "int",
+          doc="day of the user's first request in the experiment; events before it are ignored"),
+    ), key=("user_id",), doc="One row per exposed user."),
+    Table("events", "experiments/<name>/events", (
+        C("day", "int", doc="day of the request"),
+        C("user_id", "int", doc="viewer (→ `exposures.user_id`)"),
+        C("surface", "string", doc="a surface the workspace declares"),
+        C("request_id", "int", doc="request (one slate) id, unique across days and surfaces"),
+        C("pin_id", "int", doc="pin shown (→ `pins.pin_id`)"),
+        C("position", "int", doc="0-based slot in the slate"),
+        C("action", "string", doc="`impression` or an action the workspace declares"),
+        C("value", "float", True, "cost of an ad click in cents (second price); null for other rows"),
+    ), key=("request_id", "position", "action"), doc="One row per impression and one per action."),
+)}
+
+
+def column_kinds(table: str) -> dict[str, str]:
+    """Column name → logical kind, for any table of the workspace or of an experiment."""
+    t = TABLES.get(table) or EXPERIMENT_TABLES[table]
+    return {c.name: c.kind for c in t.columns}
+
+
+def markdown_table(table: str) -> str:
+    """The documentation table of ``table``'s columns: name, type, null? and meaning."""
+    t = TABLES.get(table) or EXPERIMENT_TABLES[table]
+    rows = ["| name | type | null? | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{c.name}` | {c.kind} | {'yes' if c.nullable else 'no'} | {c.doc} |" for c in t.columns]
+    return "\n".join(rows)
+
 
 KIND_CHECKS = {
     "int": pa.types.is_integer,
