@@ -44,7 +44,7 @@ from sklearn.metrics import roc_auc_score
 
 from pinlift.core.cli import add_debug_flag, run_command
 from pinlift.core.clock import FRESH_DAYS, is_fresh
-from pinworld.engagement import ACTIONS, SURFACES
+from pinlift.core.vocabulary import ACTIONS
 from pinworld.oracle import oracle_features
 from pinworld.world import World
 
@@ -75,7 +75,7 @@ def _content_block(content: np.ndarray, pins: np.ndarray, users: np.ndarray, n_u
     return blocks
 
 
-def run_study(workdir, cutoff: int | None = None, surface: str = "homefeed", label: str = "repin",
+def run_study(workdir, cutoff: int | None = None, surface: str | None = None, label: str = ACTIONS[0],
               seed: int = 0, *, crosses: bool = True, C: float = DEFAULT_C, n_boot: int = 20) -> dict:
     """Train the three arms on days < ``cutoff`` and evaluate them on days >= ``cutoff``.
 
@@ -83,12 +83,11 @@ def run_study(workdir, cutoff: int | None = None, surface: str = "homefeed", lab
     the study settings, row counts per slice, each arm's AUC per slice, lifts vs ``ids`` and their
     bootstrap spread, and the orderings the study is about (``checks``).
     """
-    if surface not in SURFACES:
-        raise ValueError(f"unknown surface {surface!r}: expected one of {', '.join(SURFACES)}")
     if label not in ACTIONS:
         raise ValueError(f"unknown label {label!r}: expected one of {', '.join(ACTIONS)}")
     t_start = time.time()
     world = World(workdir)
+    surface = world.truth.vocab.surface(surface).name if surface else world.truth.vocab.of_kind("feed")[0].name
     cfg = world.config
     T = int(cutoff) if cutoff is not None else world.default_cutoff()
     if not 0 < T < cfg.days:
@@ -247,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pinworld.coldstart_study", description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", required=True, help="a generated pinworld workdir")
     ap.add_argument("--cutoff", type=int, default=None, help="train on days < cutoff (default 2/3 of the window)")
-    ap.add_argument("--surface", default="homefeed", choices=SURFACES)
+    ap.add_argument("--surface", default=None, help="a surface of the world (default: its feed)")
     ap.add_argument("--label", default="repin", choices=ACTIONS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--C", type=float, default=DEFAULT_C, help="inverse L2 strength (default %(default)s)")

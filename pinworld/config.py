@@ -71,6 +71,7 @@ class WorldConfig:
     text_noisy_share: float = 0.04
     search_save_share: float = 0.25     # share of saves that came from a search query
     engagement: EngagementConfig = field(default_factory=EngagementConfig)
+    surface_names: dict[str, str] = field(default_factory=dict)  # pinworld's surfaces renamed (old -> new name)
 
     def __post_init__(self):
         for name in _COUNTS:

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pinlift.core.vocabulary import PINWORLD, Vocabulary
 from pinworld.config import EngagementConfig, WorldConfig
 from pinworld.latents import PinLatents, UserLatents
 
-SURFACES = ("homefeed", "related", "ads")
-ACTIONS = ("repin", "click", "hide")
 
 
 @dataclass
@@ -33,6 +32,7 @@ class GroundTruth:
     """The hidden state of a world and the engagement probabilities it implies."""
 
     def __init__(self, cfg: WorldConfig, pins: PinLatents, users: UserLatents, trend: np.ndarray):
+        self.vocab: Vocabulary = PINWORLD.renamed(cfg.surface_names)   # the surfaces this world declares
         self.cfg = cfg
         self.e: EngagementConfig = cfg.engagement
         self.pins = pins
@@ -81,16 +81,15 @@ class GroundTruth:
 
     def probabilities(self, user_ids, pin_ids, positions, day, surface: str, query_pin_ids=None) -> dict[str, np.ndarray]:
         """P(repin), P(click), P(hide) for each impression (arrays broadcast together)."""
-        if surface not in SURFACES:
-            raise ValueError(f"unknown surface {surface!r}: expected one of {', '.join(SURFACES)}")
+        kind = self.vocab.kind_of(surface)
         e = self.e
         logit = self.affinity(user_ids, pin_ids, day)
-        if surface == "related":
+        if kind == "related":
             if query_pin_ids is None:
-                raise ValueError("surface 'related' needs query_pin_ids")
+                raise ValueError(f"surface {surface!r} ({kind}) needs query_pin_ids")
             logit = logit + e.w_related * self.relevance(query_pin_ids, pin_ids)
         exam = self.examination(positions)
-        if surface == "ads":
+        if kind == "ads":
             click_logit = e.base_ad_click + 0.8 * logit + e.w_ad_quality * self.pins.ad_quality[pin_ids]
             repin_logit = e.base_repin - 1.0 + logit
         else:

@@ -26,6 +26,7 @@ from pinworld.latents import (PinLatents, UserLatents, sample_pins, sample_topic
 from pinworld.logs import Saves, history_saves, simulate_organic_logs
 from pinworld.render import STYLES, SceneRenderer
 from pinlift.core.schema import arrow_schema
+from pinlift.core.vocabulary import write_vocabulary
 from pinworld.taxonomy import load_taxonomy
 from pinworld.text import ATTRIBUTE_WORDS, ATTRIBUTES, TEXT_MISSING, TextWriter
 
@@ -252,6 +253,7 @@ def generate_world(cfg: WorldConfig, workdir: Path | str, *, progress: bool = Tr
     _write("pin_search_queries", _search_queries(saves, pins, users, cfg), tmp / "world" / "pin_search_queries.parquet")
     _write("pin_annotations", _annotations(pins, cfg), tmp / "world" / "pin_annotations.parquet")
     _write_truth(pins, users, trend, tmp / "world" / "truth")
+    write_vocabulary(tmp, truth.vocab)
     timings["tables"] = time.time() - t0
 
     files = sorted(p for p in tmp.rglob("*") if p.is_file())

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pinlift.core.clock import FRESH_DAYS
+from pinlift.core.vocabulary import SURFACE_KINDS
 from pinworld.engagement import GroundTruth
 from pinworld.latents import stream
 
@@ -158,6 +159,7 @@ class LoggingPolicy:
         ctx = self.day_context(day)
         active = np.flatnonzero((u.signup_day <= day) & (rng.random(len(u.activity)) < u.activity))
         out = {}
+        feed, related, ads_surface = (self.truth.vocab.of_kind(kind)[0].name for kind in SURFACE_KINDS)
 
         def pin_score(pool):
             return 0.3 * np.log1p(self.saves_so_far[pool]) + rng.gumbel(size=pool.shape)
@@ -167,14 +169,14 @@ class LoggingPolicy:
             pool = self.homefeed_pool(ctx, users, rng)
             score = (np.log(u.policy_taste[users[:, None], p.topic[pool]]) + pin_score(pool)
                      + 0.3 * (day - p.created_day[pool] < FRESH_DAYS))
-            out["homefeed"] = (users, self._ranked(pool, score, cfg.slate_homefeed), None)
+            out[feed] = (users, self._ranked(pool, score, cfg.slate_homefeed), None)
 
         users = np.repeat(active, rng.poisson(cfg.requests_related, len(active)))
         if len(users):
             query, pool = self.related_pool(ctx, users, rng)
             score = 1.5 * (p.topic[pool] == p.topic[query][:, None]) + pin_score(pool)
             score[pool == query[:, None]] = -np.inf
-            out["related"] = (users, self._ranked(pool, score, cfg.slate_related), query)
+            out[related] = (users, self._ranked(pool, score, cfg.slate_related), query)
 
         # Ads: active ads scored by estimated interest x bid
         users = np.repeat(active, rng.poisson(cfg.requests_ads, len(active)))
@@ -184,7 +186,7 @@ class LoggingPolicy:
             pool = ads[rng.integers(0, len(ads), (len(users), 4 * k))]
             score = (np.log(u.policy_taste[users[:, None], p.topic[pool]]) + np.log(p.bid[pool])
                      + 0.3 * np.log1p(self.clicks_so_far[pool]) + 0.5 * rng.gumbel(size=pool.shape))
-            out["ads"] = (users, self._ranked(pool, score, k), None)
+            out[ads_surface] = (users, self._ranked(pool, score, k), None)
         return out
 
 
@@ -205,7 +207,7 @@ def simulate_organic_logs(truth: GroundTruth, log_dir: Path, saves: Saves, progr
     _, hist_pins, _, _ = saves.arrays()
     np.add.at(policy.saves_so_far, hist_pins, 1)  # popularity carries over from before the window
     next_request = 0
-    counts = {s: 0 for s in ("homefeed", "related", "ads")}
+    counts = {s: 0 for s in truth.vocab.names}
     for day in range(cfg.days):
         rng = stream(cfg.seed, "logs", day)
         served = policy.serve_day(day, rng)

@@ -9,9 +9,10 @@ import duckdb
 import pyarrow.dataset as ds
 
 from pinworld.images import ImageStore
+from pinlift.core.errors import InputError
 from pinlift.core.schema import KIND_CHECKS, TABLES, Table
+from pinlift.core.vocabulary import DECLARATION, load_vocabulary
 
-SURFACE_VALUES = ("homefeed", "related", "ads")
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,17 @@ def validate_workdir(workdir: Path | str, check_images: bool = True) -> list[Pro
             if row[0]:
                 problems.append(Problem(name, col, f"values present in {ref}",
                                         f"{row[0]} dangling, e.g. {row[1]!r}"))
-    if "impressions" in readable:
+    try:
+        surfaces = load_vocabulary(workdir).names
+    except InputError as err:
+        surfaces = None
+        problems.append(Problem("impressions", "surface", f"surfaces declared in {DECLARATION}", str(err)))
+    if "impressions" in readable and surfaces:
         bad = con.execute('SELECT count(*), min(surface) FROM impressions WHERE surface NOT IN '
-                          '(SELECT unnest($s))', {"s": list(SURFACE_VALUES)}).fetchone()
+                          '(SELECT unnest($s))', {"s": list(surfaces)}).fetchone()
         if bad[0]:
-            problems.append(Problem("impressions", "surface", " | ".join(SURFACE_VALUES), f"{bad[0]} rows like {bad[1]!r}"))
+            problems.append(Problem("impressions", "surface", f"a surface declared in {DECLARATION} "
+                                    f"({' | '.join(surfaces)})", f"{bad[0]} rows like {bad[1]!r}"))
     if check_images and "pins" in readable:
         problems += _check_images(con, workdir)
     return problems

@@ -60,7 +60,7 @@ def test_related_relevance_and_ads(truth):
     assert p_same.mean() > p_other.mean()
     with pytest.raises(ValueError, match="query_pin_ids"):
         truth.probabilities(users, same, 0, 10, "related")
-    with pytest.raises(ValueError, match="unknown surface 'search'"):
+    with pytest.raises(ValueError, match="surface 'search': expected one of homefeed, related, ads"):
         truth.probabilities(users, same, 0, 10, "search")
     ads = np.flatnonzero(truth.pins.is_ad)[:100]
     hi = truth.probabilities(np.zeros(len(ads), int), ads, 0, 10, "ads")["click"]
