@@ -1,10 +1,10 @@
 """``abtest analyze exp.yaml``: per-variant sufficient statistics in SQL, statistics on top, a report.
 
-Per (metric, surface) cell: Welch's t-test on per-user means (CUPED-adjusted with the pre-period
-covariate when organic logs cover the pre-period), the delta method for ratio metrics (CTR, CPC) and
-for every relative-lift interval, the minimum detectable effect at the configured power; across cells,
-multiple-testing control (Benjamini–Hochberg by default); once per experiment, the sample-ratio
-mismatch check. Works on any ``exposures`` + ``events`` in the documented schemas, simulated or real.
+Per (metric, surface) cell, the tests ``estimators.Estimator`` picks: Welch's t-test on per-user means or
+the delta method for ratio metrics (CTR, CPC), CUPED-adjusted when there is a pre-period covariate
+(``pre_window``); the delta method for every relative-lift interval; the minimum detectable effect at
+the configured power. Across cells, multiple-testing control (Benjamini–Hochberg by default); once per
+experiment, the sample-ratio mismatch check. Works on any ``exposures`` + ``events`` in the documented schemas, simulated or real.
 """
 
 from __future__ import annotations
@@ -19,16 +19,20 @@ import numpy as np
 
 from abtest import stats
 from abtest.config import VARIANTS, ExperimentConfig, dump_config
-from abtest.errors import input_error
+from pinlift.core.errors import input_error
+from abtest.estimators import Estimator
 from abtest.metrics import (Cell, Sources, cells_of, check_exposures, cross_sum_name, open_readonly,
                             sufficient_stats)
 
 
-def pre_window(cfg: ExperimentConfig, src: Sources) -> tuple[int, int] | None:
-    """Days [lo, hi) of organic logs used as the CUPED covariate, or None when there is none."""
+def pre_window(cfg: ExperimentConfig, src: Sources, con) -> tuple[int, int] | None:
+    """Days [lo, hi) of organic logs used as the CUPED covariate, or None when there is none: `cuped` off,
+    no pre-period, no organic logs, or no organic activity in those days. ``con``: ``open_readonly(src)``."""
     if not cfg.cuped or cfg.pre_period_days == 0 or src.impressions is None:
         return None
-    return (cfg.days.start - cfg.pre_period_days, cfg.days.start)
+    window = (cfg.days.start - cfg.pre_period_days, cfg.days.start)
+    rows = con.execute("SELECT COUNT(*) FROM pre_events WHERE day >= ? AND day < ?", list(window)).fetchone()[0]
+    return window if rows else None
 
 
 def _num(x):
@@ -66,38 +70,21 @@ def analyze_cell(cell: Cell, sums: dict[str, dict[str, float]], cfg: ExperimentC
     """Statistics of one (metric, surface) from the per-variant sums."""
     # numpy scalars, not Python floats: stats.py relies on numpy's divide-by-zero semantics
     i = cell.index
-    c, t = ({k: np.float64(v) for k, v in sums[v].items()} for v in ("control", "treatment"))
+    estimator = Estimator(cell.metric.kind, with_covariate)
+    c, t = ({"n": np.float64(sums[v]["n"])} | {k: np.float64(sums[v][f"{k}{i}"]) for k in estimator.sums}
+            for v in VARIANTS)
+    res = estimator.run(c, t, alpha=cfg.alpha, metric=cell.key)
     out = {"metric": cell.metric.name, "surface": cell.surface, "key": cell.key, "kind": cell.metric.kind,
            "description": cell.metric.doc, "n": {"control": int(c["n"]), "treatment": int(t["n"])}}
     if cell.metric.kind == "ratio":
-        rc, rt = (stats.RatioStats(s["n"], s[f"sx{i}"], s[f"sy{i}"], s[f"sxx{i}"], s[f"syy{i}"], s[f"sxy{i}"])
-                  for s in (c, t))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            plain = stats.ratio_test(rc, rt, alpha=cfg.alpha, metric=cell.key)
-            effect, cuped, vrf = plain, None, 1.0
-            if with_covariate:
-                pc, pt = (stats.RatioCupedStats(
-                    r, stats.RatioStats(s["n"], s[f"sc{i}"], s[f"sd{i}"], s[f"scc{i}"], s[f"sdd{i}"], s[f"scd{i}"]),
-                    s[f"sxc{i}"], s[f"sxd{i}"], s[f"syc{i}"], s[f"syd{i}"]) for r, s in ((rc, c), (rt, t)))
-                res = stats.ratio_cuped_test(pc, pt, alpha=cfg.alpha, metric=cell.key)
-                effect, vrf = res.effect, float(res.variance_reduction_factor)
-                cuped = _cuped_record(res)
-                out["unadjusted"] = _unadjusted(plain)
-            mde = _mde(rc.n, rt.n, rc.ratio_variance * rc.n * vrf, rt.ratio_variance * rt.n * vrf, rc.ratio, cfg)
-        out.update(numerator_sum={"control": c[f"sx{i}"], "treatment": t[f"sx{i}"]},
-                   denominator_sum={"control": c[f"sy{i}"], "treatment": t[f"sy{i}"]})
-    else:
-        mc, mt = (stats.MeanStats(s["n"], s[f"sx{i}"], s[f"sxx{i}"]) for s in (c, t))
-        welch = stats.welch_test(mc, mt, alpha=cfg.alpha, metric=cell.key)
-        effect, cuped, vrf = welch, None, 1.0
-        if with_covariate:
-            cc, ct = (stats.CupedStats(s["n"], s[f"sx{i}"], s[f"sxx{i}"], s[f"sc{i}"], s[f"scc{i}"], s[f"sxc{i}"])
-                      for s in (c, t))
-            res = stats.cuped_test(cc, ct, alpha=cfg.alpha, metric=cell.key)
-            effect, vrf = res.effect, float(res.variance_reduction_factor)
-            cuped = _cuped_record(res)
-            out["unadjusted"] = _unadjusted(welch)
-        mde = _mde(mc.n, mt.n, mc.variance * vrf, mt.variance * vrf, mc.mean, cfg)
+        out.update(numerator_sum={"control": c["sx"], "treatment": t["sx"]},
+                   denominator_sum={"control": c["sy"], "treatment": t["sy"]})
+    vrf, cuped = 1.0, None
+    if res.cuped is not None:
+        vrf, cuped = float(res.cuped.variance_reduction_factor), _cuped_record(res.cuped)
+        out["unadjusted"] = _unadjusted(res.unadjusted)
+    effect = res.primary
+    mde = _mde(c["n"], t["n"], res.unit_variance[0] * vrf, res.unit_variance[1] * vrf, res.unadjusted.control_mean, cfg)
     out.update(method=effect.method, control_mean=_num(effect.control_mean), treatment_mean=_num(effect.treatment_mean),
                absolute=_estimate(effect.absolute), relative=_estimate(effect.relative),
                p_value=_num(effect.absolute.p_value), cuped=cuped, mde=mde)
@@ -161,15 +148,10 @@ def analyze(cfg: ExperimentConfig, *, write: bool = True) -> dict:
                           f"the pins table (metric {needs_pins[0]!r} needs created_day / is_ad)", "no such file")
     cells = cells_of(metrics)
     pairs = lift_pairs(cells, cfg.surfaces)
-    window = pre_window(cfg, src)
     with open_readonly(src) as con:
         counts = check_exposures(con, src, VARIANTS)
         lo, hi, n_events = con.execute("SELECT MIN(day), MAX(day), COUNT(*) FROM events").fetchone()
-        if window is not None:
-            pre_rows = con.execute("SELECT COUNT(*) FROM pre_events WHERE day >= ? AND day < ?",
-                                   list(window)).fetchone()[0]
-            if pre_rows == 0:
-                window = None   # no organic activity in the pre-period: nothing to adjust with
+        window = pre_window(cfg, src, con)
         # the one pass over the events: every cell's sums and the cross sums of the lift pairs
         sums = sufficient_stats(con, cells, window, pairs)
     differences = lift_differences(sums, pairs, cfg)

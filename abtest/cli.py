@@ -5,26 +5,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
 
-from abtest.errors import AbtestError
-
-
-def run_guarded(fn: Callable[[], int]) -> int:
-    """Run a command; input errors become one line on stderr and exit status 2."""
-    try:
-        return fn()
-    except (AbtestError, FileNotFoundError, ValueError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"abtest: {msg.removeprefix('abtest: ')}", file=sys.stderr)
-        return 2
+from abtest.analyze import analyze
+from abtest.config import ExperimentConfig, load_config
+from abtest.simulate import simulate
+from abtest.validation import render_markdown, run_validation
+from pinlift.core.cli import add_debug_flag, run_command
+from pinlift.core.config import fields_help
+from pinworld.catalog import build_catalog
 
 
 def _simulate(a) -> int:
-    from abtest.config import load_config
-    from abtest.simulate import simulate
-    from pinworld.catalog import build_catalog
-
     cfg = load_config(a.config, workdir=a.workdir)
     out = simulate(cfg, progress=not a.quiet)
     build_catalog(cfg.workdir)   # the experiment's tables become catalog views
@@ -35,9 +26,6 @@ def _simulate(a) -> int:
 
 
 def _analyze(a) -> int:
-    from abtest.analyze import analyze
-    from abtest.config import load_config
-
     cfg = load_config(a.config, workdir=a.workdir)
     result = analyze(cfg)
     srm = result["srm"]
@@ -50,35 +38,50 @@ def _analyze(a) -> int:
 
 
 def _validate(a) -> int:
-    from abtest.validation import run_from_args
+    cfg = load_config(a.config, workdir=a.workdir)
+    report = run_validation(cfg, resalts=a.resalts, lift=a.lift, out_dir=a.out, progress=not a.quiet, reuse=a.reuse)
+    print(render_markdown(report))
+    print(f"abtest validate: wrote {report['out_dir']}/validation.json and validation.md")
+    failed = [c for c in report["checks"] if not c["ok"]]
+    if failed:
+        print(f"abtest validate: {len(failed)} of {len(report['checks'])} checks outside their bands", file=sys.stderr)
+    return 0
 
-    return run_from_args(a)
+
+# every command reads exp.yaml: its help lists the file's keys (details in docs/abtest.md)
+EXP_HELP = dict(formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog=f"exp.yaml keys (type, default):\n{fields_help(ExperimentConfig)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="abtest", description="Simulated A/B experiments and their analysis.")
+    add_debug_flag(ap)
     sub = ap.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("simulate", help="simulate an experiment on pinworld's users")
+    s = sub.add_parser("simulate", help="simulate an experiment on pinworld's users", **EXP_HELP)
     s.add_argument("config", help="experiment YAML")
     s.add_argument("--workdir", default=None, help="override the file's workdir")
     s.add_argument("--analyze", action="store_true", help="analyse right after simulating")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_simulate)
-    z = sub.add_parser("analyze", help="analyse an experiment's exposures and events")
+    z = sub.add_parser("analyze", help="analyse an experiment's exposures and events", **EXP_HELP)
     z.add_argument("config", help="experiment YAML")
     z.add_argument("--workdir", default=None, help="override the file's workdir")
     z.set_defaults(func=_analyze)
-    v = sub.add_parser("validate", help="A/A and injected-lift validation study by re-salting the assignment")
-    from abtest.validation import add_arguments
-
-    add_arguments(v)
+    v = sub.add_parser("validate", help="A/A and injected-lift validation study by re-salting the assignment", **EXP_HELP)
+    v.add_argument("config", help="experiment YAML (its control arm, days, users and metrics are used)")
+    v.add_argument("--workdir", default=None, help="override the file's workdir")
+    v.add_argument("--resalts", type=int, default=2000, help="re-randomisations (default 2000)")
+    v.add_argument("--lift", type=float, default=0.05, help="injected relative lift on P(repin), P(click)")
+    v.add_argument("--out", default=None, help="output directory (default W/experiments/<name>-validation)")
+    v.add_argument("--reuse", action="store_true", help="reuse simulated potential outcomes in the output directory")
+    v.add_argument("--quiet", action="store_true", help="no progress bars")
     v.set_defaults(func=_validate)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_guarded(lambda: args.func(args))
+    return run_command("abtest", lambda: args.func(args), args.debug)
 
 
 if __name__ == "__main__":

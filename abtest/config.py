@@ -8,7 +8,6 @@ labels. See docs/abtest.md for the field-by-field reference.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +15,8 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
-from abtest.errors import AbtestError, input_error
+from pinlift.core.errors import InputError, input_error
+from pinlift.core.config import ConfigSource, read_yaml, validation_error
 from abtest.metrics import (ACTIONS, BUILTIN_METRICS, DEFAULT_METRICS, EVENT_COLUMNS, PIN_FILTERS,
                             SURFACES, Metric, metric_from_spec)
 
@@ -243,7 +243,7 @@ class ExperimentConfig(_Strict):
 
     # ---- errors that point back into the file --------------------------------------------------
 
-    def error(self, loc: tuple, expected: str, found) -> AbtestError:
+    def error(self, loc: tuple, expected: str, found) -> InputError:
         """An error about field ``loc`` (e.g. ('days', 'start')), with its file and line when known."""
         field = ".".join(str(p) for p in loc)
         if self._source is None:
@@ -251,83 +251,20 @@ class ExperimentConfig(_Strict):
         return input_error(f"{self._source.path}:{self._source.line(loc)}", field, expected, found)
 
 
-class ConfigSource:
-    """The YAML node tree of a loaded file, to find the line of any field."""
-
-    def __init__(self, path: Path, text: str):
-        self.path = path
-        try:
-            self.root = yaml.compose(text)
-        except yaml.YAMLError:
-            self.root = None
-
-    def line(self, loc: tuple) -> int:
-        """1-based line of the deepest node of ``loc`` that exists."""
-        node = self.root
-        line = 1 if node is None else node.start_mark.line + 1
-        for key in loc:
-            child = None
-            if isinstance(node, yaml.MappingNode):
-                for k, v in node.value:
-                    if k.value == str(key):
-                        child = v
-                        line = k.start_mark.line + 1
-                        break
-            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-                child = node.value[key]
-                line = child.start_mark.line + 1
-            if child is None:
-                break
-            node = child
-        return line
-
-
-def _clean_message(err: dict) -> tuple[str, str]:
-    """(expected, found) phrases from one pydantic error."""
-    kind, msg, value = err["type"], err["msg"], err.get("input")
-    if kind == "missing":
-        return "a value", "nothing"
-    if kind == "extra_forbidden":
-        return "a known field", f"unknown field {err['loc'][-1]!r}"
-    if kind in ("value_error", "assertion_error"):
-        text = re.sub(r"^(Value|Assertion) error, ", "", msg)
-        m = re.match(r"^expected (.*), found (.*)$", text, re.S)
-        return (m.group(1), m.group(2)) if m else (text, repr(value))
-    if kind == "literal_error":
-        return f"one of {err['ctx']['expected']}", repr(value)
-    if kind == "string_pattern_mismatch":
-        return f"a name matching {err['ctx']['pattern']}", repr(value)
-    text = re.sub(r"^Input should be ", "", msg)
-    return text, repr(value) if not isinstance(value, dict) else "a mapping"
-
-
 def load_config(path: Path | str, *, workdir: str | None = None) -> ExperimentConfig:
-    """Read and validate an experiment file; ``workdir`` overrides the file's. Raises AbtestError."""
+    """Read and validate an experiment file; ``workdir`` overrides the file's. Raises InputError."""
     path = Path(path)
     if not path.is_file():
         raise input_error(path, "file", "an experiment YAML file", "no such file")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise input_error(f"{path}:{line}", "yaml", "valid YAML", problem) from None
-    source = ConfigSource(path, text)
-    if not isinstance(data, dict):
-        raise input_error(f"{path}:1", "file", "a mapping of experiment fields",
-                          "an empty file" if data is None else type(data).__name__)
+    data, source = read_yaml(path, "a mapping of experiment fields")
+    if not data:
+        raise input_error(f"{path}:1", "file", "a mapping of experiment fields", "an empty file")
     if workdir is not None:
         data = {**data, "workdir": workdir}
     try:
         cfg = ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-        expected, found = _clean_message(err)
-        field = ".".join(str(p) for p in loc) or "file"
-        raise input_error(f"{path}:{source.line(loc)}", field, expected, found) from None
+        raise validation_error(exc, lambda loc: f"{path}:{source.line(loc)}") from None
     cfg._source = source
     return cfg
 

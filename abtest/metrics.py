@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 import duckdb
 import numpy as np
 
-from abtest.errors import input_error
+from pinlift.core.errors import input_error
 from pinlift.core.clock import FRESH_DAYS, NEW_AD_DAYS
 
 SURFACES = ("homefeed", "related", "ads")

@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 import numpy as np
 import polars as pl
 
-from abtest.errors import AbtestError
+from pinlift.core.errors import InputError
 from pinclip.embeddings import PublishedEmbeddings, open_embeddings
 from pinclip.publish import EmbeddingBatch, embeddings_dir, latest_version, publish
 from pinworld.oracle import ORACLE_KINDS, oracle_embeddings
@@ -142,7 +142,7 @@ def source_manifest(workdir: Path | str, name: str) -> dict:
     """The manifest of the workspace's LATEST version of embedding ``name``."""
     version = latest_version(workdir, name)
     if version is None:
-        raise AbtestError(f"{embeddings_dir(workdir, name)}: LATEST: expected a published version of {name!r}, "
+        raise InputError(f"{embeddings_dir(workdir, name)}: LATEST: expected a published version of {name!r}, "
                           "found none")
     return json.loads((embeddings_dir(workdir, name) / version / "manifest.json").read_text())
 
@@ -152,7 +152,7 @@ def make_publisher(world: World, out_workdir: Path, name: str, lag: int) -> Embe
     manifest = source_manifest(world.workdir, name)
     kind = manifest.get("source", {}).get("kind")
     if kind not in PUBLISHERS:
-        raise AbtestError(f"{embeddings_dir(world.workdir, name)}: source kind: expected one with an "
+        raise InputError(f"{embeddings_dir(world.workdir, name)}: source kind: expected one with an "
                           f"EmbeddingPublisher ({', '.join(sorted(PUBLISHERS))}; register others with "
                           f"abtest.publishers.register_publisher), found {kind!r}")
     return PUBLISHERS[kind](world, Path(out_workdir), name, lag, manifest)

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from abtest.assign import assign, sample_users
 from abtest.candidates import AnnCandidateSource, CandidateSource, Requests
 from abtest.config import VARIANTS, Arm, ExperimentConfig, dump_config
-from abtest.errors import AbtestError
+from pinlift.core.errors import InputError
 from abtest.publishers import EmbeddingPublisher, make_publisher
 from abtest.rankers import LoggingPolicyRanker, Ranker, RunRanker, auction, rank_slates
 from abtest.storage import atomic_dir
@@ -400,5 +400,5 @@ def simulate_potential_outcomes(cfg: ExperimentConfig, arms: dict[str, Arm], out
              "users": int(len(users)), "counts": sim.counts, "generator_version": world.generator_version},
             indent=2))
     if not any(Path(out_dir).glob("*/events/*/*.parquet")):
-        raise AbtestError(f"{out_dir}: events: expected event rows, found none (no requests on the experiment's days)")
+        raise InputError(f"{out_dir}: events: expected event rows, found none (no requests on the experiment's days)")
     return {name: Path(out_dir) / name for name, _ in names}

@@ -1,6 +1,6 @@
 """PinCLIP training benchmarks (issue 3), every configuration in a fresh process so its peak memory is its own:
 
-1. Training throughput and peak memory vs frozen depth: the real ``pinclip.train.Trainer`` (the ``tiny``
+1. Training throughput and peak memory vs frozen depth: the real ``pinclip.training.train.Trainer`` (the ``tiny``
    recipe, ``train_step`` exactly as ``fit`` takes it: batch loading, forward, backward, Lion) with
    ``trainable_image_blocks`` = all, 4, 2, 0 of the image tower's 6 blocks, and activation checkpointing
    on/off with all blocks trainable. Pairs/s over ``--steps`` steps after ``--warmup`` steps; peak RSS
@@ -67,7 +67,7 @@ def in_processes(fn, args: tuple, nprocs: int = 1) -> list:
 
 def train_worker(rank, workdir, blocks, checkpointing, batch_size, steps, warmup, pretrained, queue):
     torch.set_num_threads(1)
-    from pinclip import train
+    from pinclip.training import train
 
     # keep the world's own neighbour cache untouched: the walk candidates go under the bench run
     walks, cache = train.neighbor_candidates, Path(workdir) / "pinclip" / "runs" / RUN / "cache"

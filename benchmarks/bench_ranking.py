@@ -36,10 +36,10 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from tqdm import tqdm
 
 import ranking.score
+from pinclip.embedder import Embedder, pin_texts
 from pinclip.embeddings import open_embeddings
-from pinclip.evaluate import Embedder, pin_texts
+from pinclip.loading import load_run
 from pinclip.quantization import PUBLISHED_DIM
-from pinclip.train import load_run
 from pinworld.world import World
 from ranking import distributed
 from ranking.features import dense_width
@@ -122,7 +122,7 @@ def train_step(model, optimizer, batch) -> None:
 
 def bench_training(workdir: Path, steps: int, warmup: int, batch_size: int, rng: np.random.Generator) -> dict:
     print("training: building the ranking trainer's examples (about a minute on the demo world)", file=sys.stderr)
-    trainer = Trainer(TrainConfig(workdir=str(workdir), run="bench_ranking", batch_size=batch_size))
+    trainer = Trainer(TrainConfig(batch_size=batch_size), workdir, "bench_ranking")
     ex = trainer.train_ex
     batches = [trainer.batch(ex, rng.choice(len(ex), batch_size, replace=False))
                for _ in tqdm(range(warmup + steps), desc="training batches", file=sys.stderr)]
@@ -228,8 +228,8 @@ def bench_precomputed(workdir: Path, world: World, embeddings: str, encoder_run:
 def tiny_workspace(path: Path) -> None:
     """A tiny world, a PinCLIP run trained a few steps and published as `pinclip`, both ranking arms."""
     from pinclip.run_source import publish_run
-    from pinclip.train import TrainConfig as PinCLIPConfig
-    from pinclip.train import Trainer as PinCLIPTrainer
+    from pinclip.training.train import TrainConfig as PinCLIPConfig
+    from pinclip.training.train import Trainer as PinCLIPTrainer
     from pinworld.config import preset
     from pinworld.generate import generate_world
 
@@ -239,7 +239,7 @@ def tiny_workspace(path: Path) -> None:
                                  vocab_size=2000, checkpoint_every=8), progress=False).fit(resume=False)
     publish_run(path, "tiny", "pinclip", progress=False)
     for embeddings in (None, "pinclip"):
-        Trainer(TrainConfig(workdir=str(path), embeddings=embeddings, epochs=1)).fit(resume=False)
+        Trainer(TrainConfig(embeddings=embeddings, epochs=1), path, restart=True).fit()
 
 
 def main(argv=None) -> int:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
 from tqdm import tqdm
+
+# Each command imports what it runs when it runs: the index commands and publishing an oracle load no torch,
+# and publishing a run loads the library alone, never the training program (pinclip.training).
 
 
 def _publish(args) -> int:
@@ -61,9 +65,7 @@ def _index_query(args) -> int:
 
 
 def _train(args) -> int:
-    import dataclasses
-
-    from pinclip.train import Trainer, load_train_config
+    from pinclip.training.train import Trainer, load_train_config
 
     cfg = load_train_config(args.config, args.overrides)
     if args.workdir:
@@ -79,7 +81,7 @@ def _train(args) -> int:
 
 
 def _pretrain(args) -> int:
-    from pinclip.pretrain import PretrainConfig, pretrain
+    from pinclip.training.pretrain import PretrainConfig, pretrain
 
     report = pretrain(PretrainConfig(workdir=args.workdir, run=args.run or args.tower, tower=args.tower,
                                      model=args.model, steps=args.steps, batch_size=args.batch_size,
@@ -90,7 +92,7 @@ def _pretrain(args) -> int:
 
 
 def _ablate(args) -> int:
-    from pinclip.ablations import ABLATIONS, describe_check, run_ablations
+    from pinclip.training.ablations import ABLATIONS, describe_check, run_ablations
 
     names = args.only.split(",") if args.only else list(ABLATIONS)
     out = run_ablations(args.workdir, args.reference, names, max_queries=args.max_queries,
@@ -103,7 +105,7 @@ def _ablate(args) -> int:
 
 
 def _eval(args) -> int:
-    from pinclip.evaluate import evaluate_run, format_table
+    from pinclip.training.evaluate import evaluate_run, format_table
 
     results = evaluate_run(args.workdir, args.run, max_queries=args.max_queries, distractors=args.distractors,
                            progress=not args.quiet)

@@ -7,6 +7,7 @@ A pin without an embedding is reported in ``Lookup.found`` and counted, never re
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +15,35 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pinclip.publish import KINDS, embeddings_dir, latest_version
 from pinclip.quantization import PUBLISHED_DIM, SCHEME, dequantize, quantization_spec
 from pinworld.files import sha256_file as sha256
+
+
+KINDS = ("fusion", "image", "text")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+VERSION_RE = re.compile(r"^v(\d{4,})$")
+
+
+def embeddings_dir(workdir: Path | str, name: str) -> Path:
+    """``W/embeddings/<name>``; the name is a name, never a path."""
+    if not NAME_RE.match(name):
+        raise ValueError(f"pinclip: embeddings name {name!r}: expected letters, digits, '_', '-' or '.'")
+    return Path(workdir) / "embeddings" / name
+
+
+def versions(workdir: Path | str, name: str) -> list[str]:
+    """Complete versions of ``name``, oldest first."""
+    root = embeddings_dir(workdir, name)
+    if not root.is_dir():
+        return []
+    found = [p.name for p in root.iterdir() if p.is_dir() and VERSION_RE.match(p.name) and (p / "manifest.json").is_file()]
+    return sorted(found, key=lambda v: int(VERSION_RE.match(v).group(1)))
+
+
+def latest_version(workdir: Path | str, name: str) -> str | None:
+    """The current version of ``name``, or None before its first publish."""
+    path = embeddings_dir(workdir, name) / "LATEST"
+    return path.read_text().strip() if path.is_file() else None
 
 
 class EmbeddingError(ValueError):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pinclip.embeddings import open_embeddings
 from pinclip.publish import EmbeddingBatch, PublishError, latest_version, publish
 from pinworld.oracle import oracle_embeddings
 from pinworld.text import TEXT_MISSING
@@ -23,8 +24,6 @@ def publish_oracle(workdir: Path | str, name: str = "oracle", *, as_of_day: int 
     ids = pins["pin_id"].to_numpy()
     incremental = since_day is not None
     if incremental:
-        from pinclip.embeddings import open_embeddings
-
         if latest_version(workdir, name) is None:
             raise PublishError(f"pinclip publish: --since-day {since_day}: nothing published under {name!r} yet")
         prev = open_embeddings(workdir, name)

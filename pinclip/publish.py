@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,14 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pinclip.embeddings import KINDS, VERSION_RE, embeddings_dir, latest_version, versions
 from pinclip.quantization import PUBLISHED_DIM, l2_normalize, quantization_spec, quantize
 from pinworld.files import sha256_file as sha256
 
-KINDS = ("fusion", "image", "text")
 PART_ROWS = 131_072
 QUANTIZE_BLOCK_ROWS = 8_192     # 2 MiB of float32 at a time: cache-sized, and no part-sized temporaries
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-VERSION_RE = re.compile(r"^v(\d{4,})$")
 
 
 class PublishError(ValueError):
@@ -45,26 +42,6 @@ class EmbeddingBatch:
     pin_ids: np.ndarray
     vectors: dict[str, np.ndarray]
     present: dict[str, np.ndarray] | None = None
-
-
-def embeddings_dir(workdir: Path | str, name: str) -> Path:
-    if not NAME_RE.match(name):
-        raise PublishError(f"pinclip publish: name {name!r}: expected letters, digits, '_', '-' or '.'")
-    return Path(workdir) / "embeddings" / name
-
-
-def versions(workdir: Path | str, name: str) -> list[str]:
-    """Complete versions of ``name``, oldest first."""
-    root = embeddings_dir(workdir, name)
-    if not root.is_dir():
-        return []
-    found = [p.name for p in root.iterdir() if p.is_dir() and VERSION_RE.match(p.name) and (p / "manifest.json").is_file()]
-    return sorted(found, key=lambda v: int(VERSION_RE.match(v).group(1)))
-
-
-def latest_version(workdir: Path | str, name: str) -> str | None:
-    path = embeddings_dir(workdir, name) / "LATEST"
-    return path.read_text().strip() if path.is_file() else None
 
 
 def _check(batch: EmbeddingBatch) -> np.ndarray:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import polars as pl
 
+from pinclip.embedder import Embedder, pin_texts
 from pinclip.embeddings import open_embeddings
-from pinclip.evaluate import Embedder, pin_texts
+from pinclip.loading import load_run
 from pinclip.publish import EmbeddingBatch, PublishError, latest_version, publish
 from pinclip.quantization import PUBLISHED_DIM
-from pinclip.train import load_run
 from pinworld.world import World
 
 

@@ -8,27 +8,33 @@ stopping on the same validation day) and widths are identical: the IDs-only arm 
 too, every pin marked missing (with a narrower input layer it scored 0.003–0.006 AUC lower on the demo
 world, which had read as a "lift" of the shuffled arm; so had training two full epochs, where random
 per-pin inputs slowed the ID tables' overfitting). ``--per-surface`` also trains one model per surface for
-chosen arms. Runs already trained (eval.json present) are reused. The table (mean AUC and the lift over
-IDs-only, mean ± sd over seeds, paired by seed) goes to ``docs/results.md`` and
-``W/ranking/compare.json``.
+chosen arms. The runs' settings are ``ranking.train``'s (``[CONFIG.yaml] [key=value ...]``, ``--epochs``,
+...), but for the keys each arm and seed sets (``ARM_KEYS``). A run already trained (eval.json present) with
+the same settings is reused; one that differs only in keys that extend a run (more epochs) resumes; one
+started with other settings is refused in one line (``--retrain`` trains it again). The table (mean AUC and
+the lift over IDs-only, mean ± sd over seeds, paired by seed) goes to ``W/ranking/compare.json`` and, given
+``--results FILE``, to that markdown file's ranking-compare section (``make results`` writes
+``docs/results.md`` with ``pinlift.readouts.results``).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from pinclip.publish import latest_version
-from pinclip.oracle_source import publish_oracle
+from pinclip.embeddings import latest_version
+from pinlift.core.cli import add_debug_flag, run_command
+from pinlift.core.config import COMMAND_LINE, dump_settings, settings_parser
+from pinlift.core.errors import input_error
+from pinlift.core.registry import embedding_sources, publish_source
+from pinlift.core.runs import RunDir
 from pinworld.files import write_text_atomic
-from pinworld.oracle import ORACLE_KINDS
+from pinworld.world import World
 from ranking.claims import IMPRESSION_SLICES, claim_checks, format_checks
-from ranking.train import TrainConfig, Trainer
+from ranking.train import EXTENDS, PROG, TrainConfig, Trainer, add_settings_arguments, load_train_config
 
 ARMS = {  # name -> (embedding name, shuffled)
     "ids": (None, False),
@@ -38,18 +44,20 @@ ARMS = {  # name -> (embedding name, shuffled)
     "topic_objects": ("topic_objects", False),
     "oracle": ("oracle", False),
 }
+ARM_KEYS = ("embeddings", "shuffle_embeddings", "empty_content", "seed", "surfaces")  # set per arm and seed
 SLICES = ("all", "fresh", "older", "unseen_pins", "new_ads", "older_ads", *IMPRESSION_SLICES)
 KEY_TASKS = ("homefeed/repin", "related/repin", "ads/click")
 RESULTS_BEGIN, RESULTS_END = "<!-- ranking-compare:begin -->", "<!-- ranking-compare:end -->"
 
 
 def ensure_embeddings(workdir: str, arms: list[str]) -> list[str]:
-    """Publish the oracle and topic embeddings an arm needs; drop PinCLIP arms when nothing is published."""
+    """Publish what an arm needs from a registered embedding source (pinlift.core.registry: pinworld's oracle
+    and topic codes); drop PinCLIP arms when nothing is published."""
     kept = []
     for arm in arms:
         name, _ = ARMS[arm]
-        if name in ORACLE_KINDS and latest_version(workdir, name) is None:
-            publish_oracle(workdir, name, kind=name)
+        if name in embedding_sources() and latest_version(workdir, name) is None:
+            publish_source(name, workdir)
         if name == "pinclip" and latest_version(workdir, name) is None:
             print(f"ranking.compare: skipping arm {arm!r}: nothing published under 'pinclip' yet", file=sys.stderr)
             continue
@@ -57,17 +65,29 @@ def ensure_embeddings(workdir: str, arms: list[str]) -> list[str]:
     return kept
 
 
-def run_arm(base: TrainConfig, arm: str, seed: int, retrain: bool = False, surface: str | None = None) -> dict:
-    """Train (or load) one arm and seed: on every surface with one model, or on ``surface`` alone."""
+def arm_config(base: TrainConfig, arm: str, seed: int, surface: str | None = None) -> TrainConfig:
+    """``base`` with the keys of an arm and seed: on every surface with one model, or on ``surface`` alone."""
     name, shuffled = ARMS[arm]
     # IDs-only keeps the content inputs, empty, so that every arm has the same widths
-    cfg = dataclasses.replace(base, embeddings=name, shuffle_embeddings=shuffled, empty_content=name is None,
-                              seed=seed, run=f"{arm}_{surface}_s{seed}" if surface else f"{arm}_s{seed}",
-                              surfaces=(surface,) if surface else base.surfaces)
-    report = Path(base.workdir) / "ranking" / "runs" / cfg.run / "eval.json"
+    return TrainConfig.model_validate({**base.model_dump(), "embeddings": name, "shuffle_embeddings": shuffled,
+                                       "empty_content": name is None, "seed": seed,
+                                       "surfaces": [surface] if surface else base.surfaces})
+
+
+def run_arm(base: TrainConfig, workdir: str, arm: str, seed: int, retrain: bool = False,
+            surface: str | None = None) -> dict:
+    """Train (or reuse, or resume) one arm and seed; a run started with other settings is refused."""
+    cfg = arm_config(base, arm, seed, surface)
+    run = f"{arm}_{surface}_s{seed}" if surface else f"{arm}_s{seed}"
+    record = RunDir(Path(workdir) / "ranking" / "runs", run, PROG, extends=EXTENDS)
+    report = record.path / "eval.json"
     if report.is_file() and not retrain:
-        return json.loads(report.read_text())
-    return Trainer(cfg).fit(resume=not retrain)
+        settings = dump_settings(cfg.resolved(World(workdir)))
+        record.check_resume(settings)
+        saved = record.saved()
+        if saved is None or saved["config"] == settings:   # none: a run from before run files
+            return json.loads(report.read_text())
+    return Trainer(cfg, workdir, run, restart=retrain).fit()   # extending keys changed: resume
 
 
 def summarize(reports: dict[str, list[dict]]) -> dict:
@@ -162,18 +182,26 @@ def write_results(path: Path, body: str) -> None:
     write_text_atomic(path, text)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ranking.compare", description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", default="pinwork")
+def build_parser():
+    ap = settings_parser("python -m ranking.compare", __doc__.splitlines()[0], TrainConfig, skip=ARM_KEYS)
+    add_settings_arguments(ap, skip=ARM_KEYS)
+    ap.add_argument("--workdir", default="pinwork", help="the workspace (default pinwork)")
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated, from " + ", ".join(ARMS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=2048)
-    ap.add_argument("--results", default="docs/results.md", help="markdown file to update ('' to skip)")
-    ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="seeds of every arm (default 0 1 2; put key=value overrides before --seeds)")
+    ap.add_argument("--results", default="", help="markdown file whose ranking-compare section is updated "
+                    "(default '': none; the table always goes to W/ranking/compare.json)")
+    ap.add_argument("--retrain", "--restart", dest="retrain", action="store_true",
+                    help="train every run again from the start")
     ap.add_argument("--per-surface", default="", help="comma-separated arms also trained as one model per "
                     "surface, to compare with the one model with surface-specific heads")
-    a = ap.parse_args(argv)
+    add_debug_flag(ap)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    a = ap.parse_intermixed_args(argv)
     arms = [x for x in a.arms.split(",") if x]
     unknown = [x for x in arms if x not in ARMS]
     per_surface = [x for x in a.per_surface.split(",") if x]
@@ -181,25 +209,29 @@ def main(argv=None) -> int:
         ap.error(f"--arms: unknown arm {unknown[0]!r}: expected some of {', '.join(ARMS)}")
     if any(x not in arms for x in per_surface):
         ap.error(f"--per-surface: expected arms among --arms ({', '.join(arms)}), found {a.per_surface!r}")
-    try:
-        arms = ensure_embeddings(a.workdir, arms)
-        base = TrainConfig(workdir=a.workdir, epochs=a.epochs, batch_size=a.batch_size)
-        reports = {arm: [run_arm(base, arm, s, a.retrain) for s in a.seeds] for arm in arms}
-        separate = {arm: {sf: [run_arm(base, arm, s, a.retrain, surface=sf) for s in a.seeds] for sf in base.surfaces}
-                    for arm in per_surface if arm in reports}
-    except (FileNotFoundError, ValueError) as exc:
-        print(str(exc).splitlines()[0], file=sys.stderr)
-        return 2
+    return run_command(PROG, lambda: _compare(a, arms, per_surface), a.debug)
+
+
+def _compare(a, arms: list[str], per_surface: list[str]) -> int:
+    base = load_train_config(a)
+    fixed = sorted(set(ARM_KEYS) & base.model_fields_set)
+    if fixed:
+        raise input_error(COMMAND_LINE, fixed[0], "a key that no arm sets (arms and seeds: --arms, --seeds)",
+                          f"{fixed[0]}={getattr(base, fixed[0])!r}")
+    arms = ensure_embeddings(a.workdir, arms)
+    reports = {arm: [run_arm(base, a.workdir, arm, s, a.retrain) for s in a.seeds] for arm in arms}
+    separate = {arm: {sf: [run_arm(base, a.workdir, arm, s, a.retrain, surface=sf) for s in a.seeds]
+                      for sf in base.surfaces} for arm in per_surface if arm in reports}
     summary = summarize(reports)
     table = format_table(summary, arms)
     world = reports[arms[0]][0]
     best_epochs = {arm: [r["best_check"]["epochs"] for r in runs] for arm, runs in reports.items()}
     header = (f"### Ranking arms (`python -m ranking.compare`)\n\nAUC on days ≥ {world['cutoff_day']} "
               f"(mean ± sd over seeds {a.seeds}; in brackets: lift over IDs-only, paired by seed). "
-              f"World generator {world['generator_version']}; at most {a.epochs} epochs, each run's model the "
+              f"World generator {world['generator_version']}; at most {base.epochs} epochs, each run's model the "
               f"check with the lowest validation loss on the {base.validation_days} day(s) before the cutoff (epochs at that check, "
               f"mean over seeds: {format_best_epochs(best_epochs)}).\n\n")
-    out = {"arms": arms, "seeds": a.seeds, "epochs": a.epochs, "summary": summary, "best_epochs": best_epochs}
+    out = {"arms": arms, "seeds": a.seeds, "epochs": base.epochs, "summary": summary, "best_epochs": best_epochs}
     checks = claim_checks(reports)
     if checks:
         out["checks"] = checks

@@ -9,7 +9,7 @@ from torchrec.distributed.model_parallel import get_default_sharders
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.types import ShardingPlan
 
-from pinclip.distributed import Env, setup  # noqa: F401  (re-exported: ranking's entry points use them)
+from pinlift.core.distributed import Env, setup  # noqa: F401  (re-exported: ranking's entry points use them)
 
 
 def plan_for(model: torch.nn.Module, world_size: int, compute_device: str, group=None) -> ShardingPlan:

@@ -3,22 +3,32 @@ one output head per (surface, task) — a shared bottom and surface-specific hea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic import ConfigDict, Field, field_validator
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.models.dlrm import DLRM_DCN
 
+from pinlift.core.config import Settings
 from ranking.features import SPARSE_FEATURES, TABLE_OF_FEATURE, TASKS
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    embedding_dim: int = 16
-    dense_hidden: tuple[int, ...] = (128,)
-    over_hidden: tuple[int, ...] = (128, 64)
-    dcn_layers: int = 2
-    dcn_low_rank: int = 16
+class ModelConfig(Settings):
+    """The model's shape; these keys are settings of ``ranking.train`` too (its settings extend this model)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    embedding_dim: int = Field(16, gt=0, description="width of every ID embedding (and of the dense arch's output)")
+    dense_hidden: list[int] = Field([128], description="hidden layer widths of the dense arch")
+    over_hidden: list[int] = Field([128, 64], description="hidden layer widths of the over arch (before the logits)")
+    dcn_layers: int = Field(2, gt=0, description="cross layers of the DCN interaction")
+    dcn_low_rank: int = Field(16, gt=0, description="rank of the DCN cross layers' low-rank weights")
+
+    @field_validator("dense_hidden", "over_hidden")
+    @classmethod
+    def _widths(cls, v: list[int]) -> list[int]:
+        if any(w <= 0 for w in v):
+            raise ValueError(f"expected layer widths > 0, found {v}")
+        return v
 
 
 def embedding_tables(vocab_sizes: dict[str, int], dim: int) -> list[EmbeddingBagConfig]:

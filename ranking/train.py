@@ -1,4 +1,4 @@
-"""Train and evaluate the ranking model: `python -m ranking.train [--with-pinclip] --workdir W`.
+"""Train and evaluate the ranking model: `python -m ranking.train [CONFIG.yaml] [key=value ...] --workdir W`.
 
 Examples come from the organic logs with a time split: train on days < T - V, validate on days
 [T - V, T), evaluate on days >= T, so fresh content in evaluation is truly unseen. Training is checked
@@ -7,21 +7,26 @@ validation loss has not improved for ``patience`` checks, and the best check is 
 evaluated and served (ranking models overfit their ID tables after about one epoch). The same code
 runs in one process (gloo on CPU) or under `torchrun --nproc_per_node=N` (gloo on CPU, NCCL on CUDA),
 with TorchRec's planner sharding the tables.
+
+The settings are one model (``TrainConfig``: the model's shape and the training keys), read from a YAML
+file, ``key=value`` overrides and ``--key`` options. A run (``W/ranking/runs/<run>``) resumes from its
+latest check only with the settings it was started with, except the keys that only extend it
+(``EXTENDS``); ``--restart`` starts it over.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
+from pydantic import Field, ValidationInfo, field_validator
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -30,6 +35,11 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from tqdm import tqdm
 
+from pinlift.core.cli import add_debug_flag, run_command
+from pinlift.core.config import (COMMAND_LINE, add_field_options, dump_settings, given_fields, load_settings,
+                                 settings_parser)
+from pinlift.core.errors import input_error
+from pinlift.core.runs import RunDir, check_name
 from pinworld.files import write_text_atomic
 from pinworld.world import World
 from ranking import distributed
@@ -47,34 +57,58 @@ def read_progress(run_dir: Path | str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-@dataclass
-class TrainConfig:
-    workdir: str = "pinwork"
-    run: str | None = None
-    surfaces: tuple[str, ...] = SURFACES
-    cutoff_day: int | None = None          # default: two thirds into the log window
-    embeddings: str | None = None          # NAME[@VERSION] of a published embedding: the content feature
-    shuffle_embeddings: bool = False       # control arm: the embedding permuted across pins
-    empty_content: bool = False            # IDs-only with the content inputs present and empty (equal widths)
-    epochs: int = 2                        # at most: early stopping on the validation loss
-    validation_days: int = 1               # the last days before the cutoff, held out to pick the check (0: none)
-    checks_per_epoch: int = 4              # validation checks, each a checkpoint
-    patience: int = 2                      # checks without improvement before training stops
-    batch_size: int = 2048
-    lr_dense: float = 2e-3
-    lr_sparse: float = 0.05
-    seed: int = 0
-    max_boards: int = 5
-    max_history: int = 10
-    coengagement_dim: int = 64             # co-engagement vectors: SVD rank of the user x pin save matrix
-    coengagement_every: int = 7            # days between co-engagement snapshots
-    model: ModelConfig = field(default_factory=ModelConfig)
+# keys that only extend a run: a run may resume with other values (more epochs, more patience before stopping);
+# any other key defines what is trained, and a run started with another value is refused (or --restart)
+EXTENDS = ("epochs", "patience")
+PROG = "ranking"   # the prefix of the commands' error lines (run_command) and of the run records' refusals
+
+
+class TrainConfig(ModelConfig):
+    """The settings of a ranking run: the model's shape (``ModelConfig``) and the training keys."""
+
+    surfaces: list[Literal[SURFACES]] = Field(list(SURFACES), min_length=1,
+                                              description="surfaces whose impressions are trained and evaluated")
+    cutoff_day: int | None = Field(None, description="first evaluation day T (None: two thirds into the log window)")
+    embeddings: str | None = Field(None, description="NAME[@VERSION] of a published embedding: the content feature")
+    shuffle_embeddings: bool = Field(False, description="control arm: the embedding permuted across pins")
+    empty_content: bool = Field(False, description="IDs only, with the content inputs present and empty (equal widths)")
+    epochs: int = Field(2, gt=0, description="at most this many epochs (early stopping on the validation loss)")
+    validation_days: int = Field(1, ge=0, description="last days before the cutoff held out to pick the check "
+                                                      "(0: none, keep the last check)")
+    checks_per_epoch: int = Field(4, gt=0, description="validation checks per epoch, each a checkpoint")
+    patience: int = Field(2, gt=0, description="checks without improvement before training stops")
+    batch_size: int = Field(2048, gt=0, description="training examples per step")
+    lr_dense: float = Field(2e-3, gt=0, description="Adam learning rate of the dense parameters")
+    lr_sparse: float = Field(0.05, gt=0, description="Adagrad learning rate of the embedding tables")
+    seed: int = Field(0, description="seed of the initialization, the batch order and shuffled embeddings")
+    max_boards: int = Field(5, gt=0, description="boards per user in the user's features")
+    max_history: int = Field(10, gt=0, description="recent engagements per user in the user's features")
+    coengagement_dim: int = Field(64, gt=0, description="co-engagement vectors: SVD rank of the user x pin save matrix")
+    coengagement_every: int = Field(7, gt=0, description="days between co-engagement snapshots")
+
+    @field_validator("shuffle_embeddings")
+    @classmethod
+    def _shuffle_needs_embeddings(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and not info.data.get("embeddings"):
+            raise ValueError("expected embeddings to shuffle (embeddings=NAME or --with-pinclip), found none")
+        return v
+
+    @property
+    def shape(self) -> ModelConfig:
+        """The model's shape alone."""
+        return ModelConfig(**self.model_dump(include=set(ModelConfig.model_fields)))
 
     def resolved(self, world: World) -> "TrainConfig":
-        cutoff = self.cutoff_day if self.cutoff_day is not None else (2 * world.config.days) // 3
-        run = self.run or ("ids" if not self.embeddings else self.embeddings.split("@")[0]
-                           + ("_shuffled" if self.shuffle_embeddings else "")) + f"_s{self.seed}"
-        return dataclasses.replace(self, cutoff_day=cutoff, run=run)
+        """The settings with the default cutoff made explicit."""
+        cutoff = self.cutoff_day if self.cutoff_day is not None else world.default_cutoff()
+        return self.model_copy(update={"cutoff_day": cutoff})
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    """``ids_s0``, ``pinclip_s1``, ``pinclip_shuffled_s0``: from the arm and the seed."""
+    if not cfg.embeddings:
+        return f"ids_s{cfg.seed}"
+    return cfg.embeddings.split("@")[0] + ("_shuffled" if cfg.shuffle_embeddings else "") + f"_s{cfg.seed}"
 
 
 def _impressions(world: World, cfg: TrainConfig) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame]:
@@ -110,11 +144,20 @@ def _batches(n: int, batch_size: int, env: distributed.Env, rng: np.random.Gener
 class Trainer:
     """Builds features and the sharded model, trains with checkpoints, evaluates on slices."""
 
-    def __init__(self, cfg: TrainConfig, env: distributed.Env | None = None):
+    def __init__(self, cfg: TrainConfig, workdir: Path | str = "pinwork", run: str | None = None, *,
+                 restart: bool = False, env: distributed.Env | None = None, prog: str = PROG):
+        """``run`` (default: from the arm and seed) resumes in ``W/ranking/runs/<run>`` when its defining
+        settings match (else InputError), or starts over with ``restart``."""
+        self.run = check_name(run or default_run_name(cfg), "run name")
         self.env = env or distributed.setup()
-        self.world = World(cfg.workdir)
+        self.workdir = str(workdir)
+        self.world = World(workdir)
         self.cfg = cfg.resolved(self.world)
-        self.run_dir = Path(cfg.workdir) / "ranking" / "runs" / self.cfg.run
+        self.restart = restart
+        self.run_record = RunDir(Path(workdir) / "ranking" / "runs", self.run, prog, extends=EXTENDS)
+        self.run_dir = self.run_record.path
+        if not restart:   # refuse before the features are built
+            self.run_record.check_resume(dump_settings(self.cfg))
         torch.manual_seed(self.cfg.seed)
         source = FeatureSource(self.world, self.cfg.max_boards, self.cfg.max_history, self.cfg.coengagement_dim,
                                self.cfg.coengagement_every)
@@ -123,9 +166,9 @@ class Trainer:
         self.val_ex = source.examples(val_imp) if val_imp is not None else None
         self.eval_ex = source.examples(eval_imp)
         self.vocabs = Vocabs.fit(self.train_ex)
-        self.content = load_content(self.cfg.workdir, self.cfg.embeddings, seed=self.cfg.seed,
+        self.content = load_content(self.workdir, self.cfg.embeddings, seed=self.cfg.seed,
                                     shuffled=self.cfg.shuffle_embeddings, empty=self.cfg.empty_content)
-        model = build_model(self.vocabs.sizes(), dense_width(self.content is not None), self.cfg.model,
+        model = build_model(self.vocabs.sizes(), dense_width(self.content is not None), self.cfg.shape,
                             dense_device=self.env.device)
         apply_optimizer_in_backward(torch.optim.Adagrad, model.sparse_arch.parameters(), {"lr": self.cfg.lr_sparse})
         self.model = distributed.wrap(model, self.env)
@@ -191,7 +234,7 @@ class Trainer:
         n = len(batches)
         checks = {max(1, round(n * (k + 1) / self.cfg.checks_per_epoch)) for k in range(self.cfg.checks_per_epoch)}
         losses = []
-        bar = tqdm(range(self.progress["step"], n), desc=f"{self.cfg.run} epoch {epoch + 1}/{self.cfg.epochs}",
+        bar = tqdm(range(self.progress["step"], n), desc=f"{self.run} epoch {epoch + 1}/{self.cfg.epochs}",
                    unit="batch", initial=self.progress["step"], total=n, disable=not self.env.is_main, file=sys.stderr)
         self.model.train()
         for i in bar:
@@ -274,20 +317,27 @@ class Trainer:
                 continue
             results[f"{surface}/{task}"] = {name: binary_metrics(preds[on & m, j], ex.labels[on & m, j])
                                             for name, m in masks.items()}
-        return {"run": self.cfg.run, "embeddings": self.content.ref if self.content else None,
+        return {"run": self.run, "embeddings": self.content.ref if self.content else None,
                 "cutoff_day": self.cfg.cutoff_day, "generator_version": self.world.generator_version,
                 "train_examples": len(self.train_ex),
                 "validation_examples": len(self.val_ex) if self.val_ex is not None else 0,
                 "eval_examples": len(ex), "metrics": results}, preds
 
-    def fit(self, resume: bool = True) -> dict:
+    def run_config(self) -> dict:
+        """``config.json``: the run's settings as the scorer reads them (the model's shape under ``model``)."""
+        keys = self.cfg.model_dump(mode="json", exclude=set(ModelConfig.model_fields))
+        return {"workdir": self.workdir, "run": self.run, **keys, "model": self.cfg.shape.model_dump(mode="json")}
+
+    def fit(self) -> dict:
+        """Train (resuming from the latest check, unless ``restart``), then evaluate the best check."""
         if self.env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(self.cfg), indent=2))
+            self.run_record.start(dump_settings(self.cfg), restart=self.restart,
+                                  embeddings_ref=self.content.ref if self.content else None)
+            (self.run_dir / "config.json").write_text(json.dumps(self.run_config(), indent=2))
             np.savez(self.run_dir / "vocab.npz", **self.vocabs.to_arrays())
         dist.barrier()
-        if resume and self.load_checkpoint() and self.env.is_main:
-            print(f"ranking: resumed {self.cfg.run} at {self.progress['latest']}", file=sys.stderr)
+        if self.load_checkpoint() and self.env.is_main:
+            print(f"ranking: resumed {self.run} at {self.progress['latest']}", file=sys.stderr)
         start = time.time()
         while not self.progress["stopped"] and self.progress["epoch"] < self.cfg.epochs:
             self.train_epoch()
@@ -327,44 +377,62 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv=None) -> tuple[TrainConfig, bool]:
-    ap = argparse.ArgumentParser(prog="python -m ranking.train", description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", default="pinwork")
-    ap.add_argument("--with-pinclip", action="store_true", help="add the published PinCLIP embedding (pinclip@LATEST)")
-    ap.add_argument("--embeddings", default=None, help="NAME[@VERSION] of the dense content embedding")
-    ap.add_argument("--shuffle-embeddings", action="store_true", help="control: embeddings permuted across pins")
-    ap.add_argument("--surface", default="all", choices=[*SURFACES, "all"])
+def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
+    """The positional arguments ``[CONFIG.yaml] [key=value ...]``: the config file (or None) and the overrides."""
+    files = [x for x in items if "=" not in x]
+    if len(files) > 1:
+        raise input_error(COMMAND_LINE, "config", "one YAML file and key=value overrides",
+                          ", ".join(repr(x) for x in files))
+    return (files[0] if files else None), [x for x in items if "=" in x]
+
+
+def add_settings_arguments(ap: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """``[CONFIG.yaml] [key=value ...]`` and a ``--field-name`` option per setting not in ``skip``."""
+    ap.add_argument("settings", nargs="*", metavar="CONFIG.yaml | key=value",
+                    help="a YAML file of settings and/or key=value overrides (the keys below)")
+    add_field_options(ap, TrainConfig, skip=skip)
+
+
+def load_train_config(args: argparse.Namespace, defaults: dict | None = None,
+                      overrides: list[str] = ()) -> TrainConfig:
+    """The settings of parsed ``args``: ``defaults``, then the config file, then the key=value and
+    ``--field-name`` overrides (with ``overrides`` last)."""
+    path, items = split_config_args(args.settings)
+    return load_settings(TrainConfig, path, [*items, *given_fields(args), *overrides], defaults=defaults)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = settings_parser("python -m ranking.train", __doc__.splitlines()[0], TrainConfig)
+    add_settings_arguments(ap, skip=("surfaces",))
+    ap.add_argument("--workdir", default="pinwork", help="the workspace (default pinwork)")
+    ap.add_argument("--with-pinclip", action="store_true",
+                    help="add the published PinCLIP embedding (embeddings=pinclip unless embeddings is set)")
+    ap.add_argument("--surface", default=None, choices=[*SURFACES, "all"],
+                    help="train on one surface (sets surfaces; default: all)")
     ap.add_argument("--run-name", default=None, help="run directory name (default: from the arm and seed)")
-    ap.add_argument("--cutoff-day", type=int, default=None)
-    ap.add_argument("--epochs", type=int, default=2, help="at most this many epochs")
-    ap.add_argument("--validation-days", type=int, default=1,
-                    help="last days before the cutoff held out for early stopping (0: none, keep the last check)")
-    ap.add_argument("--patience", type=int, default=2, help="checks without improvement before stopping")
-    ap.add_argument("--batch-size", type=int, default=2048)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
-    a = ap.parse_args(argv)
-    embeddings = a.embeddings or ("pinclip" if a.with_pinclip else None)
-    cfg = TrainConfig(workdir=a.workdir, run=a.run_name, surfaces=SURFACES if a.surface == "all" else (a.surface,),
-                      cutoff_day=a.cutoff_day, embeddings=embeddings, shuffle_embeddings=a.shuffle_embeddings,
-                      epochs=a.epochs, validation_days=a.validation_days, patience=a.patience,
-                      batch_size=a.batch_size, seed=a.seed)
-    if cfg.shuffle_embeddings and not cfg.embeddings:
-        ap.error("--shuffle-embeddings needs --embeddings or --with-pinclip")
-    return cfg, not a.no_resume
+    ap.add_argument("--restart", action="store_true",
+                    help="start the run over (a run resumes only with the settings it was started with, "
+                         f"except {', '.join(EXTENDS)})")
+    add_debug_flag(ap)
+    return ap
 
 
 def main(argv=None) -> int:
-    cfg, resume = parse_args(argv)
-    try:
-        trainer = Trainer(cfg)
-        report = trainer.fit(resume=resume)
-    except (FileNotFoundError, ValueError) as exc:
-        print(str(exc).splitlines()[0], file=sys.stderr)
-        return 2
-    if trainer.env.is_main:
-        print(format_report(report))
-    return 0
+    args = build_parser().parse_intermixed_args(argv)
+
+    def run() -> int:
+        if args.run_name is not None:
+            check_name(args.run_name, "--run-name")
+        surfaces = None if args.surface is None else list(SURFACES) if args.surface == "all" else [args.surface]
+        cfg = load_train_config(args, defaults={"embeddings": "pinclip"} if args.with_pinclip else None,
+                                overrides=[f"surfaces={surfaces}"] if surfaces else [])
+        trainer = Trainer(cfg, args.workdir, args.run_name, restart=args.restart)
+        report = trainer.fit()
+        if trainer.env.is_main:
+            print(format_report(report))
+        return 0
+
+    return run_command(PROG, run, args.debug)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def tiny_oracle(tiny_workdir):
 @pytest.fixture(scope="session")
 def tiny_pinclip_run(tiny_workdir):
     """A briefly trained tiny PinCLIP run `tiny_run` in the tiny workspace (name of the run)."""
-    from pinclip.train import TrainConfig, Trainer
+    from pinclip.training.train import TrainConfig, Trainer
 
     Trainer(TrainConfig(workdir=str(tiny_workdir), run="tiny_run", steps=8, batch_size=32, warmup_steps=2,
                         vocab_size=2000, checkpoint_every=8), progress=False).fit(resume=False)

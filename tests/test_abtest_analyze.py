@@ -19,11 +19,13 @@ from abtest.analyze import analyze, lift_pairs
 from abtest.assign import assign
 from abtest.cli import main
 from abtest.config import load_config
-from abtest.errors import AbtestError
+from pinlift.core.errors import InputError
+from abtest.estimators import Estimator
 from abtest.metrics import (Sources, cells_of, cross_sum_name, metric_from_spec, open_readonly, per_user_values,
                             sufficient_stats)
 from abtest.report import render_markdown
 from abtest.simulate import EVENTS_SCHEMA, EXPOSURES_SCHEMA
+from abtest.validation import AssignmentSums, cell_test, resalt_study, user_values
 
 N_USERS, START, PRE_DAYS, DAYS = 3000, 20, 10, 5
 DELTA = 0.30          # injected relative lift of the repin probability for treatment users
@@ -209,6 +211,50 @@ def test_recovers_injected_lift_with_cuped(synth):
     assert not analysis["srm"]["mismatch"]
 
 
+@pytest.mark.parametrize("cuped", [True, False])
+def test_validation_runs_the_test_analyze_reports(synth, tmp_path, cuped):
+    """The validation study's vectorised path, given the experiment's own assignment, reproduces every
+    primary test of `abtest analyze` (method and p-value), with and without `cuped:`."""
+    cfg_path, cfg, analysis, _ = synth
+    if not cuped:
+        path = tmp_path / "nocuped.yaml"
+        path.write_text(cfg_path.read_text() + "cuped: false\n")
+        cfg = load_config(path)
+        analysis = analyze(cfg, write=False)
+    cells = cells_of(cfg.metric_list())
+    values = user_values(cfg.experiment_dir, cfg, cells)
+    sums = AssignmentSums((values["variant"] == "treatment").astype(int)[None])
+    methods = set()
+    for cell in cells:
+        primary = cell_test(cell, sums, values, values, cfg.alpha).primary
+        r = _result(analysis, cell.key)
+        methods.add(primary.method)
+        assert primary.method == r["method"], cell.key
+        assert float(primary.absolute.p_value[0]) == pytest.approx(r["p_value"], rel=1e-6, abs=1e-12), cell.key
+        assert float(primary.absolute.value[0]) == pytest.approx(r["absolute"]["value"], rel=1e-6, abs=1e-12), cell.key
+    assert methods == ({"cuped_welch", "cuped_delta_ratio"} if cuped else {"welch", "delta_ratio"})
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:Degrees of freedom")  # hides: none, NaN lifts
+def test_analyze_and_validate_choose_through_one_estimator(synth, monkeypatch):
+    _, cfg, _, _ = synth
+    seen = {"analyze": set(), "validate": set()}
+    caller = ["analyze"]
+    run = Estimator.run
+
+    def spy(self, *args, **kwargs):
+        seen[caller[0]].add((self.kind, self.covariate))
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Estimator, "run", spy)
+    analyze(cfg, write=False)
+    caller[0] = "validate"
+    cells = cells_of(cfg.metric_list())
+    values = user_values(cfg.experiment_dir, cfg, cells)
+    resalt_study(cfg, cells, values, values, {"repin": 0.0}, resalts=20)
+    assert seen["analyze"] == seen["validate"] == {("mean", True), ("ratio", True)}
+
+
 def test_fresh_minus_overall_lift(synth):
     _, _, analysis, _ = synth
     d = {x["key"]: x for x in analysis["lift_differences"]}["fresh_repins/homefeed - repins/homefeed"]
@@ -344,12 +390,12 @@ def test_bad_input_fails_cleanly(tmp_path, capsys):
     # an arm with no users
     table = pq.read_table(exp / "exposures" / "part-0.parquet")
     pq.write_table(table.filter(pa.compute.equal(table["variant"], "control")), exp / "exposures" / "part-0.parquet")
-    with pytest.raises(AbtestError, match="variant 'treatment': expected at least 2 users, found 0"):
+    with pytest.raises(InputError, match="variant 'treatment': expected at least 2 users, found 0"):
         analyze(cfg)
     assert not (exp / "analysis.json").exists()
     # an unknown variant
     pq.write_table(table.set_column(2, "variant", pa.array(["b"] * table.num_rows)), exp / "exposures" / "part-0.parquet")
-    with pytest.raises(AbtestError, match="column 'variant': expected one of control, treatment, found 'b'"):
+    with pytest.raises(InputError, match="column 'variant': expected one of control, treatment, found 'b'"):
         analyze(cfg)
     pq.write_table(table, exp / "exposures" / "part-0.parquet")
     # empty events
@@ -363,13 +409,13 @@ def test_bad_input_fails_cleanly(tmp_path, capsys):
     # missing events, wrong column type
     for f in (exp / "events").rglob("*.parquet"):
         f.unlink()
-    with pytest.raises(AbtestError, match="events: expected Parquet files, found none"):
+    with pytest.raises(InputError, match="events: expected Parquet files, found none"):
         analyze(cfg)
     pq.write_table(events.set_column(6, "action", pa.array(np.zeros(events.num_rows, np.int64))),
                    exp / "events" / "day=20" / "part-0.parquet")
-    with pytest.raises(AbtestError, match="column 'action': expected string, found BIGINT"):
+    with pytest.raises(InputError, match="column 'action': expected string, found BIGINT"):
         analyze(cfg)
     assert not (exp / "analysis.json").exists() and not list(exp.glob(".tmp*"))
     missing = load_config(cfg_path, workdir=str(tmp_path / "nowhere"))
-    with pytest.raises(AbtestError, match="experiment: expected a directory with exposures"):
+    with pytest.raises(InputError, match="experiment: expected a directory with exposures"):
         analyze(missing)

@@ -8,7 +8,7 @@ import pytest
 
 from abtest.cli import main
 from abtest.config import load_config
-from abtest.errors import AbtestError
+from pinlift.core.errors import InputError
 from abtest.metrics import BUILTIN_METRICS
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
@@ -32,7 +32,7 @@ def _write(tmp_path, text: str, name="exp.yaml") -> Path:
 
 
 def _error(path) -> str:
-    with pytest.raises(AbtestError) as e:
+    with pytest.raises(InputError) as e:
         load_config(path)
     return str(e.value)
 

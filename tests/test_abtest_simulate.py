@@ -4,7 +4,6 @@ lag, a real ranking run as an arm, atomic failure."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -16,7 +15,7 @@ from abtest.analyze import analyze
 from abtest.assign import BUCKETS, assign, bucket_bounds, buckets, sample_users, variant_of_buckets
 from abtest.candidates import CandidateSource
 from abtest.config import Days, load_config
-from abtest.errors import AbtestError
+from pinlift.core.errors import InputError
 from abtest.publishers import OracleEmbeddingPublisher, make_publisher
 from abtest.rankers import auction, rank_slates
 from abtest.simulate import EVENTS_SCHEMA, EXPOSURES_SCHEMA, simulate, simulate_potential_outcomes
@@ -161,12 +160,10 @@ def test_common_random_numbers_potential_outcomes(tiny_workdir, tmp_path):
 def oracle_run(tiny_workdir, tiny_oracle):
     """A one-epoch ranking run with oracle content features, trained inside the test (seconds)."""
     from ranking import train
-    from ranking.model import ModelConfig
 
-    cfg = train.TrainConfig(workdir=str(tiny_workdir), run="ab_oracle", surfaces=("ads",), epochs=1,
-                            batch_size=512, embeddings="oracle",
-                            model=ModelConfig(embedding_dim=8, dense_hidden=(16,), over_hidden=(16,), dcn_low_rank=4))
-    train.Trainer(dataclasses.replace(cfg)).fit(resume=False)
+    cfg = train.TrainConfig(surfaces=["ads"], epochs=1, batch_size=512, embeddings="oracle",
+                            embedding_dim=8, dense_hidden=[16], over_hidden=[16], dcn_low_rank=4)
+    train.Trainer(cfg, tiny_workdir, "ab_oracle", restart=True).fit()
     return "ab_oracle"
 
 
@@ -219,7 +216,7 @@ def test_ads_calibration_scores_impressions_where_they_were_shown(tiny_workdir, 
 def test_calibration_needs_logged_days(tiny_workdir, tmp_path, oracle_run):
     cfg = _yaml(tmp_path, tiny_workdir, f"arms:\n  control: {{run: {oracle_run}}}\n  treatment: {{run: {oracle_run}}}\n",
                 name="nocal").model_copy(update={"days": Days(start=26, count=1)})
-    with pytest.raises(AbtestError, match="calibrate_ads: expected logged days between run 'ab_oracle'"):
+    with pytest.raises(InputError, match="calibrate_ads: expected logged days between run 'ab_oracle'"):
         simulate(cfg, progress=False)
     assert not (tiny_workdir / "experiments" / "nocal").exists()
 
@@ -227,11 +224,11 @@ def test_calibration_needs_logged_days(tiny_workdir, tmp_path, oracle_run):
 def test_bad_arm_leaves_nothing(tiny_workdir, tmp_path):
     cfg = _yaml(tmp_path, tiny_workdir, "arms:\n  control: {ranker: logging_policy}\n"
                 "  treatment: {run: no_such_run}\n", name="broken")
-    with pytest.raises(AbtestError, match=r"broken.yaml:\d+: arms.treatment.run: expected a trained ranking run"):
+    with pytest.raises(InputError, match=r"broken.yaml:\d+: arms.treatment.run: expected a trained ranking run"):
         simulate(cfg, progress=False)
     early = _yaml(tmp_path, tiny_workdir, "arms:\n  control: {ranker: logging_policy}\n"
                   "  treatment: {ranker: logging_policy, related_ann: {k: 4}}\n", name="noemb")
-    with pytest.raises(AbtestError, match="arms.treatment.related_ann: expected an arm with `embeddings:`"):
+    with pytest.raises(InputError, match="arms.treatment.related_ann: expected an arm with `embeddings:`"):
         simulate(early, progress=False)
     exp_root = tiny_workdir / "experiments"
     assert not (exp_root / "broken").exists() and not (exp_root / "noemb").exists()
@@ -240,7 +237,7 @@ def test_bad_arm_leaves_nothing(tiny_workdir, tmp_path):
 
 def test_validation_study_runs_small(tiny_workdir, tmp_path):
     from abtest.metrics import BUILTIN_METRICS
-    from abtest.validation import expected_lift, run_validation
+    from abtest.validation import expected_lift, primary_test, run_validation
 
     lift = {"repin": 0.1, "click": 0.2}
     assert expected_lift(BUILTIN_METRICS["repins"], lift) == pytest.approx(0.1)
@@ -252,9 +249,32 @@ def test_validation_study_runs_small(tiny_workdir, tmp_path):
     report = run_validation(cfg, resalts=150, lift=0.3, out_dir=tmp_path / "v", progress=False)
     study = report["study"]
     assert study["resalts"] == 150 and len(study["cells"]) == 3 + 3 + 1
-    rep = next(c for c in study["cells"] if c["key"] == "repins/homefeed")
-    assert 0.0 <= rep["aa"]["fpr"] <= 0.15 and rep["injected"]["expected_lift"] == pytest.approx(0.3)
-    assert rep["injected"]["coverage"] > 0.8 and rep["injected"]["power"] > rep["aa"]["fpr"]
-    assert "naive_impression_ttest" in next(c for c in study["cells"] if c["key"] == "ctr/homefeed")
+    cells = {c["key"]: c for c in study["cells"]}
+    rep = primary_test(cells["repins/homefeed"])
+    assert rep["method"] == "cuped_welch" and cells["repins/homefeed"]["expected_lift"] == pytest.approx(0.3)
+    assert 0.0 <= rep["aa"]["fpr"] <= 0.15 and rep["injected"]["coverage"] > 0.8
+    assert rep["injected"]["power"] > rep["aa"]["fpr"]
+    # ratio CUPED, analyze's primary test for CTR with a pre-period, is validated like every other test
+    ctr = cells["ctr/homefeed"]
+    assert ctr["primary"] == "cuped_delta_ratio" and [t["method"] for t in ctr["tests"]] == ["delta_ratio",
+                                                                                             "cuped_delta_ratio"]
+    rc = primary_test(ctr)
+    assert 0.0 <= rc["aa"]["fpr"] <= 0.15 and 0.0 < rc["aa"]["ks_p"] <= 1.0 and rc["injected"]["coverage"] > 0.8
+    assert 0.0 < rc["cuped"]["reported_variance_factor"] <= 1.0 and rc["cuped"]["observed_variance_ratio"] > 0
+    assert "naive_impression_ttest" in ctr
+    names = [c["check"] for c in report["checks"]]
+    for check in ("A/A FPR ctr/homefeed (cuped_delta_ratio)", "A/A p-values uniform ctr/homefeed (cuped_delta_ratio,",
+                  "coverage ctr/homefeed (cuped_delta_ratio,"):
+        assert any(n.startswith(check) for n in names), check
     assert {"false_alarm_rate", "skewed"} <= set(study["srm"]) and report["checks"]
-    assert (tmp_path / "v" / "validation.json").is_file() and (tmp_path / "v" / "validation.md").is_file()
+    md = (tmp_path / "v" / "validation.md").read_text()
+    assert "| ctr/homefeed | **cuped_delta_ratio** |" in md and "| ctr/homefeed | delta_ratio |" in md
+    saved = json.loads((tmp_path / "v" / "validation.json").read_text())["study"]["cells"]
+    assert [(c["primary"], [t["method"] for t in c["tests"]]) for c in saved] == [
+        (c["primary"], [t["method"] for t in c["tests"]]) for c in study["cells"]]
+    # `cuped: false` in the file: no covariate, the unadjusted tests only, as in `abtest analyze`
+    plain = _yaml(tmp_path, tiny_workdir, "aa: true\narms:\n  control: {ranker: logging_policy}\n"
+                  "metrics: [repins, ctr, cpc]\ncuped: false\n", name="val")
+    study = run_validation(plain, resalts=150, lift=0.3, out_dir=tmp_path / "v", progress=False, reuse=True)["study"]
+    assert {c["key"]: [t["method"] for t in c["tests"]] for c in study["cells"]}["ctr/homefeed"] == ["delta_ratio"]
+    assert {c["primary"] for c in study["cells"]} == {"welch", "delta_ratio"}

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from pinclip import cli as pinclip_cli
-from pinclip.ablations import ablation_config, describe_check, same_as_reference, target_checks
+from pinclip.training.ablations import ablation_config, describe_check, same_as_reference, target_checks
 
 
 def test_ablation_config_changes_only_its_fields(loop_workdir):
@@ -84,7 +84,7 @@ def test_make_results_lists_every_ablation():
     import re
     from pathlib import Path
 
-    from pinclip.ablations import ABLATIONS
+    from pinclip.training.ablations import ABLATIONS
 
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     listed = re.search(r"^ABLATIONS := ((?:.*\\\n)*.*)$", makefile, re.MULTILINE).group(1)

@@ -11,10 +11,10 @@ import torch
 
 from pinclip.data.dataset import (IMAGE_MEAN, IMAGE_STD, ImageTextCollate, ImageTextDataset, NeighborCollate,
                                   NeighborPairDataset, batches, neighbor_batch_size)
-from pinclip.data.engaged import heldout_split, related_pairs, search_pairs
-from pinclip.data.neighbors import (LocalBatches, WalkConfig, graph_edges, neighbor_candidates, random_walk_topk,
-                                    sample_positives, session_pairs)
 from pinclip.data.sources import drop_misaligned, text_sources
+from pinclip.training.engaged import heldout_split, related_pairs, search_pairs
+from pinclip.training.neighbors import (LocalBatches, WalkConfig, graph_edges, neighbor_candidates, random_walk_topk,
+                                        sample_positives, session_pairs)
 
 T = 20
 ANN = pl.List(pl.Struct({"annotation": pl.String, "score": pl.Float32}))

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from pinclip.data.dataset import normalize_images
-from pinclip.data.engaged import heldout_split
-from pinclip.evaluate import (INT8, TASKS, EvalConfig, Embedder, PinEmbeddings, distractors_at_or_above,
-                              evaluate, format_table, pin_texts, recall_at_k)
+from pinclip.embedder import Embedder, PinEmbeddings, pin_texts
 from pinclip.models import create_model, load_tokenizer, tokenize, train_tokenizer
+from pinclip.training.engaged import heldout_split
+from pinclip.training.evaluate import (INT8, TASKS, EvalConfig, distractors_at_or_above, evaluate, format_table,
+                                       recall_at_k)
 
 T = 20
 VARIANTS = ["64", "128", "256", INT8]

@@ -7,11 +7,12 @@ import numpy as np
 import polars as pl
 import torch
 
-from pinclip.alignment import alignment_scores
 from pinclip.data.dataset import normalize_images
-from pinclip.data.neighbors import session_pairs
+from pinclip.loading import load_run
 from pinclip.models.text import tokenize
-from pinclip.train import TrainConfig, Trainer, load_run
+from pinclip.training.alignment import alignment_scores
+from pinclip.training.neighbors import session_pairs
+from pinclip.training.train import TrainConfig, Trainer
 from pinworld.world import World
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pinclip import cli as pinclip_cli
-from pinclip.pretrain import PretrainConfig
-from pinclip.train import Trainer, TrainConfig
+from pinclip.training.pretrain import PretrainConfig
+from pinclip.training.train import Trainer, TrainConfig
 
 
 def test_text_pretraining_learns_and_pinclip_starts_from_it(tiny_workdir):
@@ -50,7 +50,7 @@ def test_interrupted_pretraining_resumes(tiny_workdir, monkeypatch, tower):
     """The image tower resumes to exactly the uninterrupted result. The text tower resumes with the
     tokenizer its checkpoint learned: HF tokenizers' WordPiece training is not deterministic
     (huggingface/tokenizers#1794), so a retrained one would renumber the tokens."""
-    from pinclip import pretrain as pretrain_mod
+    from pinclip.training import pretrain as pretrain_mod
 
     W = str(tiny_workdir)
     cfg = dict(workdir=W, tower=tower, steps=6, batch_size=16, checkpoint_every=2, eval_pins=50, vocab_size=2000)
@@ -80,7 +80,7 @@ def test_interrupted_pretraining_resumes(tiny_workdir, monkeypatch, tower):
 
 
 def test_pretraining_checkpoint_of_another_config_is_not_resumed(tiny_workdir, capsys):
-    from pinclip import pretrain as pretrain_mod
+    from pinclip.training import pretrain as pretrain_mod
 
     W = str(tiny_workdir)
     out = tiny_workdir / "pinclip" / "pretrain" / "image_other"
@@ -93,7 +93,7 @@ def test_pretraining_checkpoint_of_another_config_is_not_resumed(tiny_workdir, c
 
 
 def test_unreadable_pretraining_checkpoint_is_a_one_line_error(tiny_workdir):
-    from pinclip import pretrain as pretrain_mod
+    from pinclip.training import pretrain as pretrain_mod
 
     out = tiny_workdir / "pinclip" / "pretrain" / "image_torn"
     out.mkdir(parents=True)

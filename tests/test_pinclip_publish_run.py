@@ -9,9 +9,9 @@ import polars as pl
 import torch
 
 from pinclip import cli
+from pinclip.embedder import Embedder, pin_texts
 from pinclip.embeddings import open_embeddings
-from pinclip.evaluate import Embedder, pin_texts
-from pinclip.train import load_run
+from pinclip.loading import load_run
 
 
 def test_eval_writes_recall_table(tiny_workdir, tiny_pinclip_run, capsys):

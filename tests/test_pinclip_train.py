@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from pinclip import cli
-from pinclip.pretrain import annotation_vocab
-from pinclip.train import TrainConfig, Trainer, load_run, load_train_config, lr_factor
+from pinclip.loading import load_run
+from pinclip.training.pretrain import annotation_vocab
+from pinclip.training.train import TrainConfig, Trainer, load_train_config, lr_factor
 
 SMALL = dict(steps=6, batch_size=32, warmup_steps=2, checkpoint_every=3, vocab_size=2000)
 

@@ -37,7 +37,7 @@ def test_results_section_is_replaced_not_duplicated(tmp_path):
     assert text.count(compare.RESULTS_BEGIN) == 1
 
 
-def test_compare_runs_arms_on_tiny(tiny_workdir, tmp_path, capsys):
+def test_compare_runs_arms_on_tiny(tiny_workdir, tmp_path, capsys, monkeypatch):
     results = tmp_path / "results.md"
     assert compare.main(["--workdir", str(tiny_workdir), "--arms", "ids,oracle,pinclip", "--seeds", "0",
                          "--epochs", "1", "--results", str(results), "--per-surface", "ids"]) == 0
@@ -56,6 +56,21 @@ def test_compare_runs_arms_on_tiny(tiny_workdir, tmp_path, capsys):
     assert "skipping arm 'pinclip'" in capsys.readouterr().err
     assert out["summary"]["homefeed/repin"]["all"]["oracle"]["seeds"] == 1
     assert "ranking-compare:begin" in results.read_text()
+    # run again, the runs are reused; with other settings they are refused, not silently reused
+    ids_eval = tiny_workdir / "ranking/runs/ids_s0/eval.json"
+    stamp = ids_eval.stat().st_mtime_ns
+    again = ["--workdir", str(tiny_workdir), "--arms", "ids", "--seeds", "0", "--epochs", "1"]
+    assert compare.main([*again, "lr_dense=0.01"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("ranking: run 'ids_s0' was started with other settings (lr_dense 0.002 -> 0.01); pass --restart to "
+                   "start it over, or choose another run name\n")
+    assert compare.main([*again, "seed=5"]) == 2      # seeds are --seeds
+    assert capsys.readouterr().err.startswith("ranking: command line: seed: expected a key that no arm sets")
+    # the default --results writes nothing outside the workspace (docs/results.md is `make results`'s)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    assert compare.main(again) == 0
+    assert ids_eval.stat().st_mtime_ns == stamp and not (tmp_path / "docs" / "results.md").exists()
     with pytest.raises(SystemExit):
         compare.main(["--workdir", str(tiny_workdir), "--arms", "bogus"])
     with pytest.raises(SystemExit):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -16,19 +15,19 @@ from ranking.features import dense_width
 from ranking.model import ModelConfig, build_model
 from ranking.score import Scorer
 
-SMALL = train.TrainConfig(surfaces=("ads",), epochs=2, batch_size=512, model=ModelConfig(embedding_dim=8, dense_hidden=(32,),
-                                                                                         over_hidden=(32,), dcn_low_rank=8))
+SMALL = train.TrainConfig(surfaces=["ads"], epochs=2, batch_size=512, embedding_dim=8, dense_hidden=[32],
+                          over_hidden=[32], dcn_low_rank=8)
 
 
-def _cfg(workdir, **kw):
-    return dataclasses.replace(SMALL, workdir=str(workdir), **kw)
+def _trainer(workdir, run, restart=True, **kw):
+    return train.Trainer(train.TrainConfig.model_validate({**SMALL.model_dump(), **kw}), workdir, run, restart=restart)
 
 
 def test_resume_equals_uninterrupted(tiny_workdir):
     never_stop = dict(patience=99)
-    straight = train.Trainer(_cfg(tiny_workdir, run="straight", **never_stop)).fit(resume=False)
-    first = train.Trainer(_cfg(tiny_workdir, run="resumed", epochs=1, **never_stop)).fit(resume=False)
-    resumed = train.Trainer(_cfg(tiny_workdir, run="resumed", epochs=2, **never_stop)).fit(resume=True)
+    straight = _trainer(tiny_workdir, "straight", **never_stop).fit()
+    first = _trainer(tiny_workdir, "resumed", epochs=1, **never_stop).fit()
+    resumed = _trainer(tiny_workdir, "resumed", restart=False, epochs=2, **never_stop).fit()
     assert [c["epochs"] for c in first["checks"]][-1] == 1 and len(first["checks"]) == 4
     assert [c["checkpoint"] for c in resumed["checks"]] == [c["checkpoint"] for c in straight["checks"]]
     np.testing.assert_allclose([c["validation_loss"] for c in resumed["checks"]],
@@ -49,8 +48,8 @@ def test_resume_equals_uninterrupted(tiny_workdir):
 def test_early_stopping_evaluates_the_best_check(tiny_workdir):
     """Training that overfits stops ``patience`` checks after the best one, and the evaluated (and served)
     model is that best check, not the last."""
-    trainer = train.Trainer(_cfg(tiny_workdir, run="early", epochs=6, patience=1, lr_dense=0.03, lr_sparse=0.5))
-    report = trainer.fit(resume=False)
+    trainer = _trainer(tiny_workdir, "early", epochs=6, patience=1, lr_dense=0.03, lr_sparse=0.5)
+    report = trainer.fit()
     losses = [c["validation_loss"] for c in report["checks"]]
     best = int(np.argmin(losses))
     assert report["best_check"]["checkpoint"] == report["checks"][best]["checkpoint"]
@@ -63,7 +62,7 @@ def test_two_process_gloo_run(tiny_workdir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
            "-m", "ranking.train", "--workdir", str(tiny_workdir), "--epochs", "1",
-           "--batch-size", "1024", "--run-name", "ddp2", "--no-resume"]
+           "--batch-size", "1024", "--run-name", "ddp2", "--restart"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tiny_workdir / "ranking/runs/ddp2/eval.json").read_text())
@@ -86,7 +85,7 @@ def test_cuda_topology_is_planned_without_a_gpu():
 
 
 def test_scorer_scores_slates(tiny_workdir, tiny_world):
-    train.Trainer(_cfg(tiny_workdir, run="for_scoring", epochs=1, surfaces=("homefeed", "related", "ads"))).fit(resume=False)
+    _trainer(tiny_workdir, "for_scoring", epochs=1, surfaces=["homefeed", "related", "ads"]).fit()
     scorer = Scorer(tiny_workdir, "for_scoring")
     pins = tiny_world.table("pins")
     organic = pins.filter(~pins["is_ad"])["pin_id"].to_numpy()[:40]
@@ -121,3 +120,81 @@ def test_cli_bad_input(tiny_workdir, capsys):
     assert train.main(["--workdir", str(tiny_workdir), "--surface", "ads", "--validation-days", "30"]) == 2
     err = capsys.readouterr().err
     assert "validation_days 30: expected impressions before day -4" in err and err.count("\n") == 1
+
+
+def test_help_lists_every_key_with_type_and_default(capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    keys = out.split("keys (key=value; type, default):\n")[1]
+    rows = {line.split()[0]: line.split()[1:3] for line in keys.splitlines()}
+    assert set(rows) == set(train.TrainConfig.model_fields) >= {"lr_dense", "lr_sparse", "embedding_dim", "dcn_layers"}
+    assert rows["lr_dense"] == ["float", "0.002"] and rows["lr_sparse"] == ["float", "0.05"]
+    assert rows["embedding_dim"] == ["int", "16"] and rows["dense_hidden"] == ["list[int]", "[128]"]
+    assert rows["epochs"] == ["int", "2"] and rows["cutoff_day"] == ["int", "|"]   # "int | None  None"
+    # and a --key option per setting, the model's shape included
+    assert all(f"--{k} " in out for k in ("lr-dense", "lr-sparse", "embedding-dim", "over-hidden", "validation-days"))
+
+
+def test_resume_only_with_the_settings_it_started_with(tiny_workdir, tmp_path, capsys):
+    small = tmp_path / "small.yaml"
+    small.write_text("surfaces: [ads]\nchecks_per_epoch: 1\nbatch_size: 4096\nembedding_dim: 4\ndense_hidden: [8]\n"
+                     "over_hidden: [8]\ndcn_low_rank: 4\n")
+    cmd = [str(small), "--workdir", str(tiny_workdir), "--run-name", "cli_resume", "--epochs", "1"]
+    run = tiny_workdir / "ranking" / "runs" / "cli_resume"
+    assert train.main(cmd) == 0
+    saved = json.loads((run / "run.json").read_text())
+    assert saved["config"]["embedding_dim"] == 4 and saved["config"]["cutoff_day"] == 26
+    assert json.loads((run / "config.json").read_text())["model"]["dense_hidden"] == [8]   # as the scorer reads it
+    capsys.readouterr()
+    # a defining key changed (a learning rate, the model's shape): refused in one line naming it, nothing written
+    assert train.main([*cmd, "lr_dense=0.01"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ranking: run 'cli_resume' was started with other settings (lr_dense 0.002 -> 0.01); "
+                          "pass --restart") and err.count("\n") == 1
+    assert train.main([*cmd, "--embedding-dim", "8"]) == 2
+    assert "(embedding_dim 4 -> 8)" in capsys.readouterr().err
+    assert json.loads((run / "run.json").read_text()) == saved
+    # more epochs only extend the run: it resumes after the first epoch's check
+    assert train.main([*cmd, "--epochs", "2"]) == 0
+    assert "ranking: resumed cli_resume at check-001" in capsys.readouterr().err
+    report = json.loads((run / "eval.json").read_text())
+    assert [c["checkpoint"] for c in report["checks"]] == ["check-001", "check-002"]
+    # --restart starts over with the new settings
+    assert train.main([*cmd, "lr_dense=0.01", "--restart"]) == 0
+    assert "resumed" not in capsys.readouterr().err
+    saved = json.loads((run / "run.json").read_text())
+    assert saved["config"]["lr_dense"] == 0.01 and saved["config"]["epochs"] == 1
+    assert [c["checkpoint"] for c in json.loads((run / "eval.json").read_text())["checks"]] == ["check-001"]
+
+
+@pytest.mark.parametrize("name", ["../outside", "a/b"])
+def test_run_name_is_a_name_not_a_path(tiny_workdir, capsys, name):
+    assert train.main(["--workdir", str(tiny_workdir), "--surface", "ads", "--run-name", name]) == 2
+    assert capsys.readouterr().err == (f"ranking: --run-name: expected a name of letters, digits and -_. (not a path), "
+                                       f"found {name!r}\n")
+    assert not (tiny_workdir / "ranking" / "outside").exists()
+    assert not (tiny_workdir / "ranking" / "runs" / "a").exists()
+
+
+def test_bad_settings_say_where(tiny_workdir, tmp_path, capsys):
+    w = ["--workdir", str(tiny_workdir)]
+    assert train.main([*w, "lr_dense=abc"]) == 2
+    assert capsys.readouterr().err == "ranking: command line: lr_dense: expected a valid number, found 'abc'\n"
+    assert train.main([*w, "--lr-sparse", "-1"]) == 2
+    assert capsys.readouterr().err == "ranking: command line: lr_sparse: expected greater than 0, found -1\n"
+    assert train.main([*w, "lr=0.1"]) == 2
+    assert capsys.readouterr().err == "ranking: command line: lr: expected a known field, found unknown field 'lr'\n"
+    assert train.main([*w, "shuffle_embeddings=true"]) == 2
+    assert "command line: shuffle_embeddings: expected embeddings to shuffle" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 1\n# the model's shape\nembedding_dim: 8\ndense_hidden: [32, -1]\n")
+    assert train.main([str(bad), *w]) == 2
+    assert capsys.readouterr().err == f"ranking: {bad}:4: dense_hidden: expected layer widths > 0, found [32, -1]\n"
+    bad.write_text("epochs: 1\nlr_dense: fast\n")
+    assert train.main([str(bad), *w]) == 2
+    assert capsys.readouterr().err == f"ranking: {bad}:2: lr_dense: expected a valid number, found 'fast'\n"
+    # an override of the file's key is the command line's error
+    assert train.main([str(bad), *w, "lr_dense=abc"]) == 2
+    assert capsys.readouterr().err.startswith("ranking: command line: lr_dense:")

@@ -1,2 +1,2 @@
-"""PinCLIP training data: text sources (``sources``), neighbor pairs from Pin–Board random walks
-(``neighbors``), held-out evaluation pairs from the logs (``engaged``) and torch datasets (``dataset``)."""
+"""PinCLIP data: text sources (``sources``) and torch datasets (``dataset``). The training-only data, neighbor
+pairs from Pin–Board random walks and held-out evaluation pairs from the logs, is in ``pinclip.training``."""

@@ -176,8 +176,8 @@ class NeighborBatch:
 
 
 class NeighborPairDataset(Dataset):
-    """(query, positive) pin pairs (``neighbors.sample_positives``), each pin with its image and one text:
-    its descriptive text, else its keyword text, else None. An item is
+    """(query, positive) pin pairs (``pinclip.training.neighbors.sample_positives``), each pin with its image
+    and one text: its descriptive text, else its keyword text, else None. An item is
     ``(query image, query text, positive image, positive text)``."""
 
     def __init__(self, world: World, pairs: pl.DataFrame, texts: pl.DataFrame, image_size: int | None = None):

@@ -198,10 +198,18 @@ def type_name(annotation) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _show(value) -> str:
+    if isinstance(value, BaseModel):
+        return str(value.model_dump(mode="json", exclude_none=True))
+    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+        return "[" + ", ".join(str(v.model_dump(mode="json", exclude_none=True)) for v in value) + "]"
+    return repr(value)
+
+
 def _default(info) -> str:
     if info.default is PydanticUndefined:
-        return "required" if info.default_factory is None else repr(info.default_factory())
-    return repr(info.default)
+        return "required" if info.default_factory is None else _show(info.default_factory())
+    return _show(info.default)
 
 
 def fields_help(model: type[BaseModel], skip: typing.Container[str] = ()) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 from pinclip.training.ablations import ABLATIONS, ablation_table, describe_check
 from pinlift.core.cli import add_debug_flag, run_command
 from pinclip.embeddings import open_embeddings
-from pinclip.publish import latest_version
+from pinclip.embeddings import latest_version
 from pinworld.files import write_text_atomic
 from ranking.claims import format_checks
 from ranking.compare import format_best_epochs, format_per_surface, format_table

@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 
 from pinclip.data.sources import KINDS
-from pinclip.evaluate import Embedder
-from pinclip.train import load_run
+from pinclip.embedder import Embedder
+from pinclip.loading import load_run
 from pinworld.world import World
 
 

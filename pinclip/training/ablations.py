@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pinclip.evaluate import evaluate_run
-from pinclip.train import TrainConfig, Trainer
+from pinclip.training.evaluate import evaluate_run
+from pinclip.training.train import TrainConfig, Trainer
 from pinworld.files import write_text_atomic
 
 # the image tower pretrained by `pinclip pretrain-image --run image` (`make results` runs it)

@@ -34,14 +34,16 @@ from tqdm import tqdm
 
 from pinclip.data.dataset import (CorpusPins, ImageTextCollate, ImageTextDataset, NeighborCollate, NeighborPairDataset,
                                   neighbor_batch_size)
-from pinclip.data.engaged import heldout_split
-from pinclip.data.neighbors import LocalBatches, WalkConfig, neighbor_candidates, sample_positives, session_pairs
 from pinclip.data.sources import KINDS, drop_misaligned, text_sources
-from pinclip.distributed import Env, setup
+from pinlift.core.distributed import Env, setup
 from pinclip.losses import MATRYOSHKA_WEIGHTS, AnnotationLoss, PinCLIPLoss
+from pinclip.models.config import CONFIG_DIR
 from pinclip.models.factory import PinCLIP, create_model
 from pinclip.models.text import load_tokenizer, tokenize, train_tokenizer
-from pinclip.pretrain import annotation_vocab, label_matrix
+from pinclip.training.alignment import alignment_scores
+from pinclip.training.engaged import heldout_split
+from pinclip.training.neighbors import LocalBatches, WalkConfig, neighbor_candidates, sample_positives, session_pairs
+from pinclip.training.pretrain import annotation_vocab, label_matrix
 from pinworld.world import World
 
 
@@ -80,7 +82,7 @@ class TrainConfig:
     positives_per_query: int = 5
     walk: dict = field(default_factory=dict)  # WalkConfig fields
     session_pairs: bool = False             # also neighbors: pins repinned by one user on one day before T
-    align_reference: str = ""               # a trained run scoring image–text alignment (pinclip.alignment);
+    align_reference: str = ""               # a trained run scoring image–text alignment (pinclip.training.alignment);
     align_threshold: float = 0.0            # with it, texts scored below this cosine are dropped
     pretrained_image: str = ""              # an image-pretraining run whose image tower to start from
     pretrained_text: str = ""               # a text-pretraining run whose text tower (and tokenizer) to start from
@@ -136,7 +138,7 @@ def load_train_config(path_or_name: str, overrides: list[str] | None = None) -> 
     """A ``TrainConfig`` from YAML (a path or a name under pinclip/configs/train_<name>.yaml) + key=value."""
     path = Path(path_or_name)
     if not path.is_file():
-        path = Path(__file__).parent / "configs" / f"train_{path_or_name}.yaml"
+        path = CONFIG_DIR / f"train_{path_or_name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"pinclip: train config {path_or_name!r} not found")
     data = yaml.safe_load(path.read_text()) or {}
@@ -262,8 +264,6 @@ class Trainer:
         texts = text_sources(pins)
         self.dropped_misaligned = 0
         if self.cfg.align_reference:
-            from pinclip.alignment import alignment_scores
-
             scores = alignment_scores(cfg.workdir, self.cfg.align_reference, texts, world=self.world,
                                       progress=self.progress)
             kept = drop_misaligned(texts, scores, self.cfg.align_threshold)
@@ -471,37 +471,3 @@ def _to(batch, device):
     if dataclasses.is_dataclass(batch):
         return dataclasses.replace(batch, **{f.name: _to(getattr(batch, f.name), device) for f in dataclasses.fields(batch)})
     return batch.to(device) if isinstance(batch, torch.Tensor) else batch
-
-
-class TruncatedPrefixes(nn.Module):
-    """Prefixes of one full-width head's output, each re-normalized (no head of their own)."""
-
-    def __init__(self, head: nn.Module, dims):
-        super().__init__()
-        self.head, self.dims = head, tuple(dims)
-
-    def forward(self, emb: torch.Tensor) -> dict[int, torch.Tensor]:
-        full = self.head(emb)
-        return {k: nn.functional.normalize(full[:, :k], dim=-1) for k in self.dims}
-
-
-def load_run(workdir: str | Path, run: str) -> tuple[PinCLIP, object, dict]:
-    """The trained model (eval mode), its tokenizer and its saved config, from the run's last checkpoint."""
-    run_dir = Path(workdir) / "pinclip" / "runs" / run
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"pinclip: {cfg_path} not found: no trained run {run!r}")
-    saved = json.loads(cfg_path.read_text())
-    model = create_model(saved["model"])
-    train = saved["train"]
-    if not train["matryoshka"]:
-        model.matryoshka_heads.heads = nn.ModuleDict({"256": model.matryoshka_heads.heads["256"]})
-        model.matryoshka_heads.dims = (256,)
-    latest = (run_dir / "checkpoints" / "LATEST").read_text().strip()
-    state = torch.load(run_dir / "checkpoints" / latest, map_location="cpu", weights_only=True)["model"]
-    model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
-    if not train["matryoshka"]:
-        # trained without Matryoshka: smaller prefixes are plain truncations of the 256-d embedding
-        model.matryoshka_heads = TruncatedPrefixes(model.matryoshka_heads.heads["256"], model.cfg.matryoshka_dims)
-    model.eval()
-    return model, load_tokenizer(model.cfg.text), saved

@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from pinworld.schema import TABLES
+from pinlift.core.schema import TABLES
 from pinworld.world import World
 
 MAX_VISITS_IN_MEMORY = 1 << 23  # walk steps held at once; queries are processed in chunks below this

@@ -1,0 +1,47 @@
+"""Load a trained PinCLIP run for inference: its model from the last checkpoint, its tokenizer and its saved
+config (``pinclip/runs/RUN/``), without the training program."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pinclip.models.factory import PinCLIP, create_model
+from pinclip.models.text import load_tokenizer
+
+
+class TruncatedPrefixes(nn.Module):
+    """Prefixes of one full-width head's output, each re-normalized (no head of their own)."""
+
+    def __init__(self, head: nn.Module, dims):
+        super().__init__()
+        self.head, self.dims = head, tuple(dims)
+
+    def forward(self, emb: torch.Tensor) -> dict[int, torch.Tensor]:
+        full = self.head(emb)
+        return {k: nn.functional.normalize(full[:, :k], dim=-1) for k in self.dims}
+
+
+def load_run(workdir: str | Path, run: str) -> tuple[PinCLIP, object, dict]:
+    """The trained model (eval mode), its tokenizer and its saved config, from the run's last checkpoint."""
+    run_dir = Path(workdir) / "pinclip" / "runs" / run
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"pinclip: {cfg_path} not found: no trained run {run!r}")
+    saved = json.loads(cfg_path.read_text())
+    model = create_model(saved["model"])
+    train = saved["train"]
+    if not train["matryoshka"]:
+        model.matryoshka_heads.heads = nn.ModuleDict({"256": model.matryoshka_heads.heads["256"]})
+        model.matryoshka_heads.dims = (256,)
+    latest = (run_dir / "checkpoints" / "LATEST").read_text().strip()
+    state = torch.load(run_dir / "checkpoints" / latest, map_location="cpu", weights_only=True)["model"]
+    model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    if not train["matryoshka"]:
+        # trained without Matryoshka: smaller prefixes are plain truncations of the 256-d embedding
+        model.matryoshka_heads = TruncatedPrefixes(model.matryoshka_heads.heads["256"], model.cfg.matryoshka_dims)
+    model.eval()
+    return model, load_tokenizer(model.cfg.text), saved
