@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from pinclip import cli as pinclip_cli
-from pinlift import summary
+from pinlift.readouts import summary
 from pinworld import cli as pinworld_cli
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pinclip import cli as pinclip_cli
-from pinlift import results, summary
+from pinlift.readouts import results, summary
 
 
 def test_summary_and_results_cover_the_stages_that_ran(tiny_workdir, tiny_pinclip_run, tmp_path, capsys):
