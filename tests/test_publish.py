@@ -140,7 +140,7 @@ def test_unknown_name_and_version(tmp_path):
     publish(tmp_path, "emb", _batch(range(3)), source=SOURCE)
     with pytest.raises(EmbeddingError, match="no version 'v0042'"):
         open_embeddings(tmp_path, "emb@v0042")
-    with pytest.raises(PublishError, match="name '../x'"):
+    with pytest.raises(ValueError, match="name '../x'"):
         publish(tmp_path, "../x", _batch(range(3)), source=SOURCE)
 
 

@@ -115,9 +115,11 @@ def test_cli_bad_input(tiny_workdir, capsys):
     with pytest.raises(SystemExit) as exc:
         train.main(["--workdir", str(tiny_workdir), "--surface", "search"])
     assert exc.value.code == 2
-    assert train.main(["--workdir", str(tiny_workdir), "--surface", "ads", "--cutoff-day", "500"]) == 2
+    # a run name of its own: the default one may hold another test's run, which would refuse to resume first
+    bad = ["--run-name", "bad_input"]
+    assert train.main(["--workdir", str(tiny_workdir), *bad, "--surface", "ads", "--cutoff-day", "500"]) == 2
     assert "expected impressions before and after day 500" in capsys.readouterr().err
-    assert train.main(["--workdir", str(tiny_workdir), "--surface", "ads", "--validation-days", "30"]) == 2
+    assert train.main(["--workdir", str(tiny_workdir), *bad, "--surface", "ads", "--validation-days", "30"]) == 2
     err = capsys.readouterr().err
     assert "validation_days 30: expected impressions before day -4" in err and err.count("\n") == 1
 
