@@ -9,6 +9,9 @@ import sys
 
 from tqdm import tqdm
 
+from pinlift.core.cli import add_debug_flag, run_command
+from pinlift.core.runs import check_name
+
 # Each command imports what it runs when it runs: the index commands and publishing an oracle load no torch,
 # and publishing a run loads the library alone, never the training program (pinclip.training).
 
@@ -115,6 +118,7 @@ def _eval(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pinclip", description="PinCLIP embeddings: publish and candidate generation.")
+    add_debug_flag(ap)
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train PinCLIP: CONFIG (name under pinclip/configs/train_*.yaml or a path) "
                                      "and key=value overrides")
@@ -187,11 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def command() -> int:
+        if getattr(args, "run", None) is not None:
+            check_name(args.run, "--run")   # a run is a name under W/pinclip, never a path
         return args.func(args)
-    except (FileNotFoundError, ValueError) as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
+
+    return run_command("pinclip", command, args.debug)
 
 
 if __name__ == "__main__":

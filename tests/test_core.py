@@ -96,3 +96,12 @@ def test_docs_column_tables_are_generated_from_the_schema(doc):
     # and the check can fail: a changed cell is put back
     broken = text.replace("| `pin_id` | int | no |", "| `pin_id` | string | no |", 1)
     assert broken == text or docs.render(broken) == text
+
+
+@pytest.mark.parametrize("argv", [["train", "tiny", "--run", "../../x"], ["eval", "--run", "a/b"]])
+def test_pinclip_refuses_a_run_name_that_is_a_path(tmp_path, capsys, argv):
+    from pinclip.cli import main
+
+    assert main([*argv, "--workdir", str(tmp_path)]) == 2
+    assert "--run: expected a name of letters, digits" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
