@@ -44,7 +44,7 @@ from sklearn.metrics import roc_auc_score
 
 from pinlift.core.cli import add_debug_flag, run_command
 from pinlift.core.clock import FRESH_DAYS, is_fresh
-from pinlift.core.vocabulary import ACTIONS
+from pinlift.core.vocabulary import ACTIONS, FEED, REPIN
 from pinworld.oracle import oracle_features
 from pinworld.world import World
 
@@ -87,7 +87,7 @@ def run_study(workdir, cutoff: int | None = None, surface: str | None = None, la
         raise ValueError(f"unknown label {label!r}: expected one of {', '.join(ACTIONS)}")
     t_start = time.time()
     world = World(workdir)
-    surface = world.truth.vocab.surface(surface).name if surface else world.truth.vocab.of_kind("feed")[0].name
+    surface = world.truth.vocab.surface(surface).name if surface else world.truth.vocab.first(FEED).name
     cfg = world.config
     T = int(cutoff) if cutoff is not None else world.default_cutoff()
     if not 0 < T < cfg.days:
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", required=True, help="a generated pinworld workdir")
     ap.add_argument("--cutoff", type=int, default=None, help="train on days < cutoff (default 2/3 of the window)")
     ap.add_argument("--surface", default=None, help="a surface of the world (default: its feed)")
-    ap.add_argument("--label", default="repin", choices=ACTIONS)
+    ap.add_argument("--label", default=REPIN, choices=ACTIONS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--C", type=float, default=DEFAULT_C, help="inverse L2 strength (default %(default)s)")
     ap.add_argument("--no-crosses", action="store_true", help="content features without user x content crosses")

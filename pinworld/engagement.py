@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pinlift.core.vocabulary import PINWORLD, Vocabulary
+from pinlift.core.vocabulary import ADS, CLICK, HIDE, PINWORLD, RELATED, REPIN, Vocabulary
 from pinworld.config import EngagementConfig, WorldConfig
 from pinworld.latents import PinLatents, UserLatents
 
@@ -84,21 +84,21 @@ class GroundTruth:
         kind = self.vocab.kind_of(surface)
         e = self.e
         logit = self.affinity(user_ids, pin_ids, day)
-        if kind == "related":
+        if kind == RELATED:
             if query_pin_ids is None:
                 raise ValueError(f"surface {surface!r} ({kind}) needs query_pin_ids")
             logit = logit + e.w_related * self.relevance(query_pin_ids, pin_ids)
         exam = self.examination(positions)
-        if kind == "ads":
+        if kind == ADS:
             click_logit = e.base_ad_click + 0.8 * logit + e.w_ad_quality * self.pins.ad_quality[pin_ids]
             repin_logit = e.base_repin - 1.0 + logit
         else:
             click_logit = e.base_click + 0.7 * logit
             repin_logit = e.base_repin + logit
         return {
-            "repin": exam * _sigmoid(repin_logit),
-            "click": exam * _sigmoid(click_logit),
-            "hide": exam * _sigmoid(e.base_hide - 0.8 * logit),
+            REPIN: exam * _sigmoid(repin_logit),
+            CLICK: exam * _sigmoid(click_logit),
+            HIDE: exam * _sigmoid(e.base_hide - 0.8 * logit),
         }
 
     def respond(self, user_ids, slates, day, surface: str, query_pin_ids=None, *, seed=None,
@@ -122,9 +122,9 @@ class GroundTruth:
         if lift:
             for k, delta in lift.items():
                 probs[k] = np.clip(probs[k] * (1.0 + delta), 0.0, 1.0)
-        hide = (rng.random(slates.shape, dtype=np.float32) < probs["hide"]) & valid
-        repin = (rng.random(slates.shape, dtype=np.float32) < probs["repin"]) & valid & ~hide
-        click = (rng.random(slates.shape, dtype=np.float32) < probs["click"]) & valid & ~hide
+        hide = (rng.random(slates.shape, dtype=np.float32) < probs[HIDE]) & valid
+        repin = (rng.random(slates.shape, dtype=np.float32) < probs[REPIN]) & valid & ~hide
+        click = (rng.random(slates.shape, dtype=np.float32) < probs[CLICK]) & valid & ~hide
         return Responses(repin=repin, click=click, hide=hide)
 
 

@@ -25,7 +25,7 @@ from pinworld.latents import (PinLatents, UserLatents, sample_pins, sample_topic
                               visible_quality_z)
 from pinworld.logs import Saves, history_saves, simulate_organic_logs
 from pinworld.render import STYLES, SceneRenderer
-from pinlift.core.schema import arrow_schema
+from pinlift.core.schema import ADS_TABLE, arrow_schema
 from pinlift.core.vocabulary import write_vocabulary
 from pinworld.taxonomy import load_taxonomy
 from pinworld.text import ATTRIBUTE_WORDS, ATTRIBUTES, TEXT_MISSING, TextWriter
@@ -236,7 +236,7 @@ def generate_world(cfg: WorldConfig, workdir: Path | str, *, progress: bool = Tr
                            "name": [f"advertiser {i:04d}" for i in range(cfg.n_advertisers)]},
            tmp / "world" / "advertisers.parquet")
     ads = np.flatnonzero(pins.is_ad)
-    _write("ads", {"pin_id": ads, "advertiser_id": pins.advertiser_id[ads], "bid": pins.bid[ads],
+    _write(ADS_TABLE, {"pin_id": ads, "advertiser_id": pins.advertiser_id[ads], "bid": pins.bid[ads],
                    "created_day": pins.created_day[ads], "end_day": pins.ad_end_day[ads]}, tmp / "world" / "ads.parquet")
     timings["text"] = time.time() - t0
 
@@ -260,7 +260,7 @@ def generate_world(cfg: WorldConfig, workdir: Path | str, *, progress: bool = Tr
     summary = {
         "generator_version": GENERATOR_VERSION, "preset": cfg.preset, "seed": cfg.seed,
         "config": cfg.to_dict(), "n_topics": tx.n_topics, "n_objects": tx.n_objects,
-        "counts": {"pins": len(pins), "organic_pins": int((~pins.is_ad).sum()), "ads": int(len(ads)),
+        "counts": {"pins": len(pins), "organic_pins": int((~pins.is_ad).sum()), ADS_TABLE: int(len(ads)),
                    "users": cfg.n_users, "boards": len(boards["board_id"]), "pin_board": len(edges["pin_id"]),
                    "impressions": int(sum(counts.values())), **{f"impressions_{k}": v for k, v in counts.items()}},
         "checksums": {str(p.relative_to(tmp)): sha256_file(p) for p in files},

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pinlift.core.clock import FRESH_DAYS
-from pinlift.core.vocabulary import SURFACE_KINDS
+from pinlift.core.vocabulary import ACTIONS, SURFACE_KINDS
 from pinworld.engagement import GroundTruth
 from pinworld.latents import stream
 
@@ -225,7 +225,7 @@ def simulate_organic_logs(truth: GroundTruth, log_dir: Path, saves: Saves, progr
                                          pa.int64(), mask=None if query is not None else np.ones(r * k, bool)),
                 "pin_id": slates.reshape(-1).astype(np.int64),
                 "position": np.tile(np.arange(k, dtype=np.int16), r),
-                "repin": resp.repin.reshape(-1), "click": resp.click.reshape(-1), "hide": resp.hide.reshape(-1),
+                **{a: getattr(resp, a).reshape(-1) for a in ACTIONS},
             })
             part = log_dir / "impressions" / f"day={day}" / f"surface={surface}"
             part.mkdir(parents=True, exist_ok=True)

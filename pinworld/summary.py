@@ -8,6 +8,8 @@ import polars as pl
 
 from pinworld.catalog import connect
 from pinlift.core.clock import FRESH_DAYS, NEW_AD_DAYS
+from pinlift.core.schema import ADS_TABLE
+from pinlift.core.vocabulary import ACTIONS
 from pinworld.world import World
 
 
@@ -28,7 +30,7 @@ def world_stats(workdir: Path | str) -> dict:
     cols = ("impressions", "repin_rate", "click_rate", "hide_rate", "fresh_share", "new_ad_share")
     counts = world.meta.get("counts") or {
         "pins": world.scan("pins").select(pl.len()).collect().item(),
-        "ads": world.table("ads").height, "users": world.scan("users").select(pl.len()).collect().item(),
+        ADS_TABLE: world.table(ADS_TABLE).height, "users": world.scan("users").select(pl.len()).collect().item(),
         "boards": world.scan("boards").select(pl.len()).collect().item(),
         "pin_board": world.scan("pin_board").select(pl.len()).collect().item(),
         "impressions": sum(r[1] for r in rows)}
@@ -42,9 +44,9 @@ def world_summary(workdir: Path | str) -> str:
     s = world_stats(workdir)
     c = s["counts"]
     lines = [f"pinworld {s['generator_version']}  preset={s['preset']} seed={s['seed']}  ({workdir})",
-             f"  pins {c['pins']:,} (ads {c['ads']:,})  users {c['users']:,}  boards {c['boards']:,}  "
+             f"  pins {c['pins']:,} (ads {c[ADS_TABLE]:,})  users {c['users']:,}  boards {c['boards']:,}  "
              f"pin-board edges {c['pin_board']:,}  impressions {c['impressions']:,}",
-             f"  {'surface':<10}{'impr.':>11}{'repin':>8}{'click':>8}{'hide':>8}{'fresh':>8}{'new ad':>8}"]
+             f"  {'surface':<10}{'impr.':>11}" + "".join(f"{a:>8}" for a in ACTIONS) + f"{'fresh':>8}{'new ad':>8}"]
     for name, r in s["surfaces"].items():
         new_ad = "" if r["new_ad_share"] is None else f"{r['new_ad_share']:.1%}"
         lines.append(f"  {name:<10}{r['impressions']:>11,}{r['repin_rate']:>8.1%}{r['click_rate']:>8.1%}"

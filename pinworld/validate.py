@@ -27,6 +27,16 @@ class Problem:
         return f"pinworld validate: {where}: expected {self.expected}, found {self.found}"
 
 
+@dataclass
+class DeclarationProblem:
+    """The workspace's declaration of its surfaces is missing or invalid (its own line, file:line)."""
+
+    message: str
+
+    def __str__(self) -> str:
+        return f"pinworld validate: {self.message}"
+
+
 def _files(workdir: Path, t: Table) -> list[str]:
     path = workdir / t.path
     if t.path.endswith(".parquet"):
@@ -48,11 +58,11 @@ def _check_columns(t: Table, files: list[str]) -> list[Problem]:
     return out
 
 
-def validate_workdir(workdir: Path | str, check_images: bool = True) -> list[Problem]:
+def validate_workdir(workdir: Path | str, check_images: bool = True) -> list[Problem | DeclarationProblem]:
     """All problems found in ``workdir``'s tables (empty when valid)."""
     workdir = Path(workdir)
     con = duckdb.connect()
-    problems: list[Problem] = []
+    problems: list[Problem | DeclarationProblem] = []
     readable: dict[str, list[str]] = {}
     for t in TABLES.values():
         files = _files(workdir, t)
@@ -95,7 +105,7 @@ def validate_workdir(workdir: Path | str, check_images: bool = True) -> list[Pro
         surfaces = load_vocabulary(workdir).names
     except InputError as err:
         surfaces = None
-        problems.append(Problem("impressions", "surface", f"surfaces declared in {DECLARATION}", str(err)))
+        problems.append(DeclarationProblem(str(err)))
     if "impressions" in readable and surfaces:
         bad = con.execute('SELECT count(*), min(surface) FROM impressions WHERE surface NOT IN '
                           '(SELECT unnest($s))', {"s": list(surfaces)}).fetchone()

@@ -22,12 +22,13 @@ from pinworld.latents import PinLatents, UserLatents
 from pinworld.render import STYLES
 from pinlift.core.clock import default_cutoff
 from pinlift.core.errors import InputError
-from pinlift.core.schema import TABLES
+from pinlift.core.schema import ADS_TABLE, TABLES
+from pinlift.core.vocabulary import Vocabulary, load_vocabulary
 from pinworld.text import ATTRIBUTES
 
 KIND_POLARS = {"int": pl.Int64, "float": pl.Float32, "string": pl.String, "bool": pl.Boolean}
 # day column of each table that behaviour creates; pins/ads/users are cut by their own creation day
-DAY_COLUMNS = {"pins": "created_day", "ads": "created_day", "users": "signup_day", "boards": "created_day",
+DAY_COLUMNS = {"pins": "created_day", ADS_TABLE: "created_day", "users": "signup_day", "boards": "created_day",
                "pin_board": "day", "pin_search_queries": "day", "pin_annotations": "day", "impressions": "day"}
 
 
@@ -48,6 +49,11 @@ class World:
     @cached_property
     def config(self) -> WorldConfig:
         return WorldConfig.from_dict(self.meta["config"])
+
+    @cached_property
+    def vocabulary(self) -> Vocabulary:
+        """The surfaces this workspace declares (``world/surfaces.yaml``)."""
+        return load_vocabulary(self.workdir)
 
     @cached_property
     def log_window(self) -> tuple[int, int]:

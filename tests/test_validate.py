@@ -116,3 +116,23 @@ def test_own_world_reads_and_summarises(user_workdir, capsys):
     assert "homefeed" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="truth"):
         world.truth
+
+
+def test_missing_surfaces_declaration(user_workdir, capsys):
+    (user_workdir / "world/surfaces.yaml").unlink()
+    line = _only_problem(user_workdir, capsys)
+    assert "world/surfaces.yaml" in line and "expected the workspace's surfaces" in line and "found no file" in line
+
+
+def test_invalid_surface_kind(user_workdir, capsys):
+    path = user_workdir / "world/surfaces.yaml"
+    path.write_text(path.read_text().replace("kind: related", "kind: carousel"))
+    line = _only_problem(user_workdir, capsys)
+    assert "surfaces.yaml:" in line and "kind" in line and "carousel" in line
+
+
+def test_undeclared_surface_in_logs(user_workdir, capsys):
+    path = user_workdir / "world/surfaces.yaml"
+    path.write_text(path.read_text().replace("name: related", "name: similar"))
+    line = _only_problem(user_workdir, capsys)
+    assert "impressions" in line and "homefeed | similar | ads" in line and "'related'" in line

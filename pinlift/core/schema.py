@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from pinlift.core.vocabulary import ACTIONS
+
+ADS_TABLE = "ads"        # the table of ad campaigns (a table's name, not a surface's)
+ACTION_DOCS = dict(zip(ACTIONS, ("saved", "clicked through", "hidden")))
+
 
 @dataclass(frozen=True)
 class Column:
@@ -58,7 +63,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         C("advertiser_id", "int", doc="unique advertiser id"),
         C("name", "string", doc="display name"),
     ), key=("advertiser_id",), doc="Advertisers.", required=False),
-    Table("ads", "world/ads.parquet", (
+    Table(ADS_TABLE, "world/ads.parquet", (
         C("pin_id", "int", doc="the ad's pin (its creative)"),
         C("advertiser_id", "int", doc="who pays"),
         C("bid", "float", doc="bid per click, in cents"),
@@ -99,9 +104,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         C("query_pin_id", "int", True, "Related Pins: the query pin; null elsewhere"),
         C("pin_id", "int", doc="pin shown"),
         C("position", "int", doc="0-based slot in the slate"),
-        C("repin", "bool", doc="saved"),
-        C("click", "bool", doc="clicked through"),
-        C("hide", "bool", doc="hidden"),
+        *(C(a, "bool", doc=ACTION_DOCS[a]) for a in ACTIONS),
     ), key=("request_id", "position"), foreign_keys={"user_id": "users.user_id", "pin_id": "pins.pin_id",
                                                     "query_pin_id": "pins.pin_id"},
         doc="Organic logs: one row per impression with its labels; Parquet under day=D/surface=S/."),

@@ -17,9 +17,10 @@ from pydantic import Field, ValidationError, model_validator
 from pinlift.core.config import Settings, read_yaml, validation_error
 from pinlift.core.errors import InputError
 
-SURFACE_KINDS = ("feed", "related", "ads")
-ACTIONS = ("repin", "click", "hide")    # the labels every impression carries (columns of impressions)
+SURFACE_KINDS = FEED, RELATED, ADS = ("feed", "related", "ads")
+ACTIONS = REPIN, CLICK, HIDE = ("repin", "click", "hide")   # the labels every impression carries (its columns)
 IMPRESSION = "impression"               # the event of being shown, beside the actions in experiment events
+EVENTS = (IMPRESSION, *ACTIONS)         # the actions of experiment events
 DECLARATION = "world/surfaces.yaml"
 NAME = r"^[a-z][a-z0-9_]{0,31}$"
 
@@ -60,6 +61,10 @@ class Vocabulary(Settings):
     def kind_of(self, name: str) -> str:
         return self.surface(name).kind
 
+    def first(self, kind: str) -> Surface | None:
+        """The first surface of ``kind``, or None when the workspace has none."""
+        return next(iter(self.of_kind(kind)), None)
+
     @property
     def tasks(self) -> tuple[tuple[str, str], ...]:
         """(surface, action) for every ranking task, in declaration order."""
@@ -72,9 +77,9 @@ class Vocabulary(Settings):
 
 
 PINWORLD = Vocabulary(surfaces=(
-    Surface(name="homefeed", kind="feed", tasks=("repin", "click")),
-    Surface(name="related", kind="related", tasks=("repin", "click")),
-    Surface(name="ads", kind="ads", tasks=("click",)),
+    Surface(name="homefeed", kind=FEED, tasks=(REPIN, CLICK)),
+    Surface(name="related", kind=RELATED, tasks=(REPIN, CLICK)),
+    Surface(name="ads", kind=ADS, tasks=(CLICK,)),
 ))
 
 

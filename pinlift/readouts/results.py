@@ -13,6 +13,7 @@ import numpy as np
 
 from pinclip.training.ablations import ABLATIONS, ablation_table, describe_check
 from pinlift.core.cli import add_debug_flag, run_command
+from pinlift.core.schema import ADS_TABLE
 from pinclip.embeddings import open_embeddings
 from pinclip.embeddings import latest_version
 from pinworld.files import write_text_atomic
@@ -30,7 +31,7 @@ def world_section(w: Path) -> list[str]:
         return []
     c = m["counts"]
     return ["## World", "", f"`{m['preset']}` preset, seed {m['seed']}, generator {m['generator_version']}: "
-            f"{c['pins']:,} pins ({c['ads']:,} ads), {c['users']:,} users, {c['boards']:,} boards, "
+            f"{c['pins']:,} pins ({c[ADS_TABLE]:,} ads), {c['users']:,} users, {c['boards']:,} boards, "
             f"{c['impressions']:,} impressions over {m['config']['days']} days.", ""]
 
 
