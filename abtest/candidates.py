@@ -18,6 +18,8 @@ import polars as pl
 from pinclip.embeddings import PublishedEmbeddings
 from pinclip.index import CandidateIndex, HNSWConfig
 from pinlift.core.clock import FRESH_DAYS
+from pinlift.core.schema import ADS_TABLE
+from pinlift.core.vocabulary import CLICK, FEED, RELATED
 from pinworld.logs import LoggingPolicy
 from pinworld.world import World
 
@@ -27,6 +29,7 @@ class Requests:
     """The requests of one surface on one day: who asked, the query pin (Related Pins), the pool."""
 
     surface: str
+    kind: str                 # the surface's kind (feed | related | ads)
     user_ids: np.ndarray      # (R,)
     request_ids: np.ndarray   # (R,)
     pool: np.ndarray          # (R, M) candidate pin ids, may repeat
@@ -42,15 +45,16 @@ class CandidateSource(LoggingPolicy):
 
     def __init__(self, world: World, ads_per_slot: int):
         super().__init__(world.truth)
+        self.vocab = world.vocabulary
         self.ads_per_slot = ads_per_slot
         pb = world.table("pin_board").select("pin_id", "day")
         self._saves = (pb["pin_id"].to_numpy(), pb["day"].to_numpy())
-        clicks = world.scan("impressions").filter(pl.col("click")).select("pin_id", "day").collect()
+        clicks = world.scan("impressions").filter(pl.col(CLICK)).select("pin_id", "day").collect()
         self._clicks = (clicks["pin_id"].to_numpy(), clicks["day"].to_numpy())
         n = len(self.truth.pins.topic)
         self.bid = np.zeros(n, np.float64)
-        if world.has("ads"):
-            ads = world.table("ads")
+        if world.has(ADS_TABLE):
+            ads = world.table(ADS_TABLE)
             self.bid[ads["pin_id"].to_numpy()] = ads["bid"].to_numpy()
             self.ad_start = np.full(n, np.iinfo(np.int32).max, np.int64)
             self.ad_end = np.zeros(n, np.int64)
@@ -79,15 +83,16 @@ class CandidateSource(LoggingPolicy):
         out = {}
         for surface in surfaces:
             rng = rng_for(surface)
-            if surface == "homefeed":
+            kind = self.vocab.kind_of(surface)
+            if kind == FEED:
                 users = np.repeat(active_users, rng.poisson(cfg.requests_homefeed, len(active_users)))
-                out[surface] = Requests(surface, users, np.zeros(0), self.homefeed_pool(ctx, users, rng), None,
+                out[surface] = Requests(surface, kind, users, np.zeros(0), self.homefeed_pool(ctx, users, rng), None,
                                         cfg.slate_homefeed)
-            elif surface == "related":
+            elif kind == RELATED:
                 users = np.repeat(active_users, rng.poisson(cfg.requests_related, len(active_users)))
                 query, pool = self.related_pool(ctx, users, rng)
-                out[surface] = Requests(surface, users, np.zeros(0), pool, query, cfg.slate_related)
-            elif surface == "ads":
+                out[surface] = Requests(surface, kind, users, np.zeros(0), pool, query, cfg.slate_related)
+            else:
                 users = np.repeat(active_users, rng.poisson(cfg.requests_ads, len(active_users)))
                 ads = np.flatnonzero((self.ad_start <= day) & (day < self.ad_end) & (self.bid > 0))
                 if len(ads) == 0:
@@ -95,9 +100,7 @@ class CandidateSource(LoggingPolicy):
                     ads = np.zeros(1, np.int64)
                 k = min(cfg.slate_ads, len(ads))
                 pool = ads[rng.integers(0, len(ads), (len(users), self.ads_per_slot * k))]
-                out[surface] = Requests(surface, users, np.zeros(0), pool, None, k)
-            else:
-                raise ValueError(f"abtest: unknown surface {surface!r}")
+                out[surface] = Requests(surface, kind, users, np.zeros(0), pool, None, k)
         return out
 
     # ---- features the logging-policy ranker uses -------------------------------------------------
@@ -107,11 +110,11 @@ class CandidateSource(LoggingPolicy):
         exploration noise, one draw per candidate. For Ads: log of a pCTR-like quality (no bid)."""
         p, u = self.truth.pins, self.truth.users
         safe = np.maximum(pool, 0)
-        if req.surface == "homefeed":
+        if req.kind == FEED:
             return (np.log(u.policy_taste[req.user_ids[:, None], p.topic[safe]])
                     + 0.3 * np.log1p(self.saves_so_far[safe]) + gumbel
                     + 0.3 * (day - p.created_day[safe] < FRESH_DAYS))
-        if req.surface == "related":
+        if req.kind == RELATED:
             score = (1.5 * (p.topic[safe] == p.topic[req.query][:, None])
                      + 0.3 * np.log1p(self.saves_so_far[safe]) + gumbel)
             return np.where(safe == req.query[:, None], -np.inf, score)

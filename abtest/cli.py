@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from abtest.analyze import analyze
-from abtest.config import ExperimentConfig, load_config
+from abtest.config import AnnCandidates, Arm, Days, ExperimentConfig, MetricSpec, Traffic, UserSample, load_config
 from abtest.simulate import simulate
 from abtest.validation import render_markdown, run_validation
 from pinlift.core.cli import add_debug_flag, run_command
@@ -48,9 +48,11 @@ def _validate(a) -> int:
     return 0
 
 
-# every command reads exp.yaml: its help lists the file's keys (details in docs/abtest.md)
+# every command reads exp.yaml: its help lists the file's keys, nested ones too (details in docs/abtest.md)
+KEYS = (("exp.yaml", ExperimentConfig), ("traffic", Traffic), ("arms.control, arms.treatment", Arm),
+        ("arms.*.related_ann", AnnCandidates), ("days", Days), ("users", UserSample), ("metrics[]", MetricSpec))
 EXP_HELP = dict(formatter_class=argparse.RawDescriptionHelpFormatter,
-                epilog=f"exp.yaml keys (type, default):\n{fields_help(ExperimentConfig)}")
+                epilog="\n\n".join(f"{where} keys (type, default):\n{fields_help(model)}" for where, model in KEYS))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,10 @@
 """The experiment file (``exp.yaml``): a pydantic schema, and a loader whose errors name the field
 and its line.
 
-Everything that reaches SQL is validated here: surfaces, actions, event columns and pin filters are
-closed vocabularies (``Literal``), metric names match ``[a-z][a-z0-9_]*`` and are only ever used as
-labels. See docs/abtest.md for the field-by-field reference.
+Everything that reaches SQL is validated here: surfaces are those the workspace declares
+(``world/surfaces.yaml``), actions, event columns and pin filters are closed vocabularies (``Literal``),
+metric names match ``[a-z][a-z0-9_]*`` and are only ever used as labels. See docs/abtest.md for the
+field-by-field reference.
 """
 
 from __future__ import annotations
@@ -12,20 +13,41 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
                       model_validator)
+from pydantic_core import core_schema
 
 from pinlift.core.errors import InputError, input_error
 from pinlift.core.config import ConfigSource, read_yaml, validation_error
-from abtest.metrics import (ACTIONS, BUILTIN_METRICS, DEFAULT_METRICS, EVENT_COLUMNS, PIN_FILTERS,
-                            SURFACES, Metric, metric_from_spec)
+from pinlift.core.vocabulary import ACTIONS, DECLARATION, EVENTS, Vocabulary, load_vocabulary
+from abtest.metrics import DEFAULT_METRICS, EVENT_COLUMNS, PIN_FILTERS, Metric, builtin_metrics, metric_from_spec
 
-Surface = Literal["homefeed", "related", "ads"]
-Action = Literal["impression", "repin", "click", "hide"]
-LiftAction = Literal["repin", "click", "hide"]
+Action = Literal[EVENTS]  # type: ignore[valid-type]
+LiftAction = Literal[ACTIONS]  # type: ignore[valid-type]
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 VARIANTS = ("control", "treatment")
-assert set(ACTIONS) == set(Action.__args__) and set(SURFACES) == set(Surface.__args__)
+DEFAULT_WORKDIR = "pinwork"
+
+
+def _vocabulary(info: ValidationInfo) -> Vocabulary:
+    """The workspace's surfaces, passed by ``load_config`` as the validation context."""
+    return info.context["vocabulary"]
+
+
+class Surface(str):
+    """The name of a surface the workspace declares (validated as a plain ``str``)."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source, handler):
+        return core_schema.with_info_after_validator_function(cls._declared, core_schema.str_schema())
+
+    @staticmethod
+    def _declared(name: str, info: ValidationInfo) -> str:
+        names = _vocabulary(info).names
+        if name not in names:
+            raise ValueError(f"expected a surface the workspace declares in {DECLARATION} ({' | '.join(names)}), "
+                             f"found {name!r}")
+        return name
 
 
 class _Strict(BaseModel):
@@ -51,19 +73,19 @@ class Traffic(_Strict):
 class AnnCandidates(_Strict):
     """Related Pins candidates added from an HNSW index over the arm's published embeddings."""
 
-    k: int = Field(16, ge=1, le=200)          # neighbours of the query pin added to the pool
+    k: int = Field(16, ge=1, le=200, description="neighbours of the query pin added to the pool")
     ef_search: int = Field(64, ge=1, le=4096)
-    m: int = Field(16, ge=4, le=64)           # HNSW graph degree
+    m: int = Field(16, ge=4, le=64, description="HNSW graph degree")
 
 
 class Arm(_Strict):
     """One variant: a ranker, optionally embeddings published during the experiment, extra candidates."""
 
     ranker: Literal["ranking_run", "logging_policy"] = "ranking_run"
-    run: str | None = Field(None, pattern=NAME_RE)   # directory under W/ranking/runs
-    embeddings: str | None = Field(None, pattern=NAME_RE)  # name under W/embeddings (default: the run's)
+    run: str | None = Field(None, pattern=NAME_RE, description="directory under W/ranking/runs")
+    embeddings: str | None = Field(None, pattern=NAME_RE, description="name under W/embeddings (default: the run's)")
     related_ann: AnnCandidates | None = None
-    lift: dict[LiftAction, float] = Field(default_factory=dict)  # validation only: P(action) x (1 + lift)
+    lift: dict[LiftAction, float] = Field(default_factory=dict, description="validation only: P(action) x (1 + lift)")
 
     @field_validator("lift")
     @classmethod
@@ -114,7 +136,7 @@ class MetricSpec(_Strict):
     """A built-in metric by name (optionally restricted to some surfaces), or a custom aggregate."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")
-    surfaces: list[Surface] | None = None
+    surfaces: list[Surface] | None = Field(None, description="default: every surface the metric applies to")
     aggregate: Literal["sum", "count", "mean"] | None = None
     column: Literal[EVENT_COLUMNS] | None = None  # type: ignore[valid-type]
     action: Action | None = None
@@ -126,25 +148,24 @@ class MetricSpec(_Strict):
         return {"name": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
-    def _known(self):
-        custom = self.aggregate is not None
-        if not custom:
-            if self.name not in BUILTIN_METRICS:
-                raise ValueError(f"expected a built-in metric ({', '.join(BUILTIN_METRICS)}) or a custom "
+    def _known(self, info: ValidationInfo):
+        builtin = builtin_metrics(_vocabulary(info))
+        if self.aggregate is None:
+            if self.name not in builtin:
+                raise ValueError(f"expected a built-in metric ({', '.join(builtin)}) or a custom "
                                  f"metric with `aggregate:`, found unknown metric {self.name!r}")
             extra = [f for f in ("column", "action", "pins") if getattr(self, f) is not None]
             if extra:
                 raise ValueError(f"expected only `surfaces` for built-in metric {self.name!r}, found `{extra[0]}`")
-            allowed = BUILTIN_METRICS[self.name].surfaces
+            allowed = builtin[self.name].surfaces
             for s in self.surfaces or ():
                 if s not in allowed:
                     raise ValueError(f"expected surfaces among {list(allowed)} for {self.name!r}, found {s!r}")
         else:
-            if self.name in BUILTIN_METRICS:
+            if self.name in builtin:
                 raise ValueError(f"expected a custom metric name other than the built-in {self.name!r}")
             if self.action is None:
-                raise ValueError("expected `action:` (impression | repin | click | hide) for a custom metric, "
-                                 "found none")
+                raise ValueError(f"expected `action:` ({' | '.join(EVENTS)}) for a custom metric, found none")
             if self.aggregate in ("sum", "mean") and self.column is None:
                 raise ValueError(f"expected `column:` ({' | '.join(EVENT_COLUMNS)}) for aggregate "
                                  f"{self.aggregate!r}, found none")
@@ -154,42 +175,49 @@ class MetricSpec(_Strict):
             raise ValueError(f"expected a non-empty list of distinct surfaces, found {self.surfaces}")
         return self
 
-    def metric(self) -> Metric:
-        return metric_from_spec(self.name, self.surfaces, self.aggregate, self.column, self.action, self.pins)
+    def metric(self, vocab: Vocabulary) -> Metric:
+        return metric_from_spec(vocab, self.name, self.surfaces, self.aggregate, self.column, self.action, self.pins)
 
 
 class ExperimentConfig(_Strict):
     """An experiment: who is in it, what each arm serves, on which days, and how it is analysed."""
 
     name: str = Field(pattern=NAME_RE)
-    workdir: str = "pinwork"
-    salt: str | None = Field(None, min_length=1, max_length=200)   # default: the name
+    workdir: str = DEFAULT_WORKDIR
+    salt: str | None = Field(None, min_length=1, max_length=200, description="default: the name")
     seed: int = 0
-    aa: bool = False                       # A/A: the treatment is the control arm
+    aa: bool = Field(False, description="A/A: the treatment is the control arm")
     traffic: Traffic = Traffic()
     arms: Arms
-    surfaces: list[Surface] = Field(default_factory=lambda: list(SURFACES))
+    surfaces: list[Surface] | None = Field(None, description="served and analysed (default: every surface the "
+                                           "workspace declares)")
     days: Days
     embedding_lag_days: int = Field(1, ge=0, le=60)
     users: UserSample = UserSample()
-    reserve_cpc: float = Field(1.0, gt=0)   # Ads: auction reserve price per click (cents)
-    # Ads: live ads retrieved per ad slot before the auction (the ad server's candidate depth)
-    ads_candidates_per_slot: int = Field(16, ge=1, le=1000)
-    # Ads: recalibrate each ranking run's pCTR per segment (new ad x ID seen in training) on the logged
-    # Ads impressions between the run's training cutoff and the experiment's start
-    calibrate_ads: bool = True
-    # ... and refit it after every experiment day on those days plus the Ads impressions the run has served
-    # so far (a production calibration layer follows its own traffic)
-    recalibrate_ads: bool = True
+    reserve_cpc: float = Field(1.0, gt=0, description="Ads: auction reserve price per click (cents)")
+    ads_candidates_per_slot: int = Field(16, ge=1, le=1000, description="Ads: live ads retrieved per ad slot before "
+                                         "the auction (the ad server's candidate depth)")
+    calibrate_ads: bool = Field(True, description="Ads: recalibrate each run's pCTR per segment (new ad x ID seen) "
+                                "on the Ads impressions logged between its training cutoff and days.start")
+    recalibrate_ads: bool = Field(True, description="Ads: refit that calibration after every day, adding the Ads "
+                                  "impressions the run served (a calibration layer follows its own traffic)")
     pre_period_days: int = Field(14, ge=0, le=365)
     cuped: bool = True
-    metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(name=m) for m in DEFAULT_METRICS])
+    metrics: list[MetricSpec] = Field(default_factory=lambda: list(DEFAULT_METRICS), validate_default=True)
     alpha: float = Field(0.05, gt=0, lt=1)
     power: float = Field(0.8, gt=0, lt=1)
     multiple_testing: Literal["bh", "holm", "bonferroni", "none"] = "bh"
     srm_threshold: float = Field(0.001, gt=0, lt=1)
 
     _source: "ConfigSource | None" = PrivateAttr(None)
+    _vocabulary: Vocabulary = PrivateAttr()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _all_surfaces(cls, data, info: ValidationInfo):
+        if isinstance(data, dict) and data.get("surfaces") is None:
+            data = {**data, "surfaces": list(_vocabulary(info).names)}
+        return data
 
     @field_validator("surfaces")
     @classmethod
@@ -216,6 +244,11 @@ class ExperimentConfig(_Strict):
     # ---- resolved views ------------------------------------------------------------------------
 
     @property
+    def vocabulary(self) -> Vocabulary:
+        """The workspace's surfaces."""
+        return self._vocabulary
+
+    @property
     def assignment_salt(self) -> str:
         return self.salt or self.name
 
@@ -229,7 +262,7 @@ class ExperimentConfig(_Strict):
         """Metrics resolved to definitions, each on the experiment's surfaces it applies to."""
         out = []
         for spec in self.metrics:
-            m = spec.metric()
+            m = spec.metric(self.vocabulary)
             out.append(m.on([s for s in m.surfaces if s in self.surfaces]))
         return [m for m in out if m.surfaces]
 
@@ -252,7 +285,8 @@ class ExperimentConfig(_Strict):
 
 
 def load_config(path: Path | str, *, workdir: str | None = None) -> ExperimentConfig:
-    """Read and validate an experiment file; ``workdir`` overrides the file's. Raises InputError."""
+    """Read and validate an experiment file against the surfaces its workspace declares; ``workdir``
+    overrides the file's. Raises InputError."""
     path = Path(path)
     if not path.is_file():
         raise input_error(path, "file", "an experiment YAML file", "no such file")
@@ -261,11 +295,12 @@ def load_config(path: Path | str, *, workdir: str | None = None) -> ExperimentCo
         raise input_error(f"{path}:1", "file", "a mapping of experiment fields", "an empty file")
     if workdir is not None:
         data = {**data, "workdir": workdir}
+    vocab = load_vocabulary(str(data.get("workdir", DEFAULT_WORKDIR)))
     try:
-        cfg = ExperimentConfig.model_validate(data)
+        cfg = ExperimentConfig.model_validate(data, context={"vocabulary": vocab})
     except ValidationError as exc:
         raise validation_error(exc, lambda loc: f"{path}:{source.line(loc)}") from None
-    cfg._source = source
+    cfg._source, cfg._vocabulary = source, vocab
     return cfg
 
 

@@ -25,9 +25,8 @@ import numpy as np
 
 from pinlift.core.errors import input_error
 from pinlift.core.clock import FRESH_DAYS, NEW_AD_DAYS
+from pinlift.core.vocabulary import ACTIONS, ADS, CLICK, EVENTS, HIDE, IMPRESSION, REPIN, Vocabulary
 
-SURFACES = ("homefeed", "related", "ads")
-ACTIONS = ("impression", "repin", "click", "hide")
 EVENT_COLUMNS = ("value", "position")
 PIN_FILTERS = ("any", "fresh", "new_ad", "organic", "ad")
 
@@ -53,7 +52,7 @@ class Aggregate:
 
     def __post_init__(self):
         # the vocabularies are what make the SQL fragments safe; enforce them here as well
-        if self.action not in ACTIONS or self.pins not in PIN_FILTERS or (
+        if self.action not in EVENTS or self.pins not in PIN_FILTERS or (
                 self.column is not None and self.column not in EVENT_COLUMNS):
             raise ValueError(f"abtest: invalid aggregate {self}")
 
@@ -76,40 +75,43 @@ class Metric:
         return any(a.pins in PIN_FILTERS_NEEDING_PINS for a in aggs)
 
 
-def _m(name, kind, num, den, surfaces, doc):
-    return Metric(name, kind, num, den, surfaces, doc)
+def builtin_metrics(vocab: Vocabulary) -> dict[str, Metric]:
+    """The built-in metrics on ``vocab``'s surfaces: the ad metrics on its surfaces of kind ads, the
+    others on all."""
+    every, ads = vocab.names, tuple(s.name for s in vocab.of_kind(ADS))
+    return {m.name: m for m in (
+        Metric("repins", "mean", Aggregate(REPIN), None, every, "repins per user"),
+        Metric("fresh_repins", "mean", Aggregate(REPIN, pins="fresh"), None, every,
+               f"repins of fresh pins (age < {FRESH_DAYS} days) per user"),
+        Metric("clicks", "mean", Aggregate(CLICK), None, every, "clicks per user"),
+        Metric("new_ad_clicks", "mean", Aggregate(CLICK, pins="new_ad"), None, ads,
+               f"clicks on new ads (age < {NEW_AD_DAYS} days) per user"),
+        # delivery and quality of new ads, to read new-ad clicks by: an auction that overrates new ads wins
+        # them clicks by showing them more, not by showing better ones
+        Metric("new_ad_impressions", "mean", Aggregate(IMPRESSION, pins="new_ad"), None, ads,
+               f"impressions of new ads (age < {NEW_AD_DAYS} days) per user"),
+        Metric("new_ad_ctr", "ratio", Aggregate(CLICK, pins="new_ad"), Aggregate(IMPRESSION, pins="new_ad"), ads,
+               "new-ad clicks / new-ad impressions"),
+        Metric("hides", "mean", Aggregate(HIDE), None, every, "hides per user"),
+        Metric("impressions", "mean", Aggregate(IMPRESSION), None, every, "impressions per user"),
+        Metric("spend", "mean", Aggregate(CLICK, column="value"), None, ads, "ad spend per user (cents)"),
+        Metric("ctr", "ratio", Aggregate(CLICK), Aggregate(IMPRESSION), every, "clicks / impressions"),
+        Metric("cpc", "ratio", Aggregate(CLICK, column="value"), Aggregate(CLICK), ads,
+               "ad spend / ad clicks (cents per click)"),
+    )}
 
 
-BUILTIN_METRICS: dict[str, Metric] = {m.name: m for m in (
-    _m("repins", "mean", Aggregate("repin"), None, SURFACES, "repins per user"),
-    _m("fresh_repins", "mean", Aggregate("repin", pins="fresh"), None, SURFACES,
-       f"repins of fresh pins (age < {FRESH_DAYS} days) per user"),
-    _m("clicks", "mean", Aggregate("click"), None, SURFACES, "clicks per user"),
-    _m("new_ad_clicks", "mean", Aggregate("click", pins="new_ad"), None, ("ads",),
-       f"clicks on new ads (age < {NEW_AD_DAYS} days) per user"),
-    # delivery and quality of new ads, to read new-ad clicks by: an auction that overrates new ads wins
-    # them clicks by showing them more, not by showing better ones
-    _m("new_ad_impressions", "mean", Aggregate("impression", pins="new_ad"), None, ("ads",),
-       f"impressions of new ads (age < {NEW_AD_DAYS} days) per user"),
-    _m("new_ad_ctr", "ratio", Aggregate("click", pins="new_ad"), Aggregate("impression", pins="new_ad"), ("ads",),
-       "new-ad clicks / new-ad impressions"),
-    _m("hides", "mean", Aggregate("hide"), None, SURFACES, "hides per user"),
-    _m("impressions", "mean", Aggregate("impression"), None, SURFACES, "impressions per user"),
-    _m("spend", "mean", Aggregate("click", column="value"), None, ("ads",), "ad spend per user (cents)"),
-    _m("ctr", "ratio", Aggregate("click"), Aggregate("impression"), SURFACES, "clicks / impressions"),
-    _m("cpc", "ratio", Aggregate("click", column="value"), Aggregate("click"), ("ads",),
-       "ad spend / ad clicks (cents per click)"),
-)}
 DEFAULT_METRICS = ("repins", "fresh_repins", "new_ad_clicks", "ctr", "cpc", "hides")
 
 
-def metric_from_spec(name: str, surfaces, aggregate: str | None, column: str | None,
+def metric_from_spec(vocab: Vocabulary, name: str, surfaces, aggregate: str | None, column: str | None,
                      action: str | None, pins: str | None) -> Metric:
-    """A built-in metric (``aggregate`` None) or a custom one; ``mean`` is Σcolumn / count per variant."""
+    """A built-in metric (``aggregate`` None) or a custom one, on ``vocab``'s surfaces unless ``surfaces``
+    says which; ``mean`` is Σcolumn / count per variant."""
     if aggregate is None:
-        m = BUILTIN_METRICS[name]
+        m = builtin_metrics(vocab)[name]
         return m.on(surfaces) if surfaces else m
-    surfaces = tuple(surfaces or SURFACES)
+    surfaces = tuple(surfaces or vocab.names)
     pins = pins or "any"
     if aggregate == "count":
         return Metric(name, "mean", Aggregate(action, None, pins), None, surfaces, f"{action} events per user")
@@ -175,7 +177,7 @@ EVENTS_COLUMNS = {"day": "int", "user_id": "int", "surface": "string", "request_
 EXPOSURES_COLUMNS = {"experiment": "string", "user_id": "int", "variant": "string", "first_exposure_day": "int"}
 PINS_COLUMNS = {"pin_id": "int", "created_day": "int", "is_ad": "bool"}
 IMPRESSIONS_COLUMNS = {"day": "int", "user_id": "int", "surface": "string", "request_id": "int",
-                       "pin_id": "int", "position": "int", "repin": "bool", "click": "bool", "hide": "bool"}
+                       "pin_id": "int", "position": "int", **dict.fromkeys(ACTIONS, "bool")}
 
 
 def _q(path: Path) -> str:
@@ -224,16 +226,17 @@ def _create_views(con, src: Sources) -> None:
     if src.impressions is not None:
         _check_dataset(con, src.impressions, "impressions", IMPRESSIONS_COLUMNS)
         # organic logs in the events schema: one impression row per slot plus one row per action
+        actions = ", ".join(ACTIONS)
         con.execute(f"""CREATE VIEW pre_events AS
             WITH imp AS (SELECT CAST(day AS INTEGER) AS day, CAST(user_id AS BIGINT) AS user_id,
                                 CAST(surface AS VARCHAR) AS surface, CAST(request_id AS BIGINT) AS request_id,
                                 CAST(pin_id AS BIGINT) AS pin_id, CAST(position AS INTEGER) AS position,
-                                repin, click, hide FROM {_scan(src.impressions)})
-            SELECT day, user_id, surface, request_id, pin_id, position, 'impression' AS action,
+                                {actions} FROM {_scan(src.impressions)})
+            SELECT day, user_id, surface, request_id, pin_id, position, '{IMPRESSION}' AS action,
                    CAST(NULL AS DOUBLE) AS value FROM imp
             UNION ALL
             SELECT day, user_id, surface, request_id, pin_id, position, action, CAST(NULL AS DOUBLE) AS value
-            FROM imp UNPIVOT (happened FOR action IN (repin, click, hide)) WHERE happened""")
+            FROM imp UNPIVOT (happened FOR action IN ({actions})) WHERE happened""")
 
 
 @contextmanager

@@ -109,7 +109,7 @@ class PinCLIPRunPublisher(DailyPublisher):
     day embeds only the pins created since, with the run's model and the texts known that day."""
 
     def __init__(self, world: World, out_workdir: Path | str, name: str, lag: int, manifest: dict):
-        from pinclip.run_source import RunEmbedder
+        from pinclip.run_source import RunEmbedder   # loads torch: only when a PinCLIP run is published
 
         super().__init__(world, out_workdir, name, lag)
         self.base = open_embeddings(world.workdir, f"{name}@{manifest['version']}")

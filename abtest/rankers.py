@@ -13,12 +13,14 @@ on who else is in the experiment (and the same rows get the same noise in every 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from abtest.candidates import CandidateSource, Requests
 from pinclip.embeddings import PublishedEmbeddings
+from pinlift.core.vocabulary import ADS
 
 if TYPE_CHECKING:   # torch and TorchRec load only when a ranking run is used
     from ranking.score import Scorer
@@ -76,10 +78,10 @@ class LoggingPolicyRanker:
         if pool.shape[1] > base_m:
             extra = np.random.default_rng([*rng_key, 1]).gumbel(size=(len(req), pool.shape[1] - base_m))[rows]
             noise = np.concatenate([noise, extra], 1)
-        sub = Requests(req.surface, req.user_ids[rows], req.request_ids[rows], pool,
-                       None if req.query is None else req.query[rows], req.k)
+        sub = replace(req, user_ids=req.user_ids[rows], request_ids=req.request_ids[rows], pool=pool,
+                      query=None if req.query is None else req.query[rows])
         s = self.source.policy_scores(sub, pool, day, noise)
-        if req.surface == "ads":
+        if req.kind == ADS:
             s = np.exp(s)   # a positive pCTR-like quality for the auction
         return np.where(pool >= 0, s, -np.inf)
 

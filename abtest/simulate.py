@@ -43,11 +43,10 @@ from abtest.publishers import EmbeddingPublisher, make_publisher
 from abtest.rankers import LoggingPolicyRanker, Ranker, RunRanker, auction, rank_slates
 from abtest.storage import atomic_dir
 from pinclip.index import HNSWConfig
+from pinlift.core.vocabulary import ADS, CLICK, EVENTS, HIDE, IMPRESSION, RELATED, REPIN
 from pinworld.world import World
 
-SURFACE_INDEX = {"homefeed": 0, "related": 1, "ads": 2}
-ACTION_ORDER = ("impression", "repin", "click", "hide")
-# independent random streams per (seed, day, stream, surface)
+# independent random streams per (seed, day, stream, surface's index in the workspace's declaration)
 STREAM_ACTIVE, STREAM_REQUESTS, STREAM_RANK, STREAM_RESPOND = 1, 2, 3, 4
 EVENTS_SCHEMA = pa.schema([
     pa.field("day", pa.int32(), False), pa.field("user_id", pa.int64(), False),
@@ -63,14 +62,14 @@ def events_table(day: int, req: Requests, rows: np.ndarray, slates: np.ndarray, 
                  click: np.ndarray, hide: np.ndarray, price: np.ndarray | None) -> pa.Table:
     """Event rows of requests ``rows``: one impression per filled slot and one row per action;
     ``value`` is the cost of an ad click (NULL elsewhere)."""
-    masks = {"impression": slates >= 0, "repin": repin, "click": click, "hide": hide}
+    masks = {IMPRESSION: slates >= 0, REPIN: repin, CLICK: click, HIDE: hide}
     cols = {k: [] for k in ("row", "pos", "action", "value")}
     for a, m in masks.items():
         r, k = np.nonzero(m)
         cols["row"].append(r)
         cols["pos"].append(k)
-        cols["action"].append(np.full(len(r), ACTION_ORDER.index(a), np.int8))
-        v = price[r, k] if (a == "click" and price is not None) else np.full(len(r), np.nan)
+        cols["action"].append(np.full(len(r), EVENTS.index(a), np.int8))
+        v = price[r, k] if (a == CLICK and price is not None) else np.full(len(r), np.nan)
         cols["value"].append(v)
     r, k, a, v = (np.concatenate(cols[c]) for c in ("row", "pos", "action", "value"))
     order = np.lexsort((a, k, req.request_ids[rows][r]))
@@ -82,7 +81,7 @@ def events_table(day: int, req: Requests, rows: np.ndarray, slates: np.ndarray, 
         "request_id": req.request_ids[rows][r].astype(np.int64),
         "pin_id": slates[r, k].astype(np.int64),
         "position": k.astype(np.int16),
-        "action": pa.array(np.asarray(ACTION_ORDER)[a], pa.string()),
+        "action": pa.array(np.asarray(EVENTS)[a], pa.string()),
         "value": pa.array(v, pa.float64(), mask=np.isnan(v)),
     }, schema=EVENTS_SCHEMA)
 
@@ -96,8 +95,8 @@ def served_impressions(day: int, req: Requests, rows: np.ndarray, slates: np.nda
         "request_id": req.request_ids[rows][r].astype(np.int64), "day": np.full(n, day, np.int32),
         "surface": [req.surface] * n, "user_id": req.user_ids[rows][r].astype(np.int64),
         "query_pin_id": pl.Series([None] * n, dtype=pl.Int64), "pin_id": slates[r, k].astype(np.int64),
-        "position": k.astype(np.int16), "repin": np.zeros(n, bool), "click": click[r, k].astype(bool),
-        "hide": np.zeros(n, bool)})
+        "position": k.astype(np.int16), REPIN: np.zeros(n, bool), CLICK: click[r, k].astype(bool),
+        HIDE: np.zeros(n, bool)})
 
 
 @dataclass
@@ -186,7 +185,8 @@ class Simulator:
 
     def _calibrate(self, scorers: dict) -> dict[str, dict]:
         """Fit each ranking run's Ads pCTR calibration on the logged days [its cutoff, the start)."""
-        if not self.cfg.calibrate_ads or "ads" not in self.cfg.surfaces:
+        kinds = {self.cfg.vocabulary.kind_of(s) for s in self.cfg.surfaces}
+        if not self.cfg.calibrate_ads or ADS not in kinds:
             return {}
         out = {}
         for run, scorer in scorers.items():
@@ -216,9 +216,9 @@ class Simulator:
                         g.ann.update(emb)
                     g.versions[day] = emb.ref
         active = self._active(day)
+        index = cfg.vocabulary.names.index
         reqs = self.source.requests(
-            day, active, cfg.surfaces,
-            lambda s: np.random.default_rng([cfg.seed, day, STREAM_REQUESTS, SURFACE_INDEX[s]]))
+            day, active, cfg.surfaces, lambda s: np.random.default_rng([cfg.seed, day, STREAM_REQUESTS, index(s)]))
         tables: dict[int, list[pa.Table]] = {v: [] for v in range(len(self.variants))}
         for surface in cfg.surfaces:
             req = reqs[surface]
@@ -228,18 +228,18 @@ class Simulator:
             member = self.membership[user_pos]                      # (R, V)
             served = member.any(1)
             np.minimum.at(self.first_day, user_pos[served], day)
-            key = (cfg.seed, day, STREAM_RANK, SURFACE_INDEX[surface])
-            respond_seed = [cfg.seed, day, STREAM_RESPOND, SURFACE_INDEX[surface]]
+            key = (cfg.seed, day, STREAM_RANK, index(surface))
+            respond_seed = [cfg.seed, day, STREAM_RESPOND, index(surface)]
             for g in self.groups:
                 rows = np.flatnonzero(member[:, g.variants].any(1))
                 slates = np.full((len(req), req.k), -1, np.int64)
-                price = np.full((len(req), req.k), np.nan) if surface == "ads" else None
+                price = np.full((len(req), req.k), np.nan) if req.kind == ADS else None
                 if len(rows):
                     pool = req.pool[rows]
-                    if surface == "related" and g.ann is not None:
+                    if req.kind == RELATED and g.ann is not None:
                         pool = np.concatenate([pool, g.ann.related(req.query[rows])], 1)
                     scores = g.ranker.scores(req, rows, pool, day, key)
-                    if surface == "ads":
+                    if req.kind == ADS:
                         slates[rows], price[rows] = auction(pool, scores, self.source.bid[np.maximum(pool, 0)],
                                                             req.k, cfg.reserve_cpc)
                     else:
@@ -254,7 +254,7 @@ class Simulator:
                     resp = self.truth.respond(req.user_ids, full, day, surface, req.query,
                                               rng=np.random.default_rng(respond_seed), lift=arm.lift or None)
                     rows_v = np.flatnonzero(mine)
-                    if surface == "ads" and g.arm.run in self.served_ads:
+                    if req.kind == ADS and g.arm.run in self.served_ads:
                         self.served_ads[g.arm.run].append(
                             served_impressions(day, req, rows_v, full[rows_v], resp.click[rows_v]))
                     t = events_table(day, req, rows_v, full[rows_v], resp.repin[rows_v], resp.click[rows_v],

@@ -39,6 +39,7 @@ from abtest.estimators import CellTest, Estimator
 from abtest.metrics import Cell, Metric, Sources, cells_of, open_readonly, per_user_values
 from abtest.simulate import simulate_potential_outcomes
 from abtest.storage import atomic_files
+from pinlift.core.vocabulary import CLICK, REPIN
 
 FPR_BAND = (0.035, 0.067)
 COVERAGE_BAND = (0.93, 0.97)
@@ -250,7 +251,7 @@ def run_validation(cfg: ExperimentConfig, *, resalts: int = 2000, lift: float = 
     start = time.time()
     out_dir = Path(out_dir) if out_dir else Path(cfg.workdir) / "experiments" / f"{cfg.name}-validation"
     base_arm = cfg.arms.control.model_copy(update={"lift": {}})
-    lifts = {"repin": lift, "click": lift}
+    lifts = {REPIN: lift, CLICK: lift}
     arms = {"base": base_arm, "lifted": base_arm.model_copy(update={"lift": lifts})}
     potential = out_dir / "potential"
     if not (reuse and (potential / "potential.json").is_file()):

@@ -108,10 +108,12 @@ def generate(root: Path, events: int, users: int, days: int, seed: int) -> dict:
 
     from abtest.assign import assign
     from abtest.simulate import EVENTS_SCHEMA, EXPOSURES_SCHEMA
+    from pinlift.core.vocabulary import PINWORLD, write_vocabulary
 
     rng = np.random.default_rng(seed)
     pins = PinCatalog(rng, users // 2, max(users // 40, 100), START_DAY + days)
     (root / "world").mkdir()
+    write_vocabulary(root, PINWORLD)
     pq.write_table(pa.table({"pin_id": np.arange(len(pins.created), dtype=np.int64), "created_day": pins.created,
                              "is_ad": pins.is_ad}), root / "world" / "pins.parquet")
     variant = assign("bench_analyze", np.arange(users), (0.5, 0.5))

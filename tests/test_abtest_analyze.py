@@ -20,6 +20,7 @@ from abtest.assign import assign
 from abtest.cli import main
 from abtest.config import load_config
 from pinlift.core.errors import InputError
+from pinlift.core.vocabulary import PINWORLD, write_vocabulary
 from abtest.estimators import Estimator
 from abtest.metrics import (Sources, cells_of, cross_sum_name, metric_from_spec, open_readonly, per_user_values,
                             sufficient_stats)
@@ -64,7 +65,7 @@ def make_workspace(root: Path, *, skew_drop: float = 0.0, seed: int = 0) -> tupl
     (a logging bug: SRM)."""
     rng = np.random.default_rng(seed)
     w = root / "ws"
-    (w / "world").mkdir(parents=True)
+    write_vocabulary(w, PINWORLD)
     pq.write_table(pa.table({"pin_id": np.arange(N_PINS, dtype=np.int64),
                              "created_day": rng.integers(-30, START, N_PINS).astype(np.int32),
                              "is_ad": rng.random(N_PINS) < 0.2}), w / "world" / "pins.parquet")
@@ -178,7 +179,8 @@ def test_sql_sufficient_statistics_match_numpy(synth):
 
 def test_new_ad_delivery_and_ctr_match_pandas(synth):
     cfg_path, cfg, analysis, truth = synth
-    cells = cells_of([metric_from_spec(n, None, None, None, None, None) for n in ("new_ad_impressions", "new_ad_ctr")])
+    cells = cells_of([metric_from_spec(PINWORLD, n, None, None, None, None, None)
+                      for n in ("new_ad_impressions", "new_ad_ctr")])
     with open_readonly(Sources.for_experiment(cfg.workdir, cfg.experiment_dir)) as con:
         sums = sufficient_stats(con, cells, None)
     events = pq.read_table(cfg.experiment_dir / "events", partitioning=None).to_pandas()
@@ -294,7 +296,7 @@ def test_lift_differences_match_a_per_user_computation(synth):
 def _tiny_workspace(root: Path) -> Path:
     """Six users, homefeed repins of one fresh pin (0) and one old pin (1); hand-counted below."""
     w = root / "ws"
-    (w / "world").mkdir(parents=True)
+    write_vocabulary(w, PINWORLD)
     pq.write_table(pa.table({"pin_id": np.array([0, 1], np.int64), "created_day": np.array([5, -100], np.int32),
                              "is_ad": [False, False]}), w / "world" / "pins.parquet")
     exp = w / "experiments" / "tiny"
@@ -416,6 +418,7 @@ def test_bad_input_fails_cleanly(tmp_path, capsys):
     with pytest.raises(InputError, match="column 'action': expected string, found BIGINT"):
         analyze(cfg)
     assert not (exp / "analysis.json").exists() and not list(exp.glob(".tmp*"))
+    write_vocabulary(tmp_path / "nowhere", PINWORLD)
     missing = load_config(cfg_path, workdir=str(tmp_path / "nowhere"))
     with pytest.raises(InputError, match="experiment: expected a directory with exposures"):
         analyze(missing)

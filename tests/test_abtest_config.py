@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 from abtest.cli import main
+from abtest.cli import KEYS
 from abtest.config import load_config
 from pinlift.core.errors import InputError
-from abtest.metrics import BUILTIN_METRICS
+from pinlift.core.vocabulary import PINWORLD, write_vocabulary
+from abtest.metrics import builtin_metrics
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
 
@@ -25,7 +27,9 @@ days: {{start: 30, count: 2}}
 """
 
 
-def _write(tmp_path, text: str, name="exp.yaml") -> Path:
+def _write(tmp_path, text: str, name="exp.yaml", vocab=PINWORLD) -> Path:
+    """``text`` as ``name`` in the workspace ``tmp_path``, which declares ``vocab``."""
+    write_vocabulary(tmp_path, vocab)
     p = tmp_path / name
     p.write_text(text)
     return p
@@ -37,14 +41,15 @@ def _error(path) -> str:
     return str(e.value)
 
 
-def test_examples_load():
+def test_examples_load(tmp_path):
     assert len(EXAMPLES) >= 5
+    write_vocabulary(tmp_path, PINWORLD)
     for path in EXAMPLES:
-        cfg = load_config(path)
+        cfg = load_config(path, workdir=str(tmp_path))
         assert cfg.metric_list(), path
-    cand = load_config(EXAMPLES[0].parent / "pinclip_candidates.yaml")
+    cand = load_config(EXAMPLES[0].parent / "pinclip_candidates.yaml", workdir=str(tmp_path))
     assert cand.arms.treatment.related_ann.k == 16 and cand.surfaces == ["related"]
-    aa = load_config(EXAMPLES[0].parent / "aa.yaml")
+    aa = load_config(EXAMPLES[0].parent / "aa.yaml", workdir=str(tmp_path))
     assert aa.arm("treatment") == aa.arm("control")
 
 
@@ -98,7 +103,7 @@ def test_custom_metrics_are_validated_never_sql(tmp_path):
     assert "expected `action:`" in _error(_write(tmp_path, no_action, "b3.yaml"))
     shadow = BASE.format(workdir=tmp_path) + "metrics:\n  - {name: ctr, aggregate: count, action: click}\n"
     assert "other than the built-in 'ctr'" in _error(_write(tmp_path, shadow, "b4.yaml"))
-    assert set(BUILTIN_METRICS) >= {"repins", "fresh_repins", "new_ad_clicks", "ctr", "cpc", "hides"}
+    assert set(builtin_metrics(PINWORLD)) >= {"repins", "fresh_repins", "new_ad_clicks", "ctr", "cpc", "hides"}
 
 
 def test_arm_rules(tmp_path):
@@ -123,3 +128,43 @@ def test_bad_yaml_and_cli_exit_code(tmp_path, capsys):
     assert "expected an experiment YAML file, found no such file" in capsys.readouterr().err
     empty = _write(tmp_path, "", "empty.yaml")
     assert "expected a mapping of experiment fields, found an empty file" in _error(empty)
+
+
+def test_surfaces_are_the_workspace_s(tmp_path):
+    """Surfaces are those world/surfaces.yaml declares: an undeclared one is one line naming the file, the
+    line, the field and the choices; a workspace that renames homefeed and ads uses its own names."""
+    text = BASE.format(workdir=tmp_path) + "surfaces: [search, shop]\n"
+    path = _write(tmp_path, text)
+    msg = _error(path)
+    assert msg == (f"{path}:9: surfaces.0: expected a surface the workspace declares in world/surfaces.yaml "
+                   "(homefeed | related | ads), found 'search'")
+    renamed = PINWORLD.renamed({"homefeed": "search", "ads": "shop"})
+    cfg = load_config(_write(tmp_path, text, vocab=renamed))
+    assert cfg.surfaces == ["search", "shop"]
+    cells = {(m.name, m.surfaces) for m in cfg.metric_list()}
+    assert {("repins", ("search", "shop")), ("cpc", ("shop",)), ("new_ad_clicks", ("shop",))} <= cells
+    every = load_config(_write(tmp_path, BASE.format(workdir=tmp_path) + "metrics:\n  - {name: spend, surfaces: "
+                                "[shop]}\n  - {name: n, aggregate: count, action: hide}\n", vocab=renamed))
+    assert every.surfaces == ["search", "related", "shop"]
+    assert [m.surfaces for m in every.metric_list()] == [("shop",), ("search", "related", "shop")]
+    wrong = BASE.format(workdir=tmp_path) + "metrics:\n  - {name: cpc, surfaces: [search]}\n"
+    assert "metrics.0: expected surfaces among ['shop'] for 'cpc', found 'search'" in _error(
+        _write(tmp_path, wrong, vocab=renamed))
+
+
+def test_the_workspace_must_declare_its_surfaces(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(BASE.format(workdir=tmp_path / "ws"))
+    assert _error(path) == (f"{tmp_path / 'ws' / 'world' / 'surfaces.yaml'}: file: expected the workspace's "
+                            "surfaces (see docs/data.md, Surfaces), found no file")
+
+
+def test_help_lists_every_key_with_type_and_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["analyze", "--help"])
+    out = capsys.readouterr().out
+    for where, model in KEYS:
+        assert f"{where} keys (type, default):" in out
+        for name in model.model_fields:
+            assert f"\n  {name} " in out, (where, name)
+    assert "list[Surface] | None           None          served and analysed" in out

@@ -16,6 +16,7 @@ from abtest.assign import BUCKETS, assign, bucket_bounds, buckets, sample_users,
 from abtest.candidates import CandidateSource
 from abtest.config import Days, load_config
 from pinlift.core.errors import InputError
+from pinlift.core.vocabulary import PINWORLD
 from abtest.publishers import OracleEmbeddingPublisher, make_publisher
 from abtest.rankers import auction, rank_slates
 from abtest.simulate import EVENTS_SCHEMA, EXPOSURES_SCHEMA, simulate, simulate_potential_outcomes
@@ -204,8 +205,8 @@ def test_ads_calibration_scores_impressions_where_they_were_shown(tiny_workdir, 
     cal = scorer.fit_ads_calibration(26, START)
     logged = World(tiny_workdir).impressions(since=26, as_of=START, surfaces=["ads"])
     assert logged["position"].max() > 0
-    shown, ex = scorer._predict(logged, "ads", "click")
-    top, _ = scorer._predict(logged.with_columns(position=pl.lit(0, pl.Int16)), "ads", "click")
+    shown, ex = scorer._predict(logged, "click")
+    top, _ = scorer._predict(logged.with_columns(position=pl.lit(0, pl.Int16)), "click")
     segment = scorer._ad_segments(ex)
     for s, before in enumerate(cal.mean_before):
         if before is not None:
@@ -236,14 +237,15 @@ def test_bad_arm_leaves_nothing(tiny_workdir, tmp_path):
 
 
 def test_validation_study_runs_small(tiny_workdir, tmp_path):
-    from abtest.metrics import BUILTIN_METRICS
+    from abtest.metrics import builtin_metrics
     from abtest.validation import expected_lift, primary_test, run_validation
 
     lift = {"repin": 0.1, "click": 0.2}
-    assert expected_lift(BUILTIN_METRICS["repins"], lift) == pytest.approx(0.1)
-    assert expected_lift(BUILTIN_METRICS["ctr"], lift) == pytest.approx(0.2)
-    assert expected_lift(BUILTIN_METRICS["cpc"], lift) == pytest.approx(0.0)
-    assert expected_lift(BUILTIN_METRICS["hides"], lift) == 0.0
+    builtin = builtin_metrics(PINWORLD)
+    assert expected_lift(builtin["repins"], lift) == pytest.approx(0.1)
+    assert expected_lift(builtin["ctr"], lift) == pytest.approx(0.2)
+    assert expected_lift(builtin["cpc"], lift) == pytest.approx(0.0)
+    assert expected_lift(builtin["hides"], lift) == 0.0
     cfg = _yaml(tmp_path, tiny_workdir, "aa: true\narms:\n  control: {ranker: logging_policy}\n"
                 "metrics: [repins, ctr, cpc]\n", name="val")
     report = run_validation(cfg, resalts=150, lift=0.3, out_dir=tmp_path / "v", progress=False)
