@@ -99,7 +99,8 @@ class PlainBags(nn.Module):
 def plain_twin(trainer: Trainer) -> tuple[nn.Module, CombinedOptimizer]:
     """The trainer's model and optimizers with plain embedding bags in place of the sharded collection."""
     cfg = trainer.cfg
-    model = build_model(trainer.vocabs.sizes(), dense_width(trainer.content is not None), cfg.model)
+    model = build_model(trainer.vocabs.sizes(), dense_width(trainer.vocab, trainer.content is not None), cfg.shape,
+                        len(trainer.vocab.tasks))
     ebc = model.sparse_arch.embedding_bag_collection
     model.sparse_arch.embedding_bag_collection = PlainBags(ebc.embedding_bag_configs())
     params = dict(model.named_parameters())

@@ -9,17 +9,30 @@ A reference comparison is reported with the same figures and never judged.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
+
+from pinlift.core.vocabulary import ADS, FEED, RELATED, Vocabulary
 
 IMPRESSION_SLICES = ("train_impressions_0", "train_impressions_1_10", "train_impressions_11_100",
                      "train_impressions_101+")
-FRESH_SLICE = {"homefeed/repin": "fresh", "related/repin": "fresh", "ads/click": "new_ads"}
+FRESH_SLICE = {FEED: "fresh", RELATED: "fresh", ADS: "new_ads"}   # a surface's kind -> its cold content's slice
 # arm -> (the comparison of ``arm`` with it on cold content, whether it is a reference, never judged). The
 # floor a content embedding must beat is the topic one-hot of the topic the pin's objects show, all a reader
 # of the content could know of it; pinworld's latent true topic is a reference: no reader of the content
 # observes it (it differs from the objects' topic on ~2% of pins), and it is the main term of Related relevance
 TOPIC_ARMS = {"topic_objects": ("beats the topic one-hot its objects show", False),
               "topic": ("against the latent true topic one-hot", True)}
+
+
+def key_tasks(tasks: Iterable[str]) -> list[str]:
+    """Each surface's key task, its first declared one, from ``surface/action`` names in declaration order
+    (an eval report's metrics)."""
+    first: dict[str, str] = {}
+    for task in tasks:
+        first.setdefault(task.split("/")[0], task)
+    return list(first.values())
 
 
 def _auc(runs: list[dict], task: str, sl: str) -> np.ndarray | None:
@@ -43,13 +56,15 @@ def _record(claim: str, diff: np.ndarray, *, larger: bool = True, reference: boo
     return record
 
 
-def claim_checks(reports: dict[str, list[dict]], arm: str = "pinclip") -> list[dict]:
+def claim_checks(reports: dict[str, list[dict]], vocab: Vocabulary, arm: str = "pinclip") -> list[dict]:
     """The claims for ``arm`` against IDs-only, its shuffled control and the topic floor, and the reference
-    comparisons, on every key task the reports have; claims whose arms or slices are missing are left out."""
+    comparisons, on every key task the reports have (surfaces of ``vocab``); claims whose arms or slices are
+    missing are left out."""
     if "ids" not in reports or arm not in reports:
         return []
     out = []
-    for task, fresh in FRESH_SLICE.items():
+    for task in key_tasks(reports["ids"][0]["metrics"]):
+        fresh = FRESH_SLICE[vocab.kind_of(task.split("/")[0])]
         overall, cold = _lift(reports, arm, task, "all"), _lift(reports, arm, task, fresh)
         if overall is None:
             continue

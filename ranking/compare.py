@@ -27,14 +27,14 @@ import numpy as np
 
 from pinclip.embeddings import latest_version
 from pinlift.core.cli import add_debug_flag, run_command
-from pinlift.core.config import COMMAND_LINE, dump_settings, settings_parser
+from pinlift.core.config import COMMAND_LINE, settings_parser
 from pinlift.core.errors import input_error
 from pinlift.core.registry import embedding_sources, publish_source
 from pinlift.core.runs import RunDir
 from pinworld.files import write_text_atomic
 from pinworld.world import World
-from ranking.claims import IMPRESSION_SLICES, claim_checks, format_checks
-from ranking.train import EXTENDS, PROG, TrainConfig, Trainer, add_settings_arguments, load_train_config
+from ranking.claims import IMPRESSION_SLICES, claim_checks, format_checks, key_tasks
+from ranking.train import EXTENDS, PROG, TrainConfig, Trainer, add_settings_arguments, load_train_config, run_settings
 
 ARMS = {  # name -> (embedding name, shuffled)
     "ids": (None, False),
@@ -46,7 +46,6 @@ ARMS = {  # name -> (embedding name, shuffled)
 }
 ARM_KEYS = ("embeddings", "shuffle_embeddings", "empty_content", "seed", "surfaces")  # set per arm and seed
 SLICES = ("all", "fresh", "older", "unseen_pins", "new_ads", "older_ads", *IMPRESSION_SLICES)
-KEY_TASKS = ("homefeed/repin", "related/repin", "ads/click")
 RESULTS_BEGIN, RESULTS_END = "<!-- ranking-compare:begin -->", "<!-- ranking-compare:end -->"
 
 
@@ -82,7 +81,7 @@ def run_arm(base: TrainConfig, workdir: str, arm: str, seed: int, retrain: bool 
     record = RunDir(Path(workdir) / "ranking" / "runs", run, PROG, extends=EXTENDS)
     report = record.path / "eval.json"
     if report.is_file() and not retrain:
-        settings = dump_settings(cfg.resolved(World(workdir)))
+        settings = run_settings(cfg, World(workdir))
         record.check_resume(settings)
         saved = record.saved()
         if saved is None or saved["config"] == settings:   # none: a run from before run files
@@ -117,7 +116,7 @@ def per_surface_summary(joint: dict[str, list[dict]], separate: dict[str, dict[s
     each and the difference (separate − joint, mean ± sd over seeds, paired by seed)."""
     rows = []
     for arm, by_surface in separate.items():
-        for task in KEY_TASKS:
+        for task in key_tasks(joint[arm][0]["metrics"]):
             runs = by_surface.get(task.split("/")[0])
             if not runs:
                 continue
@@ -144,8 +143,9 @@ def format_per_surface(rows: list[dict]) -> str:
 
 
 def format_table(summary: dict, arms: list[str]) -> str:
+    """Per key task (``ranking.claims.key_tasks``) and slice, each arm's mean AUC and lift over IDs-only."""
     lines = ["| task | slice | n | " + " | ".join(arms) + " |", "|---|---|---:|" + "---:|" * len(arms)]
-    for task in KEY_TASKS:
+    for task in key_tasks(summary):
         for sl in SLICES:
             row = summary.get(task, {}).get(sl)
             if not row:
@@ -218,10 +218,11 @@ def _compare(a, arms: list[str], per_surface: list[str]) -> int:
     if fixed:
         raise input_error(COMMAND_LINE, fixed[0], "a key that no arm sets (arms and seeds: --arms, --seeds)",
                           f"{fixed[0]}={getattr(base, fixed[0])!r}")
+    workspace = World(a.workdir)
     arms = ensure_embeddings(a.workdir, arms)
     reports = {arm: [run_arm(base, a.workdir, arm, s, a.retrain) for s in a.seeds] for arm in arms}
     separate = {arm: {sf: [run_arm(base, a.workdir, arm, s, a.retrain, surface=sf) for s in a.seeds]
-                      for sf in base.surfaces} for arm in per_surface if arm in reports}
+                      for sf in base.resolved(workspace).surfaces} for arm in per_surface if arm in reports}
     summary = summarize(reports)
     table = format_table(summary, arms)
     world = reports[arms[0]][0]
@@ -232,7 +233,7 @@ def _compare(a, arms: list[str], per_surface: list[str]) -> int:
               f"check with the lowest validation loss on the {base.validation_days} day(s) before the cutoff (epochs at that check, "
               f"mean over seeds: {format_best_epochs(best_epochs)}).\n\n")
     out = {"arms": arms, "seeds": a.seeds, "epochs": base.epochs, "summary": summary, "best_epochs": best_epochs}
-    checks = claim_checks(reports)
+    checks = claim_checks(reports, workspace.vocabulary)
     if checks:
         out["checks"] = checks
         table += "\n\nThe cold-start claims (`ranking.claims`; paired by seed, mean ± standard error):\n\n" + format_checks(checks)

@@ -5,7 +5,8 @@ pin, the pin's boards, advertiser, query pin (Related Pins) and the user's recen
 IDs are mapped through vocabularies fit on the training examples; an id never seen in training maps to
 row 0, an explicit unknown row, never to another id's row.
 
-Dense features: position, content age, counts from events strictly before the example's day and the
+Dense features: position, content age, counts from events strictly before the example's day, the surface
+(one-hot over the surfaces the workspace declares, ``pinlift.core.vocabulary``) and the
 candidate's co-engagement cosines with the user and the query pin (``ranking.coengagement``: the save
 graph as of a snapshot before the day, what old pins' IDs know and fresh pins lack); with
 a content embedding (``embeddings=NAME@VERSION``) also the dequantized 64-d fusion embedding of the
@@ -26,20 +27,24 @@ from torchrec import KeyedJaggedTensor
 from torchrec.datasets.utils import Batch
 
 from pinclip.embeddings import PublishedEmbeddings, open_embeddings
+from pinlift.core.vocabulary import CLICK, REPIN, Vocabulary
 from pinworld.world import World
 from ranking.coengagement import CoEngagement
 from ranking.history import History, entity_day_keys, gather_jagged
 from ranking.vocab import Vocab
 
-SURFACES = ("homefeed", "related", "ads")
-TASKS = (("homefeed", "repin"), ("homefeed", "click"), ("related", "repin"), ("related", "click"), ("ads", "click"))
 SPARSE_FEATURES = ("user", "pin", "pin_boards", "advertiser", "query_pin", "user_history")
 TABLE_OF_FEATURE = {"user": "user", "pin": "pin", "query_pin": "pin", "user_history": "pin",
                     "pin_boards": "board", "advertiser": "advertiser"}
-BASE_DENSE = ("position", "log_age", "is_ad", "pin_impressions", "pin_repins", "pin_clicks", "pin_saves",
-              "pin_repin_rate", "user_saves", "user_impressions", "surface_homefeed", "surface_related", "surface_ads",
-              "coeng_user_cosine", "coeng_query_cosine", "coeng_pin_known", "coeng_query_known")
+COUNT_DENSE = ("position", "log_age", "is_ad", "pin_impressions", "pin_repins", "pin_clicks", "pin_saves",
+               "pin_repin_rate", "user_saves", "user_impressions")
+COENGAGEMENT_DENSE = ("coeng_user_cosine", "coeng_query_cosine", "coeng_pin_known", "coeng_query_known")
 CONTENT_DIM = 64
+
+
+def base_dense(vocab: Vocabulary) -> tuple[str, ...]:
+    """The dense features before content: counts, a one-hot of the declared surfaces, co-engagement."""
+    return (*COUNT_DENSE, *(f"surface_{s}" for s in vocab.names), *COENGAGEMENT_DENSE)
 
 
 @dataclass
@@ -50,12 +55,12 @@ class Examples:
     pin_id: np.ndarray
     query_pin_id: np.ndarray      # -1 where not Related Pins
     advertiser_id: np.ndarray     # -1 for organic pins
-    surface: np.ndarray           # index into SURFACES
+    surface: np.ndarray           # index into the vocabulary's surfaces
     day: np.ndarray
     created_day: np.ndarray
     is_ad: np.ndarray
-    dense: np.ndarray             # float32 (n, len(BASE_DENSE))
-    labels: np.ndarray            # float32 (n, len(TASKS)), NaN where the task does not apply
+    dense: np.ndarray             # float32 (n, len(base_dense(vocab)))
+    labels: np.ndarray            # float32 (n, len(vocab.tasks)), NaN where the task does not apply
     boards: tuple[np.ndarray, np.ndarray]
     history: tuple[np.ndarray, np.ndarray]   # the user's recent saves before the day: equal for equal (user_id, day)
 
@@ -68,20 +73,22 @@ def _csr(values: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 class FeatureSource:
-    """Everything features are computed from: logs, saves and (optionally) published embeddings."""
+    """Everything features are computed from: logs, saves and (optionally) published embeddings; the
+    surfaces and tasks are ``vocab``'s (default: the ones the workspace declares)."""
 
     def __init__(self, world: World, max_boards: int = 5, max_history: int = 10, coengagement_dim: int = 64,
-                 coengagement_every: int = 7):
+                 coengagement_every: int = 7, vocab: Vocabulary | None = None):
         self.world = world
+        self.vocab = vocab or world.vocabulary
         self.max_boards, self.max_history = max_boards, max_history
-        imp = world.impressions().select("day", "user_id", "pin_id", "repin", "click")
+        imp = world.impressions().select("day", "user_id", "pin_id", REPIN, CLICK)
         pins = world.table("pins").select("pin_id", "created_day", "is_ad", "advertiser_id")
         self.pins = pins.sort("pin_id")
         edges = world.table("pin_board")
         d, u, p = imp["day"].to_numpy(), imp["user_id"].to_numpy(), imp["pin_id"].to_numpy()
         self.pin_impressions = History(p, d)
-        self.pin_repins = History(p, d, weight=imp["repin"].to_numpy())
-        self.pin_clicks = History(p, d, weight=imp["click"].to_numpy())
+        self.pin_repins = History(p, d, weight=imp[REPIN].to_numpy())
+        self.pin_clicks = History(p, d, weight=imp[CLICK].to_numpy())
         self.user_impressions = History(u, d)
         self.pin_saves = History(edges["pin_id"].to_numpy(), edges["day"].to_numpy())
         self.pin_boards = History(edges["pin_id"].to_numpy(), edges["day"].to_numpy(), item=edges["board_id"].to_numpy())
@@ -90,7 +97,7 @@ class FeatureSource:
                                          dim=coengagement_dim, every=coengagement_every)
 
     def examples(self, impressions: pl.DataFrame) -> Examples:
-        """Examples for impression rows (labels from their repin/click columns)."""
+        """Examples for impression rows (labels from their action columns)."""
         if impressions.height == 0:
             raise ValueError("ranking: no impressions for the requested days and surfaces (empty logs?)")
         imp = impressions.join(self.pins, on="pin_id", how="left")
@@ -101,7 +108,8 @@ class FeatureSource:
         user = imp["user_id"].to_numpy()
         pin = imp["pin_id"].to_numpy()
         created = imp["created_day"].to_numpy()
-        surface = _surface_index(imp["surface"])
+        names = self.vocab.names
+        surface = _surface_index(imp["surface"], names)
         impr = self.pin_impressions.count_before(pin, day)
         repins = self.pin_repins.count_before(pin, day)
         query = imp["query_pin_id"].fill_null(-1).to_numpy().astype(np.int64)
@@ -115,11 +123,11 @@ class FeatureSource:
             (repins + 0.1) / (impr + 1.0),
             np.log1p(self.user_saves.count_before(user, day)) / 5.0,
             np.log1p(self.user_impressions.count_before(user, day)) / 5.0,
-            surface == 0, surface == 1, surface == 2,
+            *(surface == i for i in range(len(names))),
         ], 1), self.coengagement.features(user, pin, query, day)], 1).astype(np.float32)
-        labels = np.full((len(pin), len(TASKS)), np.nan, np.float32)
-        for j, (s, task) in enumerate(TASKS):
-            rows = surface == SURFACES.index(s)
+        labels = np.full((len(pin), len(self.vocab.tasks)), np.nan, np.float32)
+        for j, (s, task) in enumerate(self.vocab.tasks):
+            rows = surface == names.index(s)
             labels[rows, j] = imp[task].to_numpy()[rows]
         boards = _csr(*self.pin_boards.recent_before(pin, day, self.max_boards))
         history = _csr(*self.user_saves.recent_before(user, day, self.max_history))
@@ -131,12 +139,12 @@ class FeatureSource:
             is_ad=imp["is_ad"].to_numpy(), dense=dense, labels=labels, boards=boards, history=history)
 
 
-def _surface_index(col: pl.Series) -> np.ndarray:
-    unknown = set(col.unique().to_list()) - set(SURFACES)
+def _surface_index(col: pl.Series, names: tuple[str, ...]) -> np.ndarray:
+    unknown = set(col.unique().to_list()) - set(names)
     if unknown:
-        raise ValueError(f"ranking: impressions: column 'surface': expected one of {', '.join(SURFACES)}, "
+        raise ValueError(f"ranking: impressions: column 'surface': expected one of {', '.join(names)}, "
                          f"found {sorted(unknown)[0]!r}")
-    return col.replace_strict(list(SURFACES), list(range(len(SURFACES))), return_dtype=pl.Int8).to_numpy()
+    return col.replace_strict(list(names), list(range(len(names))), return_dtype=pl.Int8).to_numpy()
 
 
 class ContentFeatures:
@@ -221,8 +229,8 @@ class Vocabs:
         return cls(*(Vocab(arrays[k]) for k in ("user", "pin", "board", "advertiser")))
 
 
-def dense_width(content: bool) -> int:
-    return len(BASE_DENSE) + (CONTENT_WIDTH if content else 0)
+def dense_width(vocab: Vocabulary, content: bool) -> int:
+    return len(base_dense(vocab)) + (CONTENT_WIDTH if content else 0)
 
 
 def make_batch(ex: Examples, rows: np.ndarray, vocabs: Vocabs, content: ContentFeatures | None) -> Batch:

@@ -9,7 +9,7 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.models.dlrm import DLRM_DCN
 
 from pinlift.core.config import Settings
-from ranking.features import SPARSE_FEATURES, TABLE_OF_FEATURE, TASKS
+from ranking.features import SPARSE_FEATURES, TABLE_OF_FEATURE
 
 
 class ModelConfig(Settings):
@@ -41,14 +41,15 @@ def embedding_tables(vocab_sizes: dict[str, int], dim: int) -> list[EmbeddingBag
     return tables
 
 
-def build_model(vocab_sizes: dict[str, int], dense_in: int, cfg: ModelConfig,
+def build_model(vocab_sizes: dict[str, int], dense_in: int, cfg: ModelConfig, tasks: int,
                 sparse_device: torch.device = torch.device("meta"), dense_device: torch.device | None = None) -> DLRM_DCN:
-    """DLRM-DCN with ``len(TASKS)`` logits; embedding tables on ``sparse_device`` (meta: DMP materializes)."""
+    """DLRM-DCN with ``tasks`` logits (one per task of the vocabulary); embedding tables on ``sparse_device``
+    (meta: DMP materializes)."""
     ebc = EmbeddingBagCollection(tables=embedding_tables(vocab_sizes, cfg.embedding_dim), device=sparse_device)
     return DLRM_DCN(
         embedding_bag_collection=ebc, dense_in_features=dense_in,
         dense_arch_layer_sizes=[*cfg.dense_hidden, cfg.embedding_dim],
-        over_arch_layer_sizes=[*cfg.over_hidden, len(TASKS)],
+        over_arch_layer_sizes=[*cfg.over_hidden, tasks],
         dcn_num_layers=cfg.dcn_layers, dcn_low_rank_dim=cfg.dcn_low_rank, dense_device=dense_device)
 
 

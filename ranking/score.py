@@ -3,8 +3,9 @@
 Serving uses the same feature code as training: counts and histories strictly before the request day,
 IDs through the run's vocabularies (unknown -> the unknown row), the published embedding the run was
 trained with. Position is not known before ranking, so every candidate is scored at position 0.
-Ads pCTR can be recalibrated per segment (``fit_ads_calibration``) on logged days the run never saw and on
-the impressions it has served since.
+Features and heads follow the surfaces the run was trained with (its recorded vocabulary), not the
+serving workspace's. Ads pCTR (the click task of surfaces of kind ads) can be recalibrated per segment
+(``fit_ads_calibration``) on logged days the run never saw and on the impressions it has served since.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ import polars as pl
 import torch
 import torch.distributed.checkpoint as dcp
 
+from pinlift.core.vocabulary import ACTIONS, ADS, CLICK, Vocabulary
 from pinworld.world import World
 from ranking import distributed
 from ranking.calibration import SegmentCalibration, ad_segments
-from ranking.features import SURFACES, TASKS, Examples, FeatureSource, Vocabs, dense_width, load_content, make_batch
+from ranking.features import Examples, FeatureSource, Vocabs, dense_width, load_content, make_batch
 from ranking.model import ModelConfig, build_model
 from ranking.train import read_progress
+
+# keys of config.json that runs trained before them lack
+RECORDED = {"coengagement_dim": "the co-engagement features", "vocabulary": "a record of its surfaces"}
 
 
 class Scorer:
@@ -35,22 +40,24 @@ class Scorer:
         if not cfg_path.is_file():
             raise FileNotFoundError(f"ranking: {cfg_path} not found: no trained run {run!r}")
         self.cfg = json.loads(cfg_path.read_text())
-        if "coengagement_dim" not in self.cfg:
-            raise ValueError(f"ranking: {cfg_path}: run {run!r} was trained without the co-engagement features "
-                             "(no 'coengagement_dim'); train it again")
+        for key, what in RECORDED.items():
+            if key not in self.cfg:
+                raise ValueError(f"ranking: {cfg_path}: run {run!r} was trained without {what} (no {key!r}); "
+                                 "train it again")
+        self.vocab = Vocabulary.model_validate(self.cfg["vocabulary"])
         self.env = env or distributed.setup()
         self.world = world or World(workdir)
         self.source = FeatureSource(self.world, self.cfg["max_boards"], self.cfg["max_history"],
-                                    self.cfg["coengagement_dim"], self.cfg["coengagement_every"])
+                                    self.cfg["coengagement_dim"], self.cfg["coengagement_every"], self.vocab)
         with np.load(run_dir / "vocab.npz", allow_pickle=False) as z:
             self.vocabs = Vocabs.from_arrays(dict(z))
         # the simulator may pass a newer version of the same embedding (incremental publishes)
         ref = embeddings or self.cfg["embeddings"]
         self.content = load_content(workdir, ref, seed=self.cfg["seed"], shuffled=self.cfg["shuffle_embeddings"],
                                     empty=self.cfg.get("empty_content", False))
-        model = build_model(self.vocabs.sizes(), dense_width(self.content is not None),
+        model = build_model(self.vocabs.sizes(), dense_width(self.vocab, self.content is not None),
                             ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.cfg["model"].items()}),
-                            dense_device=self.env.device)
+                            len(self.vocab.tasks), dense_device=self.env.device)
         self.model = distributed.wrap(model, self.env)
         progress = read_progress(run_dir)
         if progress is None:
@@ -64,13 +71,10 @@ class Scorer:
     @torch.no_grad()
     def score(self, user_ids, surface: str, candidates, day: int, query_pin_ids=None,
               task: str | None = None) -> np.ndarray:
-        """Probabilities (R, K) of ``task`` (default: repin, click for Ads) for candidate slates
+        """Probabilities (R, K) of ``task`` (default: the surface's first task) for candidate slates
         ``candidates`` (R, K) with -1 padding (padding scores NaN)."""
-        if surface not in SURFACES:
-            raise ValueError(f"ranking: unknown surface {surface!r}: expected one of {', '.join(SURFACES)}")
-        task = task or ("click" if surface == "ads" else "repin")
-        if (surface, task) not in TASKS:
-            raise ValueError(f"ranking: surface {surface!r} has no task {task!r}")
+        task = task or self.vocab.surface(surface).tasks[0]   # an unknown surface is refused here
+        self._head(surface, task)                               # and a task it does not have here
         cand = np.asarray(candidates, np.int64)
         r, k = cand.shape
         valid = cand >= 0
@@ -81,41 +85,49 @@ class Scorer:
             "surface": [surface] * (r * k), "user_id": users,
             "query_pin_id": pl.Series(query, dtype=pl.Int64) if query is not None else pl.Series([None] * (r * k), dtype=pl.Int64),
             "pin_id": np.where(valid, cand, cand[valid][0] if valid.any() else 0).reshape(-1),
-            "position": np.zeros(r * k, np.int64), "repin": np.zeros(r * k, bool), "click": np.zeros(r * k, bool),
-            "hide": np.zeros(r * k, bool)})
-        out, ex = self._predict(frame, surface, task)
-        if surface == "ads" and task == "click" and self.ads_calibration is not None:
+            "position": np.zeros(r * k, np.int64), **{a: np.zeros(r * k, bool) for a in ACTIONS}})
+        out, ex = self._predict(frame, task)
+        if self.vocab.kind_of(surface) == ADS and task == CLICK and self.ads_calibration is not None:
             out = self.ads_calibration.apply(out, self._ad_segments(ex))
         return np.where(valid, out.reshape(r, k), np.nan)
 
+    def _head(self, surface: str, task: str) -> int:
+        """The model's output column of ``task`` on ``surface``."""
+        if (surface, task) not in self.vocab.tasks:
+            raise ValueError(f"ranking: surface {surface!r} has no task {task!r}")
+        return self.vocab.tasks.index((surface, task))
+
     @torch.no_grad()
-    def _predict(self, frame: pl.DataFrame, surface: str, task: str) -> tuple[np.ndarray, Examples]:
+    def _predict(self, frame: pl.DataFrame, task: str) -> tuple[np.ndarray, Examples]:
+        """The probability of ``task`` for every row on the row's surface, and the rows' examples."""
         ex = self.source.examples(frame)
         b = make_batch(ex, np.arange(len(ex)), self.vocabs, self.content).to(self.env.device)
         probs = torch.sigmoid(self.model(b.dense_features, b.sparse_features)).float().cpu().numpy()
-        return probs[:, TASKS.index((surface, task))].astype(np.float64), ex
+        # per surface of the run, the column of its task (-1 for surfaces no row is on)
+        heads = np.array([self._head(s, task) if i in ex.surface else -1 for i, s in enumerate(self.vocab.names)])
+        return probs[np.arange(len(ex)), heads[ex.surface]].astype(np.float64), ex
 
     def _ad_segments(self, ex: Examples) -> np.ndarray:
         return ad_segments(ex.day - ex.created_day, self.vocabs.pin.rows(ex.pin_id) > 0)
 
     def fit_ads_calibration(self, since: int, until: int, served: pl.DataFrame | None = None,
                             chunk: int = 65_536) -> SegmentCalibration:
-        """Fit (and from now on apply) the Ads pCTR calibration on the logged Ads impressions of days
-        [since, until) plus, when given, Ads impressions this run served since (rows in the schema of
-        ``World.impressions``). Each impression is scored at the position it was shown in: serving
+        """Fit (and from now on apply) the Ads pCTR calibration on the logged impressions of the run's surfaces
+        of kind ads on days [since, until) plus, when given, Ads impressions this run served since (rows in the
+        schema of ``World.impressions``). Each impression is scored at the position it was shown in: serving
         scores every candidate at the top slot, so the calibrated pCTR is the top slot's click rate
         whatever mix of positions the fitting impressions came from."""
-        frame = self.world.impressions(as_of=until, since=since, surfaces=["ads"])
+        frame = self.world.impressions(as_of=until, since=since, surfaces=[s.name for s in self.vocab.of_kind(ADS)])
         if served is not None:
             frame = pl.concat([frame, served.select(frame.columns).cast(frame.schema)])
         if frame.height == 0:
             raise ValueError(f"ranking: no logged Ads impressions on days [{since}, {until}) to calibrate on")
         p, segment = [], []
         for lo in range(0, frame.height, chunk):
-            probs, ex = self._predict(frame[lo:lo + chunk], "ads", "click")
+            probs, ex = self._predict(frame[lo:lo + chunk], CLICK)
             p.append(probs)
             segment.append(self._ad_segments(ex))
-        self.ads_calibration = SegmentCalibration.fit(np.concatenate(p), frame["click"].to_numpy(),
+        self.ads_calibration = SegmentCalibration.fit(np.concatenate(p), frame[CLICK].to_numpy(),
                                                       np.concatenate(segment))
         return self.ads_calibration
 

@@ -22,7 +22,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -43,8 +42,7 @@ from pinlift.core.runs import RunDir, check_name
 from pinworld.files import write_text_atomic
 from pinworld.world import World
 from ranking import distributed
-from ranking.features import (SURFACES, TASKS, Examples, FeatureSource, Vocabs, dense_width, load_content,
-                              make_batch)
+from ranking.features import Examples, FeatureSource, Vocabs, dense_width, load_content, make_batch
 from ranking.metrics import binary_metrics, slice_masks
 from ranking.model import ModelConfig, build_model, masked_bce
 
@@ -66,8 +64,8 @@ PROG = "ranking"   # the prefix of the commands' error lines (run_command) and o
 class TrainConfig(ModelConfig):
     """The settings of a ranking run: the model's shape (``ModelConfig``) and the training keys."""
 
-    surfaces: list[Literal[SURFACES]] = Field(list(SURFACES), min_length=1,
-                                              description="surfaces whose impressions are trained and evaluated")
+    surfaces: list[str] | None = Field(None, min_length=1, description="surfaces whose impressions are trained "
+                                       "and evaluated (None: every surface the workspace declares)")
     cutoff_day: int | None = Field(None, description="first evaluation day T (None: two thirds into the log window)")
     embeddings: str | None = Field(None, description="NAME[@VERSION] of a published embedding: the content feature")
     shuffle_embeddings: bool = Field(False, description="control arm: the embedding permuted across pins")
@@ -99,9 +97,18 @@ class TrainConfig(ModelConfig):
         return ModelConfig(**self.model_dump(include=set(ModelConfig.model_fields)))
 
     def resolved(self, world: World) -> "TrainConfig":
-        """The settings with the default cutoff made explicit."""
+        """The settings with the default cutoff and surfaces made explicit; a surface the workspace does not
+        declare is refused."""
         cutoff = self.cutoff_day if self.cutoff_day is not None else world.default_cutoff()
-        return self.model_copy(update={"cutoff_day": cutoff})
+        vocab = world.vocabulary
+        surfaces = [vocab.surface(s).name for s in self.surfaces] if self.surfaces else list(vocab.names)
+        return self.model_copy(update={"cutoff_day": cutoff, "surfaces": surfaces})
+
+
+def run_settings(cfg: TrainConfig, world: World) -> dict:
+    """What defines a run of ``cfg`` on ``world`` (its run file's config): the resolved settings and the
+    vocabulary (surfaces and tasks) it is trained with."""
+    return {**dump_settings(cfg.resolved(world)), "vocabulary": world.vocabulary.model_dump(mode="json")}
 
 
 def default_run_name(cfg: TrainConfig) -> str:
@@ -152,12 +159,13 @@ class Trainer:
         self.env = env or distributed.setup()
         self.workdir = str(workdir)
         self.world = World(workdir)
+        self.vocab = self.world.vocabulary
         self.cfg = cfg.resolved(self.world)
         self.restart = restart
         self.run_record = RunDir(Path(workdir) / "ranking" / "runs", self.run, prog, extends=EXTENDS)
         self.run_dir = self.run_record.path
         if not restart:   # refuse before the features are built
-            self.run_record.check_resume(dump_settings(self.cfg))
+            self.run_record.check_resume(run_settings(self.cfg, self.world))
         torch.manual_seed(self.cfg.seed)
         source = FeatureSource(self.world, self.cfg.max_boards, self.cfg.max_history, self.cfg.coengagement_dim,
                                self.cfg.coengagement_every)
@@ -168,8 +176,8 @@ class Trainer:
         self.vocabs = Vocabs.fit(self.train_ex)
         self.content = load_content(self.workdir, self.cfg.embeddings, seed=self.cfg.seed,
                                     shuffled=self.cfg.shuffle_embeddings, empty=self.cfg.empty_content)
-        model = build_model(self.vocabs.sizes(), dense_width(self.content is not None), self.cfg.shape,
-                            dense_device=self.env.device)
+        model = build_model(self.vocabs.sizes(), dense_width(self.vocab, self.content is not None), self.cfg.shape,
+                            len(self.vocab.tasks), dense_device=self.env.device)
         apply_optimizer_in_backward(torch.optim.Adagrad, model.sparse_arch.parameters(), {"lr": self.cfg.lr_sparse})
         self.model = distributed.wrap(model, self.env)
         dense = KeyedOptimizerWrapper(
@@ -283,7 +291,7 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, ex: Examples) -> np.ndarray:
-        """Probabilities (n, len(TASKS)) for every example, gathered on every rank."""
+        """Probabilities (n, len(vocab.tasks)) for every example, gathered on every rank."""
         self.model.eval()
         rows_out, preds_out = [], []
         for rows in _batches(len(ex), 4 * self.cfg.batch_size, self.env, None):
@@ -295,10 +303,10 @@ class Trainer:
             preds_out.append(torch.sigmoid(self.model(b.dense_features, b.sparse_features)).float().cpu().numpy())
             rows_out.append(rows)
         local = (np.concatenate(rows_out) if rows_out else np.zeros(0, np.int64),
-                 np.concatenate(preds_out) if preds_out else np.zeros((0, len(TASKS)), np.float32))
+                 np.concatenate(preds_out) if preds_out else np.zeros((0, len(self.vocab.tasks)), np.float32))
         gathered = [None] * self.env.world_size
         dist.all_gather_object(gathered, local)
-        out = np.zeros((len(ex), len(TASKS)), np.float32)
+        out = np.zeros((len(ex), len(self.vocab.tasks)), np.float32)
         for rows, preds in gathered:
             out[rows] = preds
         return out
@@ -311,7 +319,7 @@ class Trainer:
         train_impressions = np.where(seen_ids[pos] == ex.pin_id, seen_counts[pos], 0)
         masks = slice_masks(ex.day, ex.created_day, ex.is_ad, train_impressions)
         results = {}
-        for j, (surface, task) in enumerate(TASKS):
+        for j, (surface, task) in enumerate(self.vocab.tasks):
             on = ~np.isnan(ex.labels[:, j])
             if not on.any():
                 continue
@@ -324,14 +332,16 @@ class Trainer:
                 "eval_examples": len(ex), "metrics": results}, preds
 
     def run_config(self) -> dict:
-        """``config.json``: the run's settings as the scorer reads them (the model's shape under ``model``)."""
+        """``config.json``: the run's settings as the scorer reads them (the model's shape under ``model``, the
+        surfaces and tasks under ``vocabulary``)."""
         keys = self.cfg.model_dump(mode="json", exclude=set(ModelConfig.model_fields))
-        return {"workdir": self.workdir, "run": self.run, **keys, "model": self.cfg.shape.model_dump(mode="json")}
+        return {"workdir": self.workdir, "run": self.run, **keys, "model": self.cfg.shape.model_dump(mode="json"),
+                "vocabulary": self.vocab.model_dump(mode="json")}
 
     def fit(self) -> dict:
         """Train (resuming from the latest check, unless ``restart``), then evaluate the best check."""
         if self.env.is_main:
-            self.run_record.start(dump_settings(self.cfg), restart=self.restart,
+            self.run_record.start(run_settings(self.cfg, self.world), restart=self.restart,
                                   embeddings_ref=self.content.ref if self.content else None)
             (self.run_dir / "config.json").write_text(json.dumps(self.run_config(), indent=2))
             np.savez(self.run_dir / "vocab.npz", **self.vocabs.to_arrays())
@@ -407,8 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workdir", default="pinwork", help="the workspace (default pinwork)")
     ap.add_argument("--with-pinclip", action="store_true",
                     help="add the published PinCLIP embedding (embeddings=pinclip unless embeddings is set)")
-    ap.add_argument("--surface", default=None, choices=[*SURFACES, "all"],
-                    help="train on one surface (sets surfaces; default: all)")
+    ap.add_argument("--surface", default=None,
+                    help="train on one surface the workspace declares, or all (sets surfaces; default: all)")
     ap.add_argument("--run-name", default=None, help="run directory name (default: from the arm and seed)")
     ap.add_argument("--restart", action="store_true",
                     help="start the run over (a run resumes only with the settings it was started with, "
@@ -423,7 +433,7 @@ def main(argv=None) -> int:
     def run() -> int:
         if args.run_name is not None:
             check_name(args.run_name, "--run-name")
-        surfaces = None if args.surface is None else list(SURFACES) if args.surface == "all" else [args.surface]
+        surfaces = None if args.surface is None else "null" if args.surface == "all" else f"[{args.surface}]"
         cfg = load_train_config(args, defaults={"embeddings": "pinclip"} if args.with_pinclip else None,
                                 overrides=[f"surfaces={surfaces}"] if surfaces else [])
         trainer = Trainer(cfg, args.workdir, args.run_name, restart=args.restart)

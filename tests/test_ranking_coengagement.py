@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from ranking.coengagement import CoEngagement
-from ranking.features import BASE_DENSE
+from pinlift.core.vocabulary import PINWORLD
+from ranking.features import base_dense
 
 COLUMNS = ("coeng_user_cosine", "coeng_query_cosine", "coeng_pin_known", "coeng_query_known")
 
@@ -68,14 +69,14 @@ def test_examples_carry_the_point_in_time_coengagement(tiny_world):
     source = FeatureSource(tiny_world, coengagement_dim=8, coengagement_every=5)
     imp = tiny_world.impressions(since=25, as_of=27)
     ex = source.examples(imp)
-    cols = [BASE_DENSE.index(c) for c in COLUMNS]
+    cols = [base_dense(PINWORLD).index(c) for c in COLUMNS]
     expected = source.coengagement.features(ex.user_id, ex.pin_id, ex.query_pin_id, ex.day)
     np.testing.assert_array_equal(ex.dense[:, cols], expected)
     # a pin's vector exists exactly when it was saved before the snapshot day (day 25 for days 25-26)
     edges = tiny_world.table("pin_board")
     saved = set(edges.filter(edges["day"] < 25)["pin_id"].to_list())
-    known = ex.dense[:, BASE_DENSE.index("coeng_pin_known")] == 1
+    known = ex.dense[:, base_dense(PINWORLD).index("coeng_pin_known")] == 1
     assert known.tolist() == [p in saved for p in ex.pin_id]
     assert 0 < known.mean() < 1
     related = ex.surface == 1
-    assert (ex.dense[~related, BASE_DENSE.index("coeng_query_cosine")] == 0).all()
+    assert (ex.dense[~related, base_dense(PINWORLD).index("coeng_query_cosine")] == 0).all()

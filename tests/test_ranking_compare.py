@@ -78,6 +78,7 @@ def test_compare_runs_arms_on_tiny(tiny_workdir, tmp_path, capsys, monkeypatch):
 
 
 def test_claim_checks_pair_by_seed_and_judge_against_the_spread():
+    from pinlift.core.vocabulary import PINWORLD
     from ranking.claims import IMPRESSION_SLICES, claim_checks, format_checks
 
     def runs(all_, fresh, few, many, seeds=3):
@@ -88,7 +89,7 @@ def test_claim_checks_pair_by_seed_and_judge_against_the_spread():
 
     def by_claim(reports):
         """The checks by claim, without the task prefix and the bracketed figures."""
-        return {c["claim"].split(": ")[1].split(" (")[0]: c for c in claim_checks(reports)}
+        return {c["claim"].split(": ")[1].split(" (")[0]: c for c in claim_checks(reports, PINWORLD)}
 
     reports = {"ids": runs(0.70, 0.69, 0.68, 0.71), "pinclip": runs(0.72, 0.72, 0.71, 0.72),
                "topic": runs(0.71, 0.70, 0.69, 0.715), "topic_objects": runs(0.71, 0.725, 0.69, 0.715),
@@ -121,8 +122,8 @@ def test_claim_checks_pair_by_seed_and_judge_against_the_spread():
         format_checks(list(checks.values()))
     # one seed is not judged; without the topic arms their claims are left out
     one = {k: v[:1] for k, v in reports.items() if not k.startswith("topic")}
-    checks = claim_checks(one)
+    checks = claim_checks(one, PINWORLD)
     assert all(c["holds"] is None and c["se"] is None for c in checks)
     assert not any("topic" in c["claim"] for c in checks)
     assert format_checks(checks).startswith("- not judged (one seed): homefeed/repin: pinclip lifts AUC overall: +0.0200")
-    assert claim_checks({"pinclip": reports["pinclip"]}) == []
+    assert claim_checks({"pinclip": reports["pinclip"]}, PINWORLD) == []

@@ -9,10 +9,13 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from pinclip.embeddings import open_embeddings
 from pinclip.publish import EmbeddingBatch, publish
-from ranking.features import (BASE_DENSE, CONTENT_DIM, SPARSE_FEATURES, TASKS, ContentFeatures, Examples,
-                              FeatureSource, Vocab, Vocabs, dense_width, make_batch, pooled_history)
+from pinlift.core.vocabulary import PINWORLD
+from ranking.features import (CONTENT_DIM, SPARSE_FEATURES, ContentFeatures, Examples, FeatureSource, Vocab, Vocabs,
+                              base_dense, dense_width, make_batch, pooled_history)
 from ranking.history import History, gather_jagged
 from ranking.metrics import binary_metrics, slice_masks
+
+DENSE = base_dense(PINWORLD)   # the dense features of pinworld's surfaces
 
 
 def test_history_counts_and_recent_items_strictly_before_day():
@@ -44,8 +47,8 @@ def test_examples_match_brute_force(tiny_world, source):
     for i in rng.choice(len(ex), 25, replace=False):
         pin, day, user = ex.pin_id[i], ex.day[i], ex.user_id[i]
         before = all_imp.filter((pl.col("pin_id") == pin) & (pl.col("day") < day))
-        assert ex.dense[i, BASE_DENSE.index("pin_impressions")] == pytest.approx(np.log1p(before.height) / 5)
-        assert ex.dense[i, BASE_DENSE.index("pin_repins")] == pytest.approx(np.log1p(before["repin"].sum()) / 5)
+        assert ex.dense[i, DENSE.index("pin_impressions")] == pytest.approx(np.log1p(before.height) / 5)
+        assert ex.dense[i, DENSE.index("pin_repins")] == pytest.approx(np.log1p(before["repin"].sum()) / 5)
         saves = edges.filter((pl.col("user_id") == user) & (pl.col("day") < day)).sort("day", maintain_order=True)
         lo, hi = ex.history[1][i], ex.history[1][i + 1]
         assert hi - lo == min(10, saves.height)
@@ -58,9 +61,9 @@ def test_examples_match_brute_force(tiny_world, source):
     ads = ex.surface == 2
     assert (ex.advertiser_id[ads] >= 0).all() and (ex.advertiser_id[~ex.is_ad] == -1).all()
     # labels only where the task applies
-    for j, (surface, _) in enumerate(TASKS):
+    for j, (surface, _) in enumerate(PINWORLD.tasks):
         on = ~np.isnan(ex.labels[:, j])
-        assert (on == (ex.surface == ["homefeed", "related", "ads"].index(surface))).all()
+        assert (on == (ex.surface == PINWORLD.names.index(surface))).all()
 
 
 def test_batch_with_partial_embeddings_flags_missing(tiny_world, source, tmp_path):
@@ -74,8 +77,8 @@ def test_batch_with_partial_embeddings_flags_missing(tiny_world, source, tmp_pat
     rows = np.arange(min(len(ex), 500))
     b = make_batch(ex, rows, vocabs, content)
     d = b.dense_features.numpy()
-    assert d.shape == (len(rows), dense_width(True))
-    base = len(BASE_DENSE)
+    assert d.shape == (len(rows), dense_width(PINWORLD, True))
+    base = len(DENSE)
     cand, cand_missing = d[:, base:base + CONTENT_DIM], d[:, base + CONTENT_DIM]
     has = np.isin(ex.pin_id[rows], known)
     assert (cand_missing == ~has).all()
@@ -131,8 +134,8 @@ def _examples(user, day, pin, history):
     return Examples(
         user_id=np.array(user, np.int64), pin_id=np.array(pin, np.int64), query_pin_id=np.full(n, -1, np.int64),
         advertiser_id=np.full(n, -1, np.int64), surface=np.zeros(n, np.int8), day=np.array(day, np.int32),
-        created_day=np.zeros(n, np.int32), is_ad=np.zeros(n, bool), dense=np.zeros((n, len(BASE_DENSE)), np.float32),
-        labels=np.zeros((n, len(TASKS)), np.float32), boards=(np.zeros(0, np.int64), np.zeros(n + 1, np.int64)),
+        created_day=np.zeros(n, np.int32), is_ad=np.zeros(n, bool), dense=np.zeros((n, len(DENSE)), np.float32),
+        labels=np.zeros((n, len(PINWORLD.tasks)), np.float32), boards=(np.zeros(0, np.int64), np.zeros(n + 1, np.int64)),
         history=(np.array([p for h in history for p in h], np.int64),
                  np.concatenate([[0], np.cumsum([len(h) for h in history])]).astype(np.int64)))
 
@@ -156,7 +159,7 @@ def test_pooled_history_matches_reference_with_empty_and_missing(tmp_path):
         np.testing.assert_allclose(pooled, ref, rtol=1e-6, atol=1e-7)
         assert list(count) == [sum(p in known for p in histories[keys[i]]) for i in rows]
         d = make_batch(ex, rows, Vocabs.fit(ex), content).dense_features.numpy()
-        h0 = len(BASE_DENSE) + 2 * (CONTENT_DIM + 1)
+        h0 = len(DENSE) + 2 * (CONTENT_DIM + 1)
         assert list(ref_missing) == [keys[i][0] in (2, 3) for i in rows]
         # in a batch, the candidate's own saves are left out of its pooled history; the indicator is on
         # when no other save has an embedding

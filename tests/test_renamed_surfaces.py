@@ -6,26 +6,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import yaml
 
 from abtest import cli as abtest_cli
 from pinlift.core.vocabulary import load_vocabulary
 from pinworld import cli as pinworld_cli
-from pinworld.config import preset
-from pinworld.generate import generate_world
 from ranking import train
-
-RENAMED = {"homefeed": "search", "ads": "shop"}
-
-
-@pytest.fixture(scope="module")
-def renamed_workdir(tmp_path_factory):
-    w = tmp_path_factory.mktemp("renamed")
-    cfg = preset("tiny", seed=0)
-    cfg.surface_names = RENAMED
-    generate_world(cfg, w, progress=False)
-    return w
 
 
 def test_generate_declares_and_logs_the_renamed_surfaces(renamed_workdir):
@@ -39,8 +25,9 @@ def test_generate_declares_and_logs_the_renamed_surfaces(renamed_workdir):
 
 def test_rank_simulate_and_analyze(renamed_workdir, capsys):
     W = str(renamed_workdir)
-    assert train.main(["--workdir", W, "--run-name", "ids_s0", "epochs=1", "batch_size=1024", "embedding_dim=8",
-                       "dense_hidden=[32]", "over_hidden=[32]", "dcn_low_rank=8"]) == 0
+    assert train.main(["--workdir", W, "--run-name", "ids_s0", "--epochs", "1", "--batch-size", "4096",
+                       "--checks-per-epoch", "1", "--embedding-dim", "4", "dense_hidden=[8]", "over_hidden=[8]",
+                       "--dcn-low-rank", "4"]) == 0
     report = json.loads((renamed_workdir / "ranking/runs/ids_s0/eval.json").read_text())
     assert set(report["metrics"]) == {"search/repin", "search/click", "related/repin", "related/click", "shop/click"}
 
