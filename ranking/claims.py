@@ -14,16 +14,11 @@ from collections.abc import Iterable
 import numpy as np
 
 from pinlift.core.vocabulary import ADS, FEED, RELATED, Vocabulary
+from ranking.arms import ARMS
 
 IMPRESSION_SLICES = ("train_impressions_0", "train_impressions_1_10", "train_impressions_11_100",
                      "train_impressions_101+")
 FRESH_SLICE = {FEED: "fresh", RELATED: "fresh", ADS: "new_ads"}   # a surface's kind -> its cold content's slice
-# arm -> (the comparison of ``arm`` with it on cold content, whether it is a reference, never judged). The
-# floor a content embedding must beat is the topic one-hot of the topic the pin's objects show, all a reader
-# of the content could know of it; pinworld's latent true topic is a reference: no reader of the content
-# observes it (it differs from the objects' topic on ~2% of pins), and it is the main term of Related relevance
-TOPIC_ARMS = {"topic_objects": ("beats the topic one-hot its objects show", False),
-              "topic": ("against the latent true topic one-hot", True)}
 
 
 def key_tasks(tasks: Iterable[str]) -> list[str]:
@@ -77,9 +72,9 @@ def claim_checks(reports: dict[str, list[dict]], vocab: Vocabulary, arm: str = "
             few, many = (by_impressions[0] + by_impressions[1]) / 2, (by_impressions[2] + by_impressions[3]) / 2
             out.append(_record(f"{task}: the lift shrinks with training impressions (0 / 1–10 / 11–100 / 101+: "
                                f"{means}; checked: the mean of 0 and 1–10 against that of 11–100 and 101+)", few - many))
-        for topic, (what, reference) in TOPIC_ARMS.items():
-            if topic in reports and cold is not None and (lift := _lift(reports, topic, task, fresh)) is not None:
-                out.append(_record(f"{task}: {arm} {what} on {fresh}", cold - lift, reference=reference))
+        for floor in (a for a in ARMS.values() if a.floor):
+            if floor.name in reports and cold is not None and (lift := _lift(reports, floor.name, task, fresh)) is not None:
+                out.append(_record(f"{task}: {arm} {floor.floor} on {fresh}", cold - lift, reference=floor.reference))
         shuffled = f"{arm}_shuffled"
         if shuffled in reports and (noise := _lift(reports, shuffled, task, "all")) is not None:
             out.append(_record(f"{task}: {shuffled} shows no lift", noise, larger=False))

@@ -33,17 +33,10 @@ from pinlift.core.registry import embedding_sources, publish_source
 from pinlift.core.runs import RunDir
 from pinworld.files import write_text_atomic
 from pinworld.world import World
+from ranking.arms import ARMS
 from ranking.claims import IMPRESSION_SLICES, claim_checks, format_checks, key_tasks
 from ranking.train import EXTENDS, PROG, TrainConfig, Trainer, add_settings_arguments, load_train_config, run_settings
 
-ARMS = {  # name -> (embedding name, shuffled)
-    "ids": (None, False),
-    "pinclip": ("pinclip", False),
-    "pinclip_shuffled": ("pinclip", True),
-    "topic": ("topic", False),
-    "topic_objects": ("topic_objects", False),
-    "oracle": ("oracle", False),
-}
 ARM_KEYS = ("embeddings", "shuffle_embeddings", "empty_content", "seed", "surfaces")  # set per arm and seed
 SLICES = ("all", "fresh", "older", "unseen_pins", "new_ads", "older_ads", *IMPRESSION_SLICES)
 RESULTS_BEGIN, RESULTS_END = "<!-- ranking-compare:begin -->", "<!-- ranking-compare:end -->"
@@ -51,14 +44,14 @@ RESULTS_BEGIN, RESULTS_END = "<!-- ranking-compare:begin -->", "<!-- ranking-com
 
 def ensure_embeddings(workdir: str, arms: list[str]) -> list[str]:
     """Publish what an arm needs from a registered embedding source (pinlift.core.registry: pinworld's oracle
-    and topic codes); drop PinCLIP arms when nothing is published."""
+    and topic codes); drop arms whose embedding is neither published nor publishable."""
     kept = []
     for arm in arms:
-        name, _ = ARMS[arm]
+        name = ARMS[arm].embeddings
         if name in embedding_sources() and latest_version(workdir, name) is None:
             publish_source(name, workdir)
-        if name == "pinclip" and latest_version(workdir, name) is None:
-            print(f"ranking.compare: skipping arm {arm!r}: nothing published under 'pinclip' yet", file=sys.stderr)
+        if name is not None and latest_version(workdir, name) is None:
+            print(f"ranking.compare: skipping arm {arm!r}: nothing published under {name!r} yet", file=sys.stderr)
             continue
         kept.append(arm)
     return kept
@@ -66,10 +59,10 @@ def ensure_embeddings(workdir: str, arms: list[str]) -> list[str]:
 
 def arm_config(base: TrainConfig, arm: str, seed: int, surface: str | None = None) -> TrainConfig:
     """``base`` with the keys of an arm and seed: on every surface with one model, or on ``surface`` alone."""
-    name, shuffled = ARMS[arm]
+    a = ARMS[arm]
     # IDs-only keeps the content inputs, empty, so that every arm has the same widths
-    return TrainConfig.model_validate({**base.model_dump(), "embeddings": name, "shuffle_embeddings": shuffled,
-                                       "empty_content": name is None, "seed": seed,
+    return TrainConfig.model_validate({**base.model_dump(), "embeddings": a.embeddings, "shuffle_embeddings": a.shuffled,
+                                       "empty_content": a.embeddings is None, "seed": seed,
                                        "surfaces": [surface] if surface else base.surfaces})
 
 

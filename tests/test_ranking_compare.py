@@ -127,3 +127,22 @@ def test_claim_checks_pair_by_seed_and_judge_against_the_spread():
     assert not any("topic" in c["claim"] for c in checks)
     assert format_checks(checks).startswith("- not judged (one seed): homefeed/repin: pinclip lifts AUC overall: +0.0200")
     assert claim_checks({"pinclip": reports["pinclip"]}, PINWORLD) == []
+
+
+def test_one_registration_adds_an_arm(tmp_path, capsys):
+    """A registered arm is known to compare and, with a floor, is a cold-start claim; compare skips it while
+    its embedding is not published."""
+    from pinlift.core.vocabulary import PINWORLD
+    from ranking.arms import ARMS, Arm, register_arm
+    from ranking.claims import claim_checks
+
+    register_arm(Arm("captions", "captions", floor="beats a caption bag of words"))
+    try:
+        reports = {arm: [_report(a, f), _report(a + 0.001, f + 0.001)]
+                   for arm, (a, f) in {"ids": (0.70, 0.60), "pinclip": (0.72, 0.66), "captions": (0.71, 0.62)}.items()}
+        claims = {c["claim"]: c for c in claim_checks(reports, PINWORLD)}
+        np.testing.assert_allclose(claims["homefeed/repin: pinclip beats a caption bag of words on fresh"]["mean"], 0.04)
+        assert compare.ensure_embeddings(str(tmp_path), ["ids", "captions"]) == ["ids"]
+        assert "skipping arm 'captions': nothing published under 'captions'" in capsys.readouterr().err
+    finally:
+        del ARMS["captions"]
