@@ -24,13 +24,9 @@ $(W)/world/world.json:
 $(W)/pinclip/pretrain/text/report.json: $(W)/world/world.json
 	$(VENV)/bin/pinclip pretrain-text --workdir $(W) --run text --steps 3000
 
-# both towers pretrained, as in the paper: the text tower then trains at the paper's 10x lower LR, and the
-# image tower (pretrained 4,000 steps on annotations, which name the style of half the pins) is partly frozen (§4.4.3),
-# so that the style it learned survives the image-text loss, whose texts never name it; the annotation loss
-# keeps the pretraining labels (style, attribute, photo quality) readable from the published 64-d fusion prefix
+# the demo recipe (pinclip/configs/train_demo.yaml): both towers pretrained, as in the paper
 $(W)/pinclip/runs/tiny/eval.json: $(W)/pinclip/pretrain/text/report.json $(W)/pinclip/pretrain/image/report.json
-	$(VENV)/bin/pinclip train tiny pretrained_text=text text_lr_scale=0.1 pretrained_image=image \
-	    trainable_image_blocks=2 annotation_weight=3.0 --workdir $(W) --run tiny
+	$(VENV)/bin/pinclip train demo --workdir $(W) --run tiny
 	$(VENV)/bin/pinclip eval --workdir $(W) --run tiny
 
 $(W)/embeddings/pinclip/LATEST: $(W)/pinclip/runs/tiny/eval.json

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import math
 import re
 import shutil
@@ -67,14 +66,15 @@ def in_processes(fn, args: tuple, nprocs: int = 1) -> list:
 
 def train_worker(rank, workdir, blocks, checkpointing, batch_size, steps, warmup, pretrained, queue):
     torch.set_num_threads(1)
+    from pinclip.settings import load_train_config
     from pinclip.training import train
 
     # keep the world's own neighbour cache untouched: the walk candidates go under the bench run
     walks, cache = train.neighbor_candidates, Path(workdir) / "pinclip" / "runs" / RUN / "cache"
     train.neighbor_candidates = lambda *a, **kw: walks(*a, **{**kw, "cache_dir": cache})
-    cfg = dataclasses.replace(train.load_train_config("tiny"), workdir=str(workdir), run=RUN, batch_size=batch_size,
-                              steps=warmup + steps, trainable_image_blocks=blocks, grad_checkpointing=checkpointing,
-                              pretrained_image=pretrained)
+    cfg = load_train_config(["tiny"]).model_copy(update=dict(
+        workdir=str(workdir), run=RUN, batch_size=batch_size, steps=warmup + steps, trainable_image_blocks=blocks,
+        grad_checkpointing=checkpointing, pretrained_image=pretrained))
     trainer = train.Trainer(cfg, progress=False)
     params = list(trainer.step_module.parameters())
     built = reset_peak()

@@ -237,7 +237,7 @@ def tiny_workspace(path: Path) -> None:
     print(f"building a tiny workspace in {path}", file=sys.stderr)
     generate_world(preset("tiny", 0), path, progress=False)
     PinCLIPTrainer(PinCLIPConfig(workdir=str(path), run="tiny", steps=8, batch_size=32, warmup_steps=2,
-                                 vocab_size=2000, checkpoint_every=8), progress=False).fit(resume=False)
+                                 vocab_size=2000, checkpoint_every=8), progress=False).fit()
     publish_run(path, "tiny", "pinclip", progress=False)
     for embeddings in (None, "pinclip"):
         Trainer(TrainConfig(embeddings=embeddings, epochs=1), path, restart=True).fit()

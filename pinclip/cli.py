@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 
 from tqdm import tqdm
 
+from pinclip.settings import EXTENDS, TOWERS, PretrainConfig, TrainConfig, load_recipe, load_train_config
 from pinlift.core.cli import add_debug_flag, run_command
+from pinlift.core.config import add_field_options, fields_help, given_fields
 from pinlift.core.runs import check_name
 
 # Each command imports what it runs when it runs: the index commands and publishing an oracle load no torch,
-# and publishing a run loads the library alone, never the training program (pinclip.training).
+# and publishing a run loads the library alone, never the training program (pinclip.training); the settings
+# of the training commands (pinclip.settings, for --help) load neither.
 
 
 def _publish(args) -> int:
@@ -68,15 +70,11 @@ def _index_query(args) -> int:
 
 
 def _train(args) -> int:
-    from pinclip.training.train import Trainer, load_train_config
+    from pinclip.training.train import Trainer
 
-    cfg = load_train_config(args.config, args.overrides)
-    if args.workdir:
-        cfg = dataclasses.replace(cfg, workdir=args.workdir)
-    if args.run:
-        cfg = dataclasses.replace(cfg, run=args.run)
-    trainer = Trainer(cfg, progress=not args.quiet)
-    log = trainer.fit(resume=not args.no_resume)
+    trainer = Trainer(load_train_config([*args.settings, *given_fields(args)]), progress=not args.quiet,
+                      restart=args.restart)
+    log = trainer.fit()
     if trainer.env.is_main and log:
         print(json.dumps({"run": trainer.cfg.run, "steps": trainer.step, "final_loss": log[-1]["loss"],
                           "run_dir": str(trainer.run_dir)}))
@@ -84,14 +82,27 @@ def _train(args) -> int:
 
 
 def _pretrain(args) -> int:
-    from pinclip.training.pretrain import PretrainConfig, pretrain
+    from pinclip.training.pretrain import pretrain
 
-    report = pretrain(PretrainConfig(workdir=args.workdir, run=args.run or args.tower, tower=args.tower,
-                                     model=args.model, steps=args.steps, batch_size=args.batch_size,
-                                     vocab_size=args.vocab_size),
-                      progress=not args.quiet)
+    cfg = load_recipe(PretrainConfig, "pretrain", [*args.settings, *given_fields(args)],
+                      defaults={"tower": args.tower})
+    report = pretrain(cfg, progress=not args.quiet, restart=args.restart)
     print(json.dumps({k: v for k, v in report.items() if k != "config"}))
     return 0
+
+
+def _settings_command(sub, name: str, help: str, model, kind: str, skip=()) -> argparse.ArgumentParser:
+    """A command whose settings are ``model``'s keys: ``[RECIPE] [key=value ...]``, ``--key`` options,
+    ``--restart``; its ``--help`` lists every key with its type, default and help."""
+    p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=f"keys (key=value or --key; type, default):\n{fields_help(model, skip)}")
+    p.add_argument("settings", nargs="*", metavar="RECIPE | key=value",
+                   help=f"a recipe (pinclip/configs/{kind}_NAME.yaml) or YAML file, then key=value overrides")
+    add_field_options(p, model, skip)
+    p.add_argument("--restart", action="store_true", help="start the run over (a run resumes only with the "
+                   f"settings it was started with, except {', '.join(EXTENDS)})")
+    p.add_argument("--quiet", action="store_true")
+    return p
 
 
 def _ablate(args) -> int:
@@ -120,28 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pinclip", description="PinCLIP embeddings: publish and candidate generation.")
     add_debug_flag(ap)
     sub = ap.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train PinCLIP: CONFIG (name under pinclip/configs/train_*.yaml or a path) "
-                                     "and key=value overrides")
-    t.add_argument("config")
-    t.add_argument("overrides", nargs="*", help="key=value (YAML values), e.g. steps=200 batch_size=64")
-    t.add_argument("--workdir", default=None)
-    t.add_argument("--run", default=None)
-    t.add_argument("--no-resume", action="store_true")
-    t.add_argument("--quiet", action="store_true")
-    t.set_defaults(func=_train)
-    for tower in ("image", "text"):
-        pt = sub.add_parser(f"pretrain-{tower}", help=f"weakly-supervised multi-label pretraining of the {tower} "
-                            "tower on the pins' annotations")
-        pt.add_argument("--workdir", default="pinwork")
-        pt.add_argument("--run", default=None, help=f"default: {tower}")
-        pt.add_argument("--model", default="tiny")
-        pt.add_argument("--steps", type=int, default=400)
-        pt.add_argument("--batch-size", type=int, default=128)
-        if tower == "text":
-            pt.add_argument("--vocab-size", type=int, default=8000, help="of the tokenizer trained on the corpus "
-                            "(PinCLIP's vocab_size must match)")
-        pt.add_argument("--quiet", action="store_true")
-        pt.set_defaults(func=_pretrain, tower=tower, vocab_size=8000)
+    _settings_command(sub, "train", "train PinCLIP", TrainConfig, "train").set_defaults(func=_train)
+    for tower in TOWERS:
+        _settings_command(sub, f"pretrain-{tower}", f"weakly-supervised multi-label pretraining of the {tower} "
+                          "tower on the pins' annotations", PretrainConfig, "pretrain", skip=("tower",)
+                          ).set_defaults(func=_pretrain, tower=tower)
     e = sub.add_parser("eval", help="Recall@K on the five tasks, held-out pins vs distractors -> eval.json")
     e.add_argument("--workdir", default="pinwork")
     e.add_argument("--run", required=True)
@@ -197,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             check_name(args.run, "--run")   # a run is a name under W/pinclip, never a path
         return args.func(args)
 
-    return run_command("pinclip", command, args.debug)
+    return run_command(f"pinclip {args.command}", command, args.debug)
 
 
 if __name__ == "__main__":

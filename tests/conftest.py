@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from pinworld.config import preset
 from pinworld.generate import generate_world
 from pinworld.world import World
 
+RENAMED = {"homefeed": "search", "ads": "shop"}     # pinworld's surfaces as another team names them
+
 
 @pytest.fixture(scope="session")
 def tiny_workdir(tmp_path_factory):
@@ -18,6 +21,14 @@ def tiny_workdir(tmp_path_factory):
     (embeddings/, ranking/) are shared between tests like in a real workspace."""
     workdir = tmp_path_factory.mktemp("tiny_world")
     generate_world(preset("tiny", seed=0), workdir, progress=False)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def renamed_workdir(tmp_path_factory):
+    """A generated `tiny` world (seed 0) whose feed surface is called `search` and ads surface `shop`."""
+    workdir = tmp_path_factory.mktemp("renamed_world")
+    generate_world(dataclasses.replace(preset("tiny", seed=0), surface_names=RENAMED), workdir, progress=False)
     return workdir
 
 
@@ -39,10 +50,11 @@ def tiny_oracle(tiny_workdir):
 @pytest.fixture(scope="session")
 def tiny_pinclip_run(tiny_workdir):
     """A briefly trained tiny PinCLIP run `tiny_run` in the tiny workspace (name of the run)."""
-    from pinclip.training.train import TrainConfig, Trainer
+    from pinclip.settings import TrainConfig
+    from pinclip.training.train import Trainer
 
     Trainer(TrainConfig(workdir=str(tiny_workdir), run="tiny_run", steps=8, batch_size=32, warmup_steps=2,
-                        vocab_size=2000, checkpoint_every=8), progress=False).fit(resume=False)
+                        vocab_size=2000, checkpoint_every=8), progress=False).fit()
     return "tiny_run"
 
 
@@ -63,8 +75,7 @@ def loop_workdir(tmp_path_factory):
     assert pinclip_cli.main(["pretrain-image", "--workdir", W, "--steps", "20", "--batch-size", "32", "--quiet"]) == 0
     assert pinclip_cli.main(["pretrain-text", "--workdir", W, "--steps", "20", "--batch-size", "32", "--vocab-size", "2000",
                              "--quiet"]) == 0
-    assert pinclip_cli.main(["train", "tiny", "steps=20", "batch_size=32", "neighbor_batch_size=0", "vocab_size=2000",
-                             "pretrained_image=image", "pretrained_text=text", "text_lr_scale=0.1", "annotation_weight=3.0",
+    assert pinclip_cli.main(["train", "demo", "steps=20", "batch_size=32", "neighbor_batch_size=0", "vocab_size=2000",
                              "--workdir", W, "--run", "tiny", "--quiet"]) == 0
     assert pinclip_cli.main(["eval", "--workdir", W, "--run", "tiny", "--max-queries", "200", "--distractors", "1000",
                              "--quiet"]) == 0

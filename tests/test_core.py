@@ -103,5 +103,5 @@ def test_pinclip_refuses_a_run_name_that_is_a_path(tmp_path, capsys, argv):
     from pinclip.cli import main
 
     assert main([*argv, "--workdir", str(tmp_path)]) == 2
-    assert "--run: expected a name of letters, digits" in capsys.readouterr().err
+    assert "run: expected a name of letters, digits" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

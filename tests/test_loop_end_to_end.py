@@ -40,12 +40,12 @@ def test_completed_stages_are_skipped(loop_workdir, capsys):
     assert pinworld_cli.main(["generate", "--workdir", W, "--preset", "tiny", "--seed", "0"]) == 0
     assert "skipping" in capsys.readouterr().out
     before = (loop_workdir / "pinclip/runs/tiny/metrics.jsonl").read_text()
-    train = ["train", "tiny", "steps=20", "batch_size=32", "neighbor_batch_size=0", "vocab_size=2000",
-             "pretrained_image=image", "pretrained_text=text", "text_lr_scale=0.1", "--workdir", W, "--run", "tiny", "--quiet"]
-    assert pinclip_cli.main(train[:-5] + ["annotation_weight=3.0"] + train[-5:]) == 0
+    train = ["train", "demo", "steps=20", "batch_size=32", "neighbor_batch_size=0", "vocab_size=2000",
+             "--workdir", W, "--run", "tiny", "--quiet"]
+    assert pinclip_cli.main(train) == 0
     assert (loop_workdir / "pinclip/runs/tiny/metrics.jsonl").read_text() == before   # resumed at its end
     capsys.readouterr()
-    assert pinclip_cli.main(train) == 2         # without the annotation head the checkpoint cannot resume
-    assert "pinclip/runs/tiny/checkpoints/step-000020.pt: written by a run of another model or loss config" \
-        in capsys.readouterr().err
+    assert pinclip_cli.main(train[:6] + ["annotation_weight=0.0"] + train[6:]) == 2   # another loss: refused
+    err = capsys.readouterr().err
+    assert "run 'tiny' was started with other settings (annotation_weight 3.0 -> 0.0)" in err and "--restart" in err
     assert json.loads((loop_workdir / "pinclip/runs/tiny/config.json").read_text())["train"]["annotation_weight"] == 3.0

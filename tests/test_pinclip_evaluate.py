@@ -15,6 +15,8 @@ from pinclip.models import create_model, load_tokenizer, tokenize, train_tokeniz
 from pinclip.training.engaged import heldout_split
 from pinclip.training.evaluate import (INT8, TASKS, EvalConfig, distractors_at_or_above, evaluate, format_table,
                                        recall_at_k)
+from pinlift.core.vocabulary import ADS, FEED, PINWORLD, Vocabulary
+from pinworld.world import World
 
 T = 20
 VARIANTS = ["64", "128", "256", INT8]
@@ -242,3 +244,15 @@ def test_distractors_capped_by_pool_and_positives_left_out(tiny_world):
     assert r["tasks"]["pintext"]["recall"]["64"]["R@1"] == 1.0
     assert r["tasks"]["related_image"]["recall"]["64"]["R@1"] > 0.02  # 0 if the query pin were a distractor
     assert r["tasks"]["related_image"]["recall"]["64"]["R@100"] > 0.8
+
+
+def test_related_tasks_are_skipped_where_the_workspace_has_no_related_surface(tiny_workdir):
+    class NoRelated(World):
+        vocabulary = Vocabulary(surfaces=(*PINWORLD.of_kind(FEED), *PINWORLD.of_kind(ADS)))
+
+    world = NoRelated(tiny_workdir)
+    cfg = EvalConfig(max_queries=50, distractors=200, random_share=0.2, progress=False)
+    r = evaluate(None, None, world, T, cfg, embedder=TopicEmbedder(world, oracle=True))
+    assert set(r["tasks"]) == {"pintext", "search_image", "search_fusion"}
+    assert set(r["skipped"]) == {"related_image", "related_fusion"}
+    assert "related_image: skipped: the workspace declares no surface of kind related" in format_table(r)

@@ -1,6 +1,5 @@
 """Training-pair options: alignment filtering by a reference run, and session co-engagement neighbors."""
 
-import dataclasses
 import json
 
 import numpy as np
@@ -12,15 +11,14 @@ from pinclip.loading import load_run
 from pinclip.models.text import tokenize
 from pinclip.training.alignment import alignment_scores
 from pinclip.training.neighbors import session_pairs
-from pinclip.training.train import TrainConfig, Trainer
+from pinclip.settings import TrainConfig
+from pinclip.training.train import Trainer
 from pinworld.world import World
 
 
-def _config(loop_workdir) -> TrainConfig:
+def _config(loop_workdir, run: str = "pair_options", **changes) -> TrainConfig:
     saved = json.loads((loop_workdir / "pinclip/runs/tiny/config.json").read_text())["train"]
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})
-    return dataclasses.replace(cfg, workdir=str(loop_workdir), run="pair_options", steps=1)
+    return TrainConfig(**{**saved, "workdir": str(loop_workdir), "run": run, "steps": 1, **changes})
 
 
 def test_alignment_scores_are_image_text_cosines_of_the_reference(loop_workdir):
@@ -45,8 +43,8 @@ def test_training_drops_texts_below_the_alignment_threshold(loop_workdir):
     plain = Trainer(_config(loop_workdir), progress=False)
     scores = alignment_scores(loop_workdir, "tiny", plain.texts, progress=False)
     threshold = float(np.median(scores["score"]))
-    filtered = Trainer(dataclasses.replace(_config(loop_workdir), align_reference="tiny", align_threshold=threshold),
-                       progress=False)
+    filtered = Trainer(_config(loop_workdir, "pair_options_aligned", align_reference="tiny",
+                               align_threshold=threshold), progress=False)
     below = scores.filter(pl.col("score") < threshold)
     assert filtered.dropped_misaligned == below.height > 0
     for kind in ("descriptive", "keyword"):
@@ -57,9 +55,8 @@ def test_training_drops_texts_below_the_alignment_threshold(loop_workdir):
 
 
 def test_session_pairs_add_their_counts_to_walk_visits(loop_workdir):
-    cfg = _config(loop_workdir)
-    walks = Trainer(cfg, progress=False)
-    both = Trainer(dataclasses.replace(cfg, session_pairs=True), progress=False)
+    walks = Trainer(_config(loop_workdir), progress=False)
+    both = Trainer(_config(loop_workdir, "pair_options_sessions", session_pairs=True), progress=False)
     sessions = session_pairs(World(loop_workdir), walks.cfg.cutoff_day, exclude=walks.split.heldout)
     assert sessions.height > 0
     expect = (pl.concat([walks.candidates, sessions.rename({"sessions": "visits"})], how="vertical_relaxed")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pinclip import cli as pinclip_cli
-from pinclip.training.pretrain import PretrainConfig
-from pinclip.training.train import Trainer, TrainConfig
+from pinclip.settings import PretrainConfig, TrainConfig, load_recipe
+from pinclip.training.train import Trainer
 
 
 def test_text_pretraining_learns_and_pinclip_starts_from_it(tiny_workdir):
@@ -28,16 +28,33 @@ def test_text_pretraining_learns_and_pinclip_starts_from_it(tiny_workdir):
         Trainer(TrainConfig(workdir=W, run="no_text", vocab_size=2000, pretrained_text="absent"), progress=False)
 
 
-def test_pretrain_config_rejects_unknown_tower():
-    with pytest.raises(ValueError, match="tower 'audio': expected one of image, text"):
-        PretrainConfig(tower="audio")
+def test_pretrain_config_errors_name_the_file_line_and_field(tmp_path, capsys):
+    with pytest.raises(ValueError, match="^command line: tower: expected one of 'image' or 'text', found 'audio'"):
+        load_recipe(PretrainConfig, "pretrain", ["tower=audio"])
+    recipe = tmp_path / "pre.yaml"
+    recipe.write_text("steps: 5\nbatch_size: 0\n")
+    assert pinclip_cli.main(["pretrain-image", str(recipe)]) == 2
+    assert capsys.readouterr().err == (f"pinclip pretrain-image: {recipe}:2: batch_size: expected greater than or "
+                                       "equal to 1, found 0\n")
+    assert pinclip_cli.main(["pretrain-image", "--steps", "many"]) == 2
+    assert capsys.readouterr().err.startswith("pinclip pretrain-image: command line: steps: expected a valid integer")
+
+
+def test_pretrain_help_lists_every_key_with_type_and_default(capsys):
+    with pytest.raises(SystemExit):
+        pinclip_cli.main(["pretrain-image", "--help"])
+    out = capsys.readouterr().out
+    for key in set(PretrainConfig.model_fields) - {"tower"}:
+        assert f"\n  {key} " in out, key
+    assert any(line.split()[:3] == ["cutoff_day", "int", "|"] for line in out.splitlines())
+    assert any(line.split()[:3] == ["lr", "float", "0.001"] for line in out.splitlines())
 
 
 def _interrupt_after_step(monkeypatch, pretrain_mod, stop_step):
     save = pretrain_mod._save_checkpoint
 
-    def save_then_stop(out_dir, cfg, step, *rest):
-        save(out_dir, cfg, step, *rest)
+    def save_then_stop(out_dir, step, *rest):
+        save(out_dir, step, *rest)
         if step == stop_step:
             raise KeyboardInterrupt
 
@@ -79,17 +96,20 @@ def test_interrupted_pretraining_resumes(tiny_workdir, monkeypatch, tower):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_pretraining_checkpoint_of_another_config_is_not_resumed(tiny_workdir, capsys):
-    from pinclip.training import pretrain as pretrain_mod
+def test_a_pretraining_run_resumes_only_with_its_defining_settings(tiny_workdir, capsys):
+    def run(*settings: str) -> int:
+        return pinclip_cli.main(["pretrain-image", *settings, "--workdir", str(tiny_workdir), "--run", "image_rule",
+                                 "--batch-size", "8", "--eval-pins", "20", "--quiet"])
 
-    W = str(tiny_workdir)
-    out = tiny_workdir / "pinclip" / "pretrain" / "image_other"
-    out.mkdir(parents=True)
-    torch.save({"config": "{}", "step": 2}, out / pretrain_mod.CHECKPOINT)
-    report = pretrain_mod.pretrain(PretrainConfig(workdir=W, run="image_other", steps=2, batch_size=8, eval_pins=20),
-                                   progress=False)
-    assert "written under another config; starting over" in capsys.readouterr().err
-    assert report["config"]["steps"] == 2
+    assert run("steps=2") == 0
+    capsys.readouterr()
+    assert run("steps=2", "lr=0.01") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run 'image_rule' was started with other settings (lr 0.001 -> 0.01)" in err
+    assert run("steps=3") == 0                        # extending keys may change
+    assert run("steps=2", "lr=0.01", "--restart") == 0
+    report = json.loads((tiny_workdir / "pinclip/pretrain/image_rule/report.json").read_text())
+    assert report["config"]["lr"] == 0.01 and report["config"]["cutoff_day"] == report["cutoff_day"]
 
 
 def test_unreadable_pretraining_checkpoint_is_a_one_line_error(tiny_workdir):

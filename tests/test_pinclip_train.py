@@ -15,7 +15,8 @@ import torch
 from pinclip import cli
 from pinclip.loading import load_run
 from pinclip.training.pretrain import annotation_vocab
-from pinclip.training.train import TrainConfig, Trainer, load_train_config, lr_factor
+from pinclip.settings import TrainConfig, load_train_config
+from pinclip.training.train import Trainer, lr_factor
 
 SMALL = dict(steps=6, batch_size=32, warmup_steps=2, checkpoint_every=3, vocab_size=2000)
 
@@ -43,15 +44,15 @@ def test_training_sees_nothing_from_cutoff_on(tiny_workdir, tiny_world):
 
 
 def test_resume_equals_uninterrupted(tiny_workdir):
-    straight = Trainer(TrainConfig(workdir=str(tiny_workdir), run="p_straight", **SMALL), progress=False).fit(resume=False)
+    straight = Trainer(TrainConfig(workdir=str(tiny_workdir), run="p_straight", **SMALL), progress=False).fit()
     shared = dict(SMALL, tokenizer=str(tiny_workdir / "pinclip/runs/p_straight/tokenizer.json"))
-    Trainer(TrainConfig(workdir=str(tiny_workdir), run="p_resumed", **shared), progress=False).fit(resume=False)
+    Trainer(TrainConfig(workdir=str(tiny_workdir), run="p_resumed", **shared), progress=False).fit()
     # a crash after the step-3 checkpoint: the step-6 one never got written
     ckpt = tiny_workdir / "pinclip/runs/p_resumed/checkpoints"
     (ckpt / "step-000006.pt").unlink()
     (ckpt / "LATEST").write_text("step-000003.pt")
     (tiny_workdir / "pinclip/runs/p_resumed/metrics.jsonl").unlink()
-    resumed = Trainer(TrainConfig(workdir=str(tiny_workdir), run="p_resumed", **shared), progress=False).fit(resume=True)
+    resumed = Trainer(TrainConfig(workdir=str(tiny_workdir), run="p_resumed", **shared), progress=False).fit()
     assert [r["step"] for r in resumed] == [4, 5, 6]
     np.testing.assert_allclose([r["loss"] for r in straight[3:]], [r["loss"] for r in resumed], rtol=1e-5)
     a, _, _ = load_run(tiny_workdir, "p_straight")
@@ -68,7 +69,7 @@ def test_frozen_tower_stays_put(tiny_workdir):
                              grad_checkpointing=True, **{**SMALL, "steps": 2}), progress=False)
     frozen = {n: p.detach().clone() for n, p in tr.model.image.named_parameters() if not p.requires_grad}
     live = {n: p.detach().clone() for n, p in tr.model.image.named_parameters() if p.requires_grad}
-    tr.fit(resume=False)
+    tr.fit()
     assert frozen and live
     after = dict(tr.model.image.named_parameters())
     assert all(torch.equal(after[n], v) for n, v in frozen.items())
@@ -82,7 +83,7 @@ def test_two_process_torchrun_with_frozen_tower(tiny_workdir):
            "vocab_size=2000", "trainable_image_blocks=2", "grad_checkpointing=true", "corpus_negatives=4",
            "annotation_weight=1.0", "annotation_labels=40",
            f"workdir={tiny_workdir}", "run=ddp",
-           "--quiet", "--no-resume"]
+           "--quiet", "--restart"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])["steps"] == 3
@@ -121,7 +122,7 @@ def test_corpus_negatives_are_seeded_training_pins_outside_the_batch(tiny_workdi
     assert not torch.equal(nb.negative_ids, first._neighbor_batch(0).negative_ids)
     in_batch_only = Trainer(TrainConfig(workdir=str(tiny_workdir), run="corpus0", **SMALL), progress=False)
     assert in_batch_only._neighbor_batch(0).negative_ids is None
-    log = first.fit(resume=False)
+    log = first.fit()
     assert len(log) == 2 and all(np.isfinite(r["pin_pin/64"]) for r in log)
 
 
@@ -141,7 +142,7 @@ def test_annotation_loss_scores_the_fusion_prefix_against_annotations_before_t(t
             if term in vocab:
                 expect[vocab.index(term)] = max(expect[vocab.index(term)], score)
         np.testing.assert_allclose(tr.annotations[row], expect)
-    log = tr.fit(resume=False)
+    log = tr.fit()
     assert all(np.isfinite(r["annotation"]) and np.isfinite(r["pin_pin/64"]) for r in log)
     assert tr.step_module.annotation.head.weight.abs().sum() > 0           # the head learns from zero
     plain = Trainer(TrainConfig(workdir=str(tiny_workdir), run="annot0", **SMALL), progress=False)
@@ -151,28 +152,53 @@ def test_annotation_loss_scores_the_fusion_prefix_against_annotations_before_t(t
                             **SMALL), progress=False)
 
 
-def test_config_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train config 'nope' not found"):
-        load_train_config("nope")
-    with pytest.raises(ValueError, match="field 'stepz'"):
-        load_train_config("tiny", ["stepz=3"])
-    assert load_train_config("tiny", ["steps=7"]).steps == 7
-    assert load_train_config("tiny", ["lr=6e-4"]).lr == 6e-4       # YAML 1.1 reads 6e-4 as a string
-    with pytest.raises(ValueError, match="field 'lr': expected a number"):
-        load_train_config("tiny", ["lr=fast"])
-    with pytest.raises(ValueError, match=r"train_tiny.yaml: field 'neighbor_group': expected 0 or an integer >= 2, found 1"):
-        load_train_config("tiny", ["neighbor_group=1"])
-    with pytest.raises(ValueError, match=r"field 'corpus_negatives': expected an integer >= 0, found -1"):
-        load_train_config("tiny", ["corpus_negatives=-1"])
-    with pytest.raises(ValueError, match=r"field 'annotation_weight': expected a number >= 0, found -0.5"):
-        load_train_config("tiny", ["annotation_weight=-0.5"])
-    with pytest.raises(ValueError, match="field 'lr': expected a number > 0, found -1.0"):
-        load_train_config("tiny", ["lr=-1"])
-    with pytest.raises(ValueError, match="field 'precision': expected fp32 or bf16"):
-        load_train_config("tiny", ["precision=fp16"])
-    with pytest.raises(ValueError, match=r"field 'steps': expected an integer >= 0 \(0: the initial weights\), found -1"):
-        TrainConfig(steps=-1)
+def test_config_errors_name_the_file_line_and_field(tmp_path, capsys):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("steps: 5\nlr: -1\n")
+    assert cli.main(["train", str(recipe)]) == 2
+    assert capsys.readouterr().err == f"pinclip train: {recipe}:2: lr: expected greater than 0, found -1\n"
+    assert load_train_config(["tiny", "steps=7"]).steps == 7
+    assert load_train_config(["tiny", "lr=6e-4"]).lr == 6e-4       # YAML 1.1 reads 6e-4 as a string
+    for items, message in ((["nope"], r"config: expected a YAML file or a recipe \(base, demo, tiny\), found 'nope'"),
+                           (["tiny", "stepz=3"], "stepz: expected a known field"),
+                           (["tiny", "lr=fast"], "lr: expected a valid number, found 'fast'"),
+                           (["tiny", "neighbor_group=1"], "neighbor_group: expected 0 or an integer >= 2, found 1"),
+                           (["tiny", "corpus_negatives=-1"], "corpus_negatives: expected greater than or equal to 0"),
+                           (["tiny", "precision=fp16"], "precision: expected one of 'fp32' or 'bf16', found 'fp16'")):
+        with pytest.raises(ValueError, match=f"^command line: {message}"):
+            load_train_config(items)
     assert cli.main(["train", "tiny", "steps"]) == 2
+
+
+def test_help_lists_every_key_with_type_and_default(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    for key in TrainConfig.model_fields:
+        assert f"\n  {key} " in out, key
+    assert any(line.split()[:3] == ["lr", "float", "0.0002"] for line in out.splitlines())
+    assert any(line.split()[:3] == ["precision", "fp32", "|"] for line in out.splitlines())
+
+
+def test_a_run_resumes_only_with_its_defining_settings(tiny_workdir, capsys):
+    def run(*settings: str) -> int:
+        return cli.main(["train", "tiny", "batch_size=16", "neighbor_batch_size=0", "warmup_steps=1", "vocab_size=2000",
+                         *settings, "--workdir", str(tiny_workdir), "--run", "resume_rule", "--quiet"])
+
+    metrics = tiny_workdir / "pinclip/runs/resume_rule/metrics.jsonl"
+    assert run("steps=2") == 0
+    capsys.readouterr()
+    assert run("steps=2", "lr=1e-3") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run 'resume_rule' was started with other settings (lr 0.0002 -> 0.001)" in err
+    assert "--restart" in err
+    assert run("steps=3", "checkpoint_every=1") == 0          # extending keys may change
+    assert "resumed resume_rule at step 2" in capsys.readouterr().err
+    assert len(metrics.read_text().splitlines()) == 3
+    assert run("steps=1", "lr=1e-3", "--restart") == 0
+    assert len(metrics.read_text().splitlines()) == 1
+    saved = json.loads((tiny_workdir / "pinclip/runs/resume_rule/run.json").read_text())
+    assert saved["config"]["lr"] == 1e-3 and saved["config"]["cutoff_day"] is not None
 
 
 def test_tower_embeddings_do_not_collapse(tiny_workdir, tiny_world, tiny_pinclip_run):

@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from pinclip.settings import CONFIG_DIR, VOCAB_SIZE
+
 TEXT_PRETRAINED = ("", "minilm")
 
 
@@ -45,7 +46,7 @@ class TextTowerConfig:
 
     pretrained: str = ""
     tokenizer: str = ""
-    vocab_size: int = 8000
+    vocab_size: int = VOCAB_SIZE
     width: int = 128
     layers: int = 2
     heads: int = 4

@@ -66,9 +66,7 @@ def _reference_config(workdir: str | Path, reference: str) -> TrainConfig:
     path = Path(workdir) / "pinclip" / "runs" / reference / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"pinclip ablate: {path} not found: train the reference run {reference!r} first")
-    saved = json.loads(path.read_text())["train"]
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    return TrainConfig(**json.loads(path.read_text())["train"])
 
 
 def same_as_reference(workdir: str | Path, reference: str, name: str) -> bool:
@@ -85,7 +83,7 @@ def ablation_config(workdir: str | Path, reference: str, name: str) -> TrainConf
     # the same tokenizer as the reference, so that text towers differ by training alone
     tokenizer = Path(workdir) / "pinclip" / "runs" / reference / "tokenizer.json"
     changes = {"tokenizer": str(tokenizer) if tokenizer.is_file() else cfg.tokenizer, **ABLATIONS[name].changes}
-    return dataclasses.replace(cfg, workdir=str(workdir), run=f"{reference}-{name}", **changes)
+    return cfg.model_copy(update={"workdir": str(workdir), "run": f"{reference}-{name}", **changes})
 
 
 def run_ablation(workdir: str | Path, reference: str, name: str, *, max_queries: int, distractors: int,
@@ -94,7 +92,7 @@ def run_ablation(workdir: str | Path, reference: str, name: str, *, max_queries:
     out = Path(workdir) / "pinclip" / "runs" / cfg.run / "eval.json"
     if out.is_file():
         return json.loads(out.read_text())
-    Trainer(cfg, progress=progress).fit(resume=True)
+    Trainer(cfg, progress=progress).fit()
     return evaluate_run(workdir, cfg.run, max_queries=max_queries, distractors=distractors, progress=progress)
 
 

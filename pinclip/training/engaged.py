@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from pinlift.core.vocabulary import CLICK, RELATED, REPIN
 from pinworld.world import World
 
 
@@ -60,11 +61,13 @@ def _days(df: pl.DataFrame, since: int | None, until: int | None) -> pl.DataFram
 
 
 def related_pairs(world: World, heldout, since: int | None = None, until: int | None = None, *,
-                  actions: tuple[str, ...] = ("repin", "click")) -> pl.DataFrame:
+                  actions: tuple[str, ...] = (REPIN, CLICK)) -> pl.DataFrame:
     """``query_pin_id, pin_id, day``: a held-out pin engaged (any of ``actions``) from a held-out query
-    pin's Related Pins slate on days ``[since, until)``, once per pair at its first day."""
+    pin's Related Pins slate (the workspace's surfaces of kind related) on days ``[since, until)``, once per
+    pair at its first day."""
     held = pl.Series(np.asarray(heldout, np.int64)).implode()
-    imp = world.impressions(as_of=until, since=since, surfaces=["related"])
+    related = [s.name for s in world.vocabulary.of_kind(RELATED)]
+    imp = world.impressions(as_of=until, since=since, surfaces=related)
     return (imp.filter(pl.any_horizontal(actions) & pl.col("query_pin_id").is_in(held)
                        & pl.col("pin_id").is_in(held) & (pl.col("pin_id") != pl.col("query_pin_id")))
             .group_by("query_pin_id", "pin_id").agg(pl.col("day").min().cast(pl.Int64))

@@ -9,7 +9,8 @@ Five tasks on pins held out from training (:func:`pinclip.training.engaged.heldo
 * ``pintext``: a held-out pin's image embedding -> its descriptive text (title, else description, else
   caption); distractors are the text embeddings of the distractor pins that have text.
 * ``related_image`` / ``related_fusion``: engaged Related Pins pairs from the logs (query pin -> the pin
-  saved or clicked from its slate), image -> image and fusion -> fusion.
+  saved or clicked from its slate), image -> image and fusion -> fusion; skipped, with a note under
+  ``skipped``, in a workspace that declares no surface of kind related.
 * ``search_image`` / ``search_fusion``: engaged Search pairs (query text -> the pin saved after it),
   the query's text embedding -> the pin's image or fusion embedding.
 
@@ -29,10 +30,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import polars as pl
@@ -42,6 +43,7 @@ from pinclip.embedder import Embedder, PinEmbeddings, pin_texts
 from pinclip.loading import load_run
 from pinclip.quantization import PUBLISHED_DIM, dequantize, quantize
 from pinclip.training.engaged import heldout_split, related_pairs, search_pairs
+from pinlift.core.vocabulary import DECLARATION, RELATED
 from pinworld.files import write_text_atomic
 from pinworld.world import World
 
@@ -145,8 +147,8 @@ class Task:
 
 TASKS = (
     Task("pintext", "PinText image->text", "pintext", "image", "text"),
-    Task("related_image", "Related Pins image->image", "related", "image", "image"),
-    Task("related_fusion", "Related Pins multimodal", "related", "fusion", "fusion"),
+    Task("related_image", "Related Pins image->image", RELATED, "image", "image"),
+    Task("related_fusion", "Related Pins multimodal", RELATED, "fusion", "fusion"),
     Task("search_image", "Search text->image", "search", "query", "image"),
     Task("search_fusion", "Search multimodal", "search", "query", "fusion"),
 )
@@ -176,18 +178,6 @@ class EvalConfig:
             raise ValueError(f"pinclip eval: distractor_pool {self.distractor_pool!r}: expected 'all' or 'heldout'")
         if self.max_queries < 1 or self.distractors < 1 or not self.ks or min(self.ks) < 1:
             raise ValueError("pinclip eval: max_queries, distractors and every K must be positive")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EvalConfig:
-        """From a parsed YAML mapping; unknown keys are errors."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"pinclip eval: unknown config keys {unknown}; expected some of {sorted(known)}")
-        data = dict(data)
-        if "ks" in data:
-            data["ks"] = tuple(data["ks"])
-        return cls(**data)
 
 
 def _sample(df: pl.DataFrame, n: int, rng: np.random.Generator) -> pl.DataFrame:
@@ -263,7 +253,7 @@ def evaluate(model, tokenizer, world: World, cutoff_day: int, cfg: EvalConfig | 
     search_all = search_pairs(world, held, cfg.since, cfg.until).select(pl.col("query").alias("key"), "pin_id")
     surfaces = {
         "pintext": (pintext_all, pintext_all),
-        "related": (related_all, pl.concat([related_all, related_all.select("key", pl.col("key").alias("pin_id"))])
+        RELATED: (related_all, pl.concat([related_all, related_all.select("key", pl.col("key").alias("pin_id"))])
                     .unique()),
         "search": (search_all, search_all),
     }
@@ -272,7 +262,7 @@ def evaluate(model, tokenizer, world: World, cutoff_day: int, cfg: EvalConfig | 
     pool = texts["pin_id"].to_numpy() if cfg.distractor_pool == "all" else held
     distractor_ids = np.sort(rng.choice(pool, min(cfg.distractors, len(pool)), replace=False))
     needed = np.unique(np.concatenate([distractor_ids, sampled["pintext"]["pin_id"].to_numpy(),
-                                       sampled["related"]["key"].to_numpy(), sampled["related"]["pin_id"].to_numpy(),
+                                       sampled[RELATED]["key"].to_numpy(), sampled[RELATED]["pin_id"].to_numpy(),
                                        sampled["search"]["pin_id"].to_numpy()]).astype(np.int64))
     needed_texts = (pl.DataFrame({"pin_id": needed}).join(texts, on="pin_id", how="left", maintain_order="left")
                     ["text"].to_list())
@@ -290,8 +280,11 @@ def evaluate(model, tokenizer, world: World, cutoff_day: int, cfg: EvalConfig | 
             return query_emb[prefix][[query_row[q] for q in rows["key"].to_list()]]
         return emb.get(task.query_kind, prefix, rows["key"].to_numpy())
 
-    results = {}
+    results, skipped = {}, {}
     for task in TASKS:
+        if task.surface == RELATED and world.vocabulary.first(RELATED) is None:
+            skipped[task.name] = f"the workspace declares no surface of kind {RELATED} ({DECLARATION})"
+            continue
         rows, (all_rows, positives) = sampled[task.surface], surfaces[task.surface]
         # PinText needs a text to retrieve: its distractors are the sampled pins that have one
         task_distractors = distractor_ids[has_text] if task.target_kind == "text" else distractor_ids
@@ -302,7 +295,7 @@ def evaluate(model, tokenizer, world: World, cutoff_day: int, cfg: EvalConfig | 
                                             slice_of, cfg)}
     return {"cutoff_day": cutoff_day, "config": {**asdict(cfg), "ks": list(cfg.ks)},
             "heldout_pins": int(len(held)), "distractor_pins": int(len(distractor_ids)),
-            "ks": list(cfg.ks), "variants": variants, "tasks": results}
+            "ks": list(cfg.ks), "variants": variants, "tasks": results, "skipped": skipped}
 
 
 def evaluate_run(workdir: str | Path, run: str, *, max_queries: int = 5_000, distractors: int = 50_000,
@@ -333,4 +326,5 @@ def format_table(results: dict) -> str:
         rows += [(f"  {s}", sl["queries"], "", sl["recall"]) for s, sl in task["slices"].items()]
         for label, n, d, recall in rows:
             lines.append(f"{label:<24}{n:>8}{d:>8}  " + "".join(f"{cell(recall[v]):<{width + 2}}" for v in variants))
+    lines += [f"{name}: skipped: {note}" for name, note in results.get("skipped", {}).items()]
     return "\n".join(lines)

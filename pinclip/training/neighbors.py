@@ -26,6 +26,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from pinlift.core.schema import TABLES
+from pinlift.core.vocabulary import REPIN
 from pinworld.world import World
 
 MAX_VISITS_IN_MEMORY = 1 << 23  # walk steps held at once; queries are processed in chunks below this
@@ -165,7 +166,7 @@ def session_pairs(world: World, as_of: int, *, exclude=None, max_session_saves: 
     before ``as_of``, with the number of such sessions. Sessions with more than ``max_session_saves``
     saves (bulk saving, quadratic in pairs) are skipped."""
     live = _live_pins(world, as_of, exclude)
-    saves = (world.impressions(as_of=as_of).filter(pl.col("repin"))
+    saves = (world.impressions(as_of=as_of).filter(pl.col(REPIN))
              .select("user_id", "day", "pin_id").unique()
              .filter(pl.col("pin_id").is_in(live.implode()))
              .filter(pl.len().over("user_id", "day") <= max_session_saves))

@@ -19,9 +19,10 @@ The optimizer is AdamW with linear warmup then cosine: measured on the demo worl
 image tower under Lion at 1e-4..5e-4 for 200-400 steps stayed at the label prior (loss and mAP), while
 AdamW at 1e-3 learned; PinCLIP training itself keeps Lion, as the paper does.
 
-Runs checkpoint every ``checkpoint_every`` steps and resume from the last checkpoint of the same config
-(a step's batch depends only on the seed and the step, so a resumed run draws the batches an
-uninterrupted one would); a text run that resumes keeps the tokenizer its checkpoint was trained with.
+Runs checkpoint every ``checkpoint_every`` steps and resume from the last checkpoint only with the settings
+they were started with, except the keys that only extend them (``EXTENDS``; ``--restart`` starts over). A
+step's batch depends only on the seed and the step, so a resumed run draws the batches an uninterrupted one
+would; a text run that resumes keeps the tokenizer its checkpoint was trained with.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import dataclasses
 import json
 import pickle
 import sys
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,33 +46,10 @@ from pinclip.models.config import load_config
 from pinclip.models.fusion import attention_pooler, key_padding_bias
 from pinclip.models.image import FunnelViT
 from pinclip.models.text import TextTower, load_tokenizer, tokenize, train_tokenizer
+from pinclip.settings import EXTENDS, PretrainConfig
+from pinlift.core.config import dump_settings
+from pinlift.core.runs import RunDir
 from pinworld.world import World
-
-TOWERS = ("image", "text")
-
-
-@dataclass
-class PretrainConfig:
-    workdir: str = "pinwork"
-    run: str = "image"
-    tower: str = "image"            # image | text
-    model: str = "tiny"
-    cutoff_day: int | None = None
-    labels: int = 256
-    steps: int = 400
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 30
-    eval_pins: int = 2000
-    checkpoint_every: int = 250     # steps between checkpoints; an interrupted run resumes from the last
-    top_labels: int = 32            # also report the mAP over this many most frequent labels
-    vocab_size: int = 8000          # text: the tokenizer trained on the corpus before T
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.tower not in TOWERS:
-            raise ValueError(f"pinclip pretrain: tower {self.tower!r}: expected one of {', '.join(TOWERS)}")
 
 
 class ImageClassifier(nn.Module):
@@ -124,20 +101,24 @@ def _schedule(cfg: PretrainConfig, step: int) -> float:
     return float(cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1)) * 0.5 * (1 + np.cos(np.pi * step / cfg.steps)))
 
 
-def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
+def pretrain(cfg: PretrainConfig, progress: bool = True, restart: bool = False) -> dict:
     """Pretrain ``cfg.tower`` on annotation labels; save it (``image_tower.pt``, or ``text_tower.pt`` with the
     ``tokenizer.json`` it reads) and ``report.json`` with the held-out mAP under pinclip/pretrain/<run>/.
-    Resumes from the run's checkpoint when one exists for the same config."""
+    Resumes from the run's checkpoint when its defining settings match (else InputError), or starts it over
+    with ``restart``."""
     torch.manual_seed(cfg.seed)
     world = World(cfg.workdir)
-    t = cfg.cutoff_day if cfg.cutoff_day is not None else (2 * world.config.days) // 3
+    if cfg.cutoff_day is None:
+        cfg = cfg.model_copy(update={"cutoff_day": world.default_cutoff()})
+    t = cfg.cutoff_day
+    run = RunDir(Path(cfg.workdir) / "pinclip" / "pretrain", cfg.run, f"pinclip pretrain-{cfg.tower}", EXTENDS)
+    run.start(dump_settings(cfg), restart)
     vocab = annotation_vocab(world, t, cfg.labels)
     train_pins = np.sort(world.table("pins", as_of=t)["pin_id"].to_numpy())
     later = world.table("pins").filter(pl.col("created_day") >= t)["pin_id"].to_numpy()
     rng = np.random.default_rng(cfg.seed)
-    out_dir = Path(cfg.workdir) / "pinclip" / "pretrain" / cfg.run
-    out_dir.mkdir(parents=True, exist_ok=True)
-    resume = _load_checkpoint(out_dir, cfg)
+    out_dir = run.path
+    resume = _load_checkpoint(out_dir)
     # train_inputs(rows of ``examples``) and eval_inputs(pin ids): the model's positional inputs
     if cfg.tower == "image":
         model = ImageClassifier(cfg.model, len(vocab))
@@ -170,7 +151,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
             return tokenize(tokenizer, [example_text[r] for r in rows])
     eval_pins = np.sort(rng.choice(later, min(cfg.eval_pins, len(later)), replace=False))
     y_train = label_matrix(world, train_pins, vocab, t)
-    y_eval = label_matrix(world, eval_pins, vocab, world.config.days + 10) > 0   # their annotations, for scoring only
+    y_eval = label_matrix(world, eval_pins, vocab, world.log_window[1] + 10) > 0   # their annotations, for scoring only
     example_rows = np.searchsorted(train_pins, examples)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, losses = 0, []
@@ -196,7 +177,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
         losses = [*losses[-19:], loss.item()]
         bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            _save_checkpoint(out_dir, cfg, step + 1, model, opt, losses)
+            _save_checkpoint(out_dir, step + 1, model, opt, losses)
     model.eval()
     with torch.no_grad():
         scores = np.concatenate([torch.sigmoid(model(*eval_inputs(eval_pins[i:i + 256]))).numpy()
@@ -206,7 +187,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     prevalence = y_eval[:, valid].mean(0)       # the AP of a scorer that knows nothing
     top = slice(0, min(cfg.top_labels, int(valid.sum())))   # vocab is by frequency, most frequent first
     torch.save(model.tower.state_dict(), out_dir / f"{cfg.tower}_tower.pt")
-    report = {"config": asdict(cfg), "tower": cfg.tower, "cutoff_day": t, "labels": len(vocab),
+    report = {"config": dump_settings(cfg), "tower": cfg.tower, "cutoff_day": t, "labels": len(vocab),
               "eval_pins": int(len(eval_pins)), "labels_scored": int(valid.sum()), "mAP": float(ap.mean()),
               "mAP_chance": float(prevalence.mean()), "mAP_top": float(ap[top].mean()),
               "mAP_top_chance": float(prevalence[top].mean()), "top_labels": top.stop,
@@ -219,24 +200,20 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
 CHECKPOINT = "checkpoint.pt"
 
 
-def _save_checkpoint(out_dir: Path, cfg: PretrainConfig, step: int, model: nn.Module, opt, losses: list) -> None:
+def _save_checkpoint(out_dir: Path, step: int, model: nn.Module, opt, losses: list) -> None:
     tmp = out_dir / f".{CHECKPOINT}.tmp"
-    torch.save({"config": json.dumps(asdict(cfg), sort_keys=True), "step": step, "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "losses": losses}, tmp)
+    torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "torch_rng": torch.get_rng_state(), "losses": losses}, tmp)
     tmp.replace(out_dir / CHECKPOINT)
 
 
-def _load_checkpoint(out_dir: Path, cfg: PretrainConfig) -> dict | None:
-    """The run's checkpoint when it was written under the same config, else None (a fresh start)."""
+def _load_checkpoint(out_dir: Path) -> dict | None:
+    """The run's checkpoint, or None before its first."""
     path = out_dir / CHECKPOINT
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:   # truncated, or not a torch file
         raise ValueError(f"pinclip: {path}: not a readable checkpoint ({type(exc).__name__}); "
                          f"delete it to start the run over") from None
-    if not isinstance(state, dict) or state.get("config") != json.dumps(asdict(cfg), sort_keys=True):
-        print(f"pinclip: {path}: written under another config; starting over", file=sys.stderr)
-        return None
-    return state

@@ -8,7 +8,9 @@ Lion (timm) with warmup then cosine to 0, the text tower at 10x lower LR with it
 optional partial freezing of the image tower and activation checkpointing. Runs in one process or under
 ``torchrun`` (DDP; the sigmoid loss is chunked across ranks). Only pins, text sources, annotations and
 Pin–Board behaviour from days before the cutoff T are used, and a held-out share of older pins is excluded
-too, so evaluation pins are disjoint from training.
+too, so evaluation pins are disjoint from training. A run (``W/pinclip/runs/<run>``) resumes from its latest
+checkpoint only with the settings it was started with (``pinclip.settings.TrainConfig``), except the keys
+that only extend it (``EXTENDS``); ``--restart`` starts it over.
 """
 
 from __future__ import annotations
@@ -19,14 +21,12 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
 import torch.distributed as dist
-import yaml
 from timm.optim import Lion
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -37,131 +37,16 @@ from pinclip.data.dataset import (CorpusPins, ImageTextCollate, ImageTextDataset
 from pinclip.data.sources import KINDS, drop_misaligned, text_sources
 from pinlift.core.distributed import Env, setup
 from pinclip.losses import MATRYOSHKA_WEIGHTS, AnnotationLoss, PinCLIPLoss
-from pinclip.models.config import CONFIG_DIR
 from pinclip.models.factory import PinCLIP, create_model
 from pinclip.models.text import load_tokenizer, tokenize, train_tokenizer
+from pinclip.settings import EXTENDS, TrainConfig
 from pinclip.training.alignment import alignment_scores
 from pinclip.training.engaged import heldout_split
 from pinclip.training.neighbors import LocalBatches, WalkConfig, neighbor_candidates, sample_positives, session_pairs
 from pinclip.training.pretrain import annotation_vocab, label_matrix
+from pinlift.core.config import dump_settings
+from pinlift.core.runs import RunDir
 from pinworld.world import World
-
-
-@dataclass
-class TrainConfig:
-    """A training run; YAML files under ``pinclip/configs/train_*.yaml`` hold these fields."""
-
-    workdir: str = "pinwork"
-    run: str = "pinclip"
-    model: str = "tiny"                     # model config name or YAML path
-    model_overrides: dict = field(default_factory=dict)
-    cutoff_day: int | None = None           # T; default: two thirds into the log window
-    heldout_share: float = 0.1              # older pins also held out for evaluation
-    steps: int = 600
-    batch_size: int = 128                   # image–text pairs per rank per step
-    neighbor_batch_size: int = 0            # Pin-to-Pin pairs per rank per step; 0: the paper's 1/8 of batch_size
-    neighbor_group: int = 0                 # >= 2: Pin-to-Pin batches of graph neighbourhoods, this many queries
-                                            # per anchor (hard negatives, neighbors.LocalBatches); 0: uniform
-    corpus_negatives: int = 0               # Pin-to-Pin negatives of every query per rank per step, drawn uniformly
-                                            # from all training pins (losses: corpus negatives); 0: in-batch only
-    annotation_weight: float = 0.0          # > 0: the auxiliary annotation loss on the 64-d fusion prefix, this
-                                            # weight (losses: AnnotationLoss; not in the paper); 0: off
-    annotation_labels: int = 256            # its labels: the most frequent annotation terms before T
-    lr: float = 2e-4
-    text_lr_scale: float = 0.1
-    loss_lr_scale: float = 1.0              # LR multiplier of the losses' temperatures and biases
-    weight_decay: float = 5e-4              # image tower, fusion, heads
-    text_weight_decay: float = 0.5
-    warmup_steps: int = 50
-    trainable_image_blocks: int = -1        # -1: all; N: freeze all image blocks but the last N
-    grad_checkpointing: bool = False
-    precision: str = "fp32"                 # fp32 | bf16 (autocast)
-    pin_pin: bool = True                    # the Pin-to-Pin neighbor loss
-    fusion: bool = True                     # False: the image–text baseline (no fusion, no Pin-to-Pin)
-    matryoshka: bool = True                 # False: only the 256-d term (the no-MRL ablation)
-    positives_per_query: int = 5
-    walk: dict = field(default_factory=dict)  # WalkConfig fields
-    session_pairs: bool = False             # also neighbors: pins repinned by one user on one day before T
-    align_reference: str = ""               # a trained run scoring image–text alignment (pinclip.training.alignment);
-    align_threshold: float = 0.0            # with it, texts scored below this cosine are dropped
-    pretrained_image: str = ""              # an image-pretraining run whose image tower to start from
-    pretrained_text: str = ""               # a text-pretraining run whose text tower (and tokenizer) to start from
-    vocab_size: int = 8000
-    tokenizer: str = ""                     # reuse this tokenizer.json instead of training one (the
-                                            # tokenizers WordPiece trainer breaks ties differently per run)
-    checkpoint_every: int = 200
-    seed: int = 0
-
-    def __post_init__(self):
-        for name, ok, expected in _FIELD_CHECKS:
-            value = getattr(self, name)
-            if not ok(value):
-                raise ValueError(f"field {name!r}: expected {expected}, found {value!r}")
-
-    def resolved(self, world: World) -> "TrainConfig":
-        cutoff = self.cutoff_day if self.cutoff_day is not None else (2 * world.config.days) // 3
-        return dataclasses.replace(self, cutoff_day=cutoff)
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _integer(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-_FIELD_CHECKS = (
-    ("steps", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: the initial weights)"),
-    ("batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    ("neighbor_batch_size", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
-    ("neighbor_group", lambda v: _integer(v) and (v == 0 or v >= 2), "0 or an integer >= 2"),
-    ("corpus_negatives", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
-    ("annotation_weight", lambda v: _number(v) and v >= 0, "a number >= 0"),
-    ("annotation_labels", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    ("lr", lambda v: _number(v) and v > 0, "a number > 0"),
-    ("text_lr_scale", lambda v: _number(v) and v >= 0, "a number >= 0"),
-    ("loss_lr_scale", lambda v: _number(v) and v >= 0, "a number >= 0"),
-    ("weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
-    ("text_weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
-    ("heldout_share", lambda v: _number(v) and 0 <= v < 1, "a share in [0, 1)"),
-    ("warmup_steps", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
-    ("trainable_image_blocks", lambda v: _integer(v) and v >= -1, "-1 (all) or an integer >= 0"),
-    ("precision", lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
-    ("positives_per_query", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    ("checkpoint_every", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    ("vocab_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-)
-
-
-def load_train_config(path_or_name: str, overrides: list[str] | None = None) -> TrainConfig:
-    """A ``TrainConfig`` from YAML (a path or a name under pinclip/configs/train_<name>.yaml) + key=value."""
-    path = Path(path_or_name)
-    if not path.is_file():
-        path = CONFIG_DIR / f"train_{path_or_name}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"pinclip: train config {path_or_name!r} not found")
-    data = yaml.safe_load(path.read_text()) or {}
-    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"pinclip train: override {item!r}: expected key=value")
-        data[key] = yaml.safe_load(value)
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"pinclip train: {path}: field {unknown[0]!r}: expected one of {', '.join(known)}")
-    for key, value in data.items():
-        # YAML 1.1 reads 2e-4 (no dot) as a string; a float field takes it as the number it means
-        if known[key].type == "float" and isinstance(value, (str, int)) and not isinstance(value, bool):
-            try:
-                data[key] = float(value)
-            except ValueError:
-                raise ValueError(f"pinclip train: {path}: field {key!r}: expected a number, found {value!r}") from None
-    try:
-        return TrainConfig(**data)
-    except ValueError as err:
-        raise ValueError(f"pinclip train: {path}: {err}") from None
 
 
 class TrainStep(nn.Module):
@@ -250,12 +135,20 @@ class EpochBatches:
 class Trainer:
     """Builds data, model, loss and optimizer for a config; ``fit`` trains with checkpoints."""
 
-    def __init__(self, cfg: TrainConfig, env: Env | None = None, progress: bool = True):
+    def __init__(self, cfg: TrainConfig, env: Env | None = None, progress: bool = True, restart: bool = False):
+        """Resumes ``W/pinclip/runs/<run>`` when its defining settings match (else InputError), or starts it
+        over with ``restart``."""
         self.env = env or setup()
         self.world = World(cfg.workdir)
         self.cfg = cfg.resolved(self.world)
         self.progress = progress and self.env.is_main
-        self.run_dir = Path(cfg.workdir) / "pinclip" / "runs" / self.cfg.run
+        record = RunDir(Path(cfg.workdir) / "pinclip" / "runs", self.cfg.run, "pinclip train", EXTENDS)
+        self.run_dir = record.path
+        if not restart:   # every rank refuses alike, before anything is written
+            record.check_resume(dump_settings(self.cfg))
+        if self.env.is_main:
+            record.start(dump_settings(self.cfg), restart)
+        dist.barrier()
         torch.manual_seed(self.cfg.seed)
         t = self.cfg.cutoff_day
         self.split = heldout_split(self.world, t, random_share=self.cfg.heldout_share, seed=self.cfg.seed)
@@ -406,7 +299,7 @@ class Trainer:
             self.step_module.load_state_dict(state["model"])
         except RuntimeError:
             raise ValueError(f"pinclip train: {path}: written by a run of another model or loss config; "
-                             f"train under another --run, or pass --no-resume to start this one over") from None
+                             f"train under another --run, or pass --restart to start this one over") from None
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
@@ -430,12 +323,12 @@ class Trainer:
         return {"step": self.step, "loss": total.item(), "lr": self.cfg.lr * factor,
                 **{k: v.item() for k, v in parts.items()}}
 
-    def fit(self, resume: bool = True) -> list[dict]:
-        resumed = resume and self.load_checkpoint()      # before the config is written: a mismatch changes nothing
+    def fit(self) -> list[dict]:
+        """Train from the run's latest checkpoint (if any) to ``steps``."""
+        resumed = self.load_checkpoint()      # before the config is written: a mismatch changes nothing
         if self.env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(
-                {"train": dataclasses.asdict(self.cfg), "model": self.model.cfg.to_dict(),
+                {"train": dump_settings(self.cfg), "model": self.model.cfg.to_dict(),
                  "generator_version": self.world.generator_version, "heldout_pins": len(self.split.heldout),
                  "image_text_pairs": len(self.image_text), "misaligned_texts_dropped": self.dropped_misaligned,
                  "neighbor_candidates": self.candidates.height}, indent=2))

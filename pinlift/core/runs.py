@@ -12,6 +12,9 @@ import shutil
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 from pinlift.core.errors import InputError
 
@@ -19,11 +22,26 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 RUN_FILE = "run.json"
 
 
+def _name_problem(name) -> str | None:
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        return f"expected a name of letters, digits and -_. (not a path), found {name!r}"
+    return None
+
+
 def check_name(name: str, field: str = "run") -> str:
     """``name`` if it is a run name (letters, digits and ``-_.``, not starting with a dot), else InputError."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
-        raise InputError(f"{field}: expected a name of letters, digits and -_. (not a path), found {name!r}")
+    if problem := _name_problem(name):
+        raise InputError(f"{field}: {problem}")
     return name
+
+
+def _valid_name(name: str) -> str:
+    if problem := _name_problem(name):
+        raise ValueError(problem)
+    return name
+
+
+RunName = Annotated[str, AfterValidator(_valid_name)]   # a settings field that names a run, checked on load
 
 
 def config_hash(config: dict, extends: Iterable[str] = ()) -> str:
