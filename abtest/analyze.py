@@ -2,9 +2,10 @@
 
 Per (metric, surface) cell, the tests ``estimators.Estimator`` picks: Welch's t-test on per-user means or
 the delta method for ratio metrics (CTR, CPC), CUPED-adjusted when there is a pre-period covariate
-(``pre_window``); the delta method for every relative-lift interval; the minimum detectable effect at
-the configured power. Across cells, multiple-testing control (Benjamini–Hochberg by default); once per
-experiment, the sample-ratio mismatch check. Works on any ``exposures`` + ``events`` in the documented schemas, simulated or real.
+(``pre_window``); a log-ratio interval for every relative lift (none where a mean is ≤ 0); the minimum
+detectable effect at the configured power. Across cells, multiple-testing control (Benjamini–Hochberg by
+default); once per experiment, the sample-ratio mismatch check and the verdict on the primary metric and
+the guardrails. Works on any ``exposures`` + ``events`` in the documented schemas, simulated or real.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from abtest import stats
 from abtest.config import VARIANTS, ExperimentConfig, dump_config
 from pinlift.core.errors import input_error
-from abtest.estimators import Estimator
+from abtest.estimators import CellTest, Estimator
 from abtest.metrics import (Cell, Sources, cells_of, check_exposures, cross_sum_name, open_readonly,
                             sufficient_stats)
 
@@ -86,9 +87,70 @@ def analyze_cell(cell: Cell, sums: dict[str, dict[str, float]], cfg: ExperimentC
     effect = res.primary
     mde = _mde(c["n"], t["n"], res.unit_variance[0] * vrf, res.unit_variance[1] * vrf, res.unadjusted.control_mean, cfg)
     out.update(method=effect.method, control_mean=_num(effect.control_mean), treatment_mean=_num(effect.treatment_mean),
-               absolute=_estimate(effect.absolute), relative=_estimate(effect.relative),
-               p_value=_num(effect.absolute.p_value), cuped=cuped, mde=mde)
+               absolute=_estimate(effect.absolute), relative=_estimate(effect.relative), excluded=_excluded(res),
+               p_value=_num(effect.absolute.p_value), cuped=cuped, mde=mde, direction=cell.metric.direction)
     return out
+
+
+def _excluded(res: CellTest) -> str | None:
+    """Why a cell has no relative lift (``stats.relative_lift`` needs both means > 0); None when it has one."""
+    if np.isfinite(res.primary.relative.value):
+        return None
+    raw = (res.unadjusted.control_mean, res.unadjusted.treatment_mean)
+    if not np.isfinite(raw).all() or raw == (0, 0):
+        return "no data"
+    return f"{'control' if not res.primary.control_mean > 0 else 'treatment'} mean ≤ 0"
+
+
+def _effect(r: dict) -> str:
+    """"good" or "bad": significant, in or against the metric's good direction; "none": not significant."""
+    if not r["significant"]:
+        return "none"
+    return "good" if (r["absolute"]["value"] > 0) == (r["direction"] == "increase") else "bad"
+
+
+def _verdict_entry(r: dict) -> dict:
+    rel = r["relative"]
+    return {"key": r["key"], "metric": r["metric"], "surface": r["surface"], "lift": rel["value"],
+            "ci": None if rel["value"] is None else [rel["ci_low"], rel["ci_high"]], "p": r["p_value"],
+            "p_adjusted": r["p_adjusted"], "direction": r["direction"], "moved": r["significant"],
+            "effect": r["effect"], "excluded": r["excluded"]}
+
+
+def lift_text(e: dict) -> str:
+    """A verdict entry's lift, "+19.1% [+15.2, +23.0]", or "(no relative lift: why)"."""
+    if e["lift"] is None:
+        return f"(no relative lift: {e['excluded']})"
+    lo, hi = e["ci"]
+    return f"{100 * e['lift']:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def _named(e: dict) -> str:
+    return f"{e['metric'].replace('_', ' ')} on {e['surface'].capitalize()}"
+
+
+def _sentence(label: str, p: dict, guardrails: list[dict], srm_mismatch: bool) -> str:
+    lift = lift_text(p)
+    if p["moved"]:
+        up = (p["effect"] == "good") == (p["direction"] == "increase")
+        head = (f"{label} {'lifts' if up else 'lowers'} {_named(p)} {lift if p['lift'] is None else 'by ' + lift}"
+                + (", the wrong way" if p["effect"] == "bad" else ""))
+    else:
+        head = f"{label} does not move {_named(p)} significantly: {lift}"
+    moved = {way: [f"{_named(g)} {lift_text(g)}" for g in guardrails if g["effect"] == way] for way in ("bad", "good")}
+    tail = ("no guardrails declared" if not guardrails else "no guardrail moved" if not any(moved.values()) else
+            "; ".join(f"{'guardrails' if len(m) > 1 else 'guardrail'} moved the {'wrong' if way == 'bad' else 'good'} "
+                      f"way: {', '.join(m)}" for way, m in moved.items() if m))
+    return ("Sample-ratio mismatch, do not trust this: " if srm_mismatch else "") + f"{head}; {tail}."
+
+
+def verdict(results: list[dict], cfg: ExperimentConfig, srm_mismatch: bool) -> dict:
+    """The primary metric and the guardrails, each with lift, CI, p and effect, and one sentence."""
+    by_key = {r["key"]: r for r in results}
+    primary = _verdict_entry(by_key[cfg.primary_key])
+    guardrails = [_verdict_entry(by_key[k]) for k in cfg.guardrails]
+    return {"treatment": cfg.treatment_label, "primary": primary, "guardrails": guardrails,
+            "sentence": _sentence(cfg.treatment_label, primary, guardrails, srm_mismatch)}
 
 
 LIFT_PAIRS = (("fresh_repins", "repins"), ("new_ad_clicks", "clicks"))
@@ -162,6 +224,8 @@ def analyze(cfg: ExperimentConfig, *, write: bool = True) -> dict:
         r["p_adjusted"], r["significant"] = None, False
     for j, p, rej in zip(finite, adj.adjusted, adj.reject):
         results[j]["p_adjusted"], results[j]["significant"] = float(p), bool(rej)
+    for r in results:
+        r["effect"] = _effect(r)
     srm = stats.srm_test([counts[v] for v in VARIANTS], cfg.traffic.shares(), threshold=cfg.srm_threshold)
     analysis = {
         "experiment": cfg.name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -174,6 +238,7 @@ def analyze(cfg: ExperimentConfig, *, write: bool = True) -> dict:
         "srm": {"observed": srm.observed.tolist(), "expected": srm.expected.tolist(), "shares": list(cfg.traffic.shares()),
                 "chi2": _num(srm.chi2), "p_value": _num(srm.p_value), "threshold": srm.threshold,
                 "mismatch": srm.mismatch},
+        "verdict": verdict(results, cfg, srm.mismatch),
         "results": results,
         "lift_differences": differences,
         "config": dump_config(cfg),

@@ -9,6 +9,7 @@ field-by-field reference.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,8 @@ from pydantic_core import core_schema
 from pinlift.core.errors import InputError, input_error
 from pinlift.core.config import ConfigSource, read_yaml, validation_error
 from pinlift.core.vocabulary import ACTIONS, DECLARATION, EVENTS, Vocabulary, load_vocabulary
-from abtest.metrics import DEFAULT_METRICS, EVENT_COLUMNS, PIN_FILTERS, Metric, builtin_metrics, metric_from_spec
+from abtest.metrics import (DEFAULT_METRICS, EVENT_COLUMNS, PIN_FILTERS, Metric, builtin_metrics, cells_of,
+                            metric_from_spec)
 
 Action = Literal[EVENTS]  # type: ignore[valid-type]
 LiftAction = Literal[ACTIONS]  # type: ignore[valid-type]
@@ -86,6 +88,7 @@ class Arm(_Strict):
     embeddings: str | None = Field(None, pattern=NAME_RE, description="name under W/embeddings (default: the run's)")
     related_ann: AnnCandidates | None = None
     lift: dict[LiftAction, float] = Field(default_factory=dict, description="validation only: P(action) x (1 + lift)")
+    label: str | None = Field(None, min_length=1, max_length=60, description="its name in the report's verdict")
 
     @field_validator("lift")
     @classmethod
@@ -141,6 +144,8 @@ class MetricSpec(_Strict):
     column: Literal[EVENT_COLUMNS] | None = None  # type: ignore[valid-type]
     action: Action | None = None
     pins: Literal[PIN_FILTERS] | None = None  # type: ignore[valid-type]
+    direction: Literal["increase", "decrease"] | None = Field(None, description="the good direction (default: "
+                                                              "the built-in's own; custom: increase)")
 
     @model_validator(mode="before")
     @classmethod
@@ -176,7 +181,17 @@ class MetricSpec(_Strict):
         return self
 
     def metric(self, vocab: Vocabulary) -> Metric:
-        return metric_from_spec(vocab, self.name, self.surfaces, self.aggregate, self.column, self.action, self.pins)
+        m = metric_from_spec(vocab, self.name, self.surfaces, self.aggregate, self.column, self.action, self.pins)
+        return replace(m, direction=self.direction) if self.direction else m
+
+
+def resolve_metrics(specs: list[MetricSpec], surfaces, vocab: Vocabulary) -> list[Metric]:
+    """Metrics resolved to definitions, each on those of ``surfaces`` it applies to (none: left out)."""
+    out = []
+    for spec in specs:
+        m = spec.metric(vocab)
+        out.append(m.on([s for s in m.surfaces if s in surfaces]))
+    return [m for m in out if m.surfaces]
 
 
 class ExperimentConfig(_Strict):
@@ -204,6 +219,9 @@ class ExperimentConfig(_Strict):
     pre_period_days: int = Field(14, ge=0, le=365)
     cuped: bool = True
     metrics: list[MetricSpec] = Field(default_factory=lambda: list(DEFAULT_METRICS), validate_default=True)
+    primary: str | None = Field(None, description="the metric/surface cell the verdict is about (default: the "
+                                "first metric on its first surface)")
+    guardrails: list[str] = Field(default_factory=list, description="cells that must not move the wrong way")
     alpha: float = Field(0.05, gt=0, lt=1)
     power: float = Field(0.8, gt=0, lt=1)
     multiple_testing: Literal["bh", "holm", "bonferroni", "none"] = "bh"
@@ -224,6 +242,21 @@ class ExperimentConfig(_Strict):
     def _surfaces(cls, v):
         if not v or len(set(v)) != len(v):
             raise ValueError(f"expected a non-empty list of distinct surfaces, found {v}")
+        return v
+
+    @field_validator("primary", "guardrails")
+    @classmethod
+    def _cells(cls, v, info: ValidationInfo):
+        if v is None or not {"metrics", "surfaces"} <= info.data.keys():
+            return v     # those fields failed: their error is reported
+        metrics = resolve_metrics(info.data["metrics"], info.data["surfaces"], _vocabulary(info))
+        keys = [c.key for c in cells_of(metrics)]
+        for key in [v] if isinstance(v, str) else v:
+            if key not in keys:
+                raise ValueError(f"expected a metric/surface cell of the experiment ({' | '.join(keys)}), "
+                                 f"found {key!r}")
+            if info.field_name == "guardrails" and (v.count(key) > 1 or key == info.data.get("primary")):
+                raise ValueError(f"expected distinct guardrails other than the primary metric, found {key!r} again")
         return v
 
     @model_validator(mode="after")
@@ -260,11 +293,18 @@ class ExperimentConfig(_Strict):
 
     def metric_list(self) -> list[Metric]:
         """Metrics resolved to definitions, each on the experiment's surfaces it applies to."""
-        out = []
-        for spec in self.metrics:
-            m = spec.metric(self.vocabulary)
-            out.append(m.on([s for s in m.surfaces if s in self.surfaces]))
-        return [m for m in out if m.surfaces]
+        return resolve_metrics(self.metrics, self.surfaces, self.vocabulary)
+
+    @property
+    def primary_key(self) -> str:
+        """The primary cell: `primary:`, else the first metric on its first surface."""
+        return self.primary or cells_of(self.metric_list())[0].key
+
+    @property
+    def treatment_label(self) -> str:
+        """The treatment's name in the verdict: its `label:`, else its run."""
+        arm = self.arm("treatment")
+        return arm.label or (f"Treatment ({arm.run})" if arm.run else "The treatment")
 
     @property
     def workdir_path(self) -> Path:

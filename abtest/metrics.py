@@ -65,6 +65,7 @@ class Metric:
     denominator: Aggregate | None   # ratio metrics only
     surfaces: tuple[str, ...]
     doc: str = ""
+    direction: str = "increase"     # the good direction: "increase" | "decrease"
 
     def on(self, surfaces) -> "Metric":
         return replace(self, surfaces=tuple(surfaces))
@@ -92,12 +93,12 @@ def builtin_metrics(vocab: Vocabulary) -> dict[str, Metric]:
                f"impressions of new ads (age < {NEW_AD_DAYS} days) per user"),
         Metric("new_ad_ctr", "ratio", Aggregate(CLICK, pins="new_ad"), Aggregate(IMPRESSION, pins="new_ad"), ads,
                "new-ad clicks / new-ad impressions"),
-        Metric("hides", "mean", Aggregate(HIDE), None, every, "hides per user"),
+        Metric("hides", "mean", Aggregate(HIDE), None, every, "hides per user", "decrease"),
         Metric("impressions", "mean", Aggregate(IMPRESSION), None, every, "impressions per user"),
         Metric("spend", "mean", Aggregate(CLICK, column="value"), None, ads, "ad spend per user (cents)"),
         Metric("ctr", "ratio", Aggregate(CLICK), Aggregate(IMPRESSION), every, "clicks / impressions"),
         Metric("cpc", "ratio", Aggregate(CLICK, column="value"), Aggregate(CLICK), ads,
-               "ad spend / ad clicks (cents per click)"),
+               "ad spend / ad clicks (cents per click)", "decrease"),
     )}
 
 

@@ -17,8 +17,9 @@ Estimators
   * Welch: d = x̄_t − x̄_c, se² = s²_t/n_t + s²_c/n_c,
     df = se⁴ / [(s²_t/n_t)²/(n_t − 1) + (s²_c/n_c)²/(n_c − 1)] (Welch–Satterthwaite),
     CI d ± t(1 − alpha/2, df)·se.
-  * Relative lift L = m_t/m_c − 1 of two independent estimates (delta method):
-    Var(L) ≈ Var(m_t)/m_c² + m_t²·Var(m_c)/m_c⁴; normal CI and p-value.
+  * Relative lift L = m_t/m_c − 1 of two independent positive estimates (delta method on the log ratio):
+    se_log² = Var(m_t)/m_t² + Var(m_c)/m_c², CI exp(log(m_t/m_c) ± z·se_log) − 1 (never below −100%),
+    p-value of log(m_t/m_c)/se_log; the lift's own se is (1 + L)·se_log. No lift when a mean is ≤ 0.
   * Ratio metric R = Σx/Σy per variant (CTR = clicks/impressions, CPC = spend/clicks), users as
     clusters: linearising x̄/ȳ around the means gives
     Var(R) ≈ (s²_x − 2R·s_xy + R²·s²_y) / (n·ȳ²); difference and lift use normal inference.
@@ -336,16 +337,20 @@ def _welch(control_mean, control_var, control_n, treatment_mean, treatment_var, 
 
 def relative_lift(control_mean, control_mean_variance, treatment_mean, treatment_mean_variance,
                   alpha: float = 0.05) -> Estimate:
-    """treatment/control − 1 of two independent estimates, delta-method normal CI and p-value.
+    """treatment/control − 1 of two independent positive estimates; CI and p-value on the log-ratio scale.
 
-    The variances are those of the estimates (e.g. s²/n for a mean). A zero control mean gives NaN.
+    The variances are those of the estimates (e.g. s²/n for a mean). As in tea-tasting, log(T/C) has the
+    delta-method se_log² = Var(T)/T² + Var(C)/C², the CI is exp(log(T/C) ± z·se_log) − 1 (it never
+    crosses −100%) and the p-value is that of log(T/C) / se_log; ``se`` is the lift's own delta-method
+    standard error (T/C)·se_log. A mean ≤ 0 gives NaN: such a cell has no relative lift.
     """
-    control_mean = np.asarray(control_mean, dtype=float)
+    control_mean, treatment_mean = np.asarray(control_mean, dtype=float), np.asarray(treatment_mean, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        lift = np.where(control_mean != 0, treatment_mean / control_mean - 1, np.nan)
-        variance = (treatment_mean_variance / control_mean**2
-                    + treatment_mean**2 * control_mean_variance / control_mean**4)
-    return _inference(lift, np.sqrt(variance), np.inf, alpha)
+        ratio = np.where((control_mean > 0) & (treatment_mean > 0), treatment_mean / control_mean, np.nan)
+        se_log = np.sqrt(treatment_mean_variance / treatment_mean**2 + control_mean_variance / control_mean**2)
+    log = _inference(np.log(ratio), se_log, np.inf, alpha)
+    return Estimate(_as_result(ratio - 1), _as_result(ratio * se_log), log.df, log.statistic,
+                    _as_result(np.expm1(log.ci_low)), _as_result(np.expm1(log.ci_high)), log.p_value)
 
 
 def welch_test(control: MeanStats, treatment: MeanStats, *, alpha: float = 0.05,

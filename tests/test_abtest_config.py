@@ -106,6 +106,28 @@ def test_custom_metrics_are_validated_never_sql(tmp_path):
     assert set(builtin_metrics(PINWORLD)) >= {"repins", "fresh_repins", "new_ad_clicks", "ctr", "cpc", "hides"}
 
 
+def test_primary_guardrails_and_directions(tmp_path):
+    metrics = ("metrics:\n  - repins\n  - cpc\n  - hides\n"
+               "  - {name: n, aggregate: count, action: hide, direction: decrease}\n")
+    cfg = load_config(_write(tmp_path, BASE.format(workdir=tmp_path) + metrics))
+    assert cfg.primary_key == "repins/homefeed" and cfg.guardrails == []      # default: first metric, first surface
+    assert cfg.treatment_label == "The treatment"
+    assert {m.name: m.direction for m in cfg.metric_list()} == {
+        "repins": "increase", "cpc": "decrease", "hides": "decrease", "n": "decrease"}
+    ok = load_config(_write(tmp_path, BASE.format(workdir=tmp_path) + metrics
+                            + "primary: hides/related\nguardrails: [cpc/ads, repins/homefeed]\n", "ok.yaml"))
+    assert (ok.primary_key, ok.guardrails) == ("hides/related", ["cpc/ads", "repins/homefeed"])
+    for i, (patch, field, words) in enumerate([
+            ("primary: clicks/homefeed", "primary", "found 'clicks/homefeed'"),
+            ("primary: cpc/homefeed", "primary", "(repins/homefeed | repins/related | repins/ads | cpc/ads |"),
+            ("guardrails: [cpc/ads, cpc/ads]", "guardrails", "expected distinct guardrails"),
+            ("primary: cpc/ads\nguardrails: [cpc/ads]", "guardrails", "other than the primary metric")]):
+        path = _write(tmp_path, BASE.format(workdir=tmp_path) + metrics + patch + "\n", f"p{i}.yaml")
+        line = 14 + patch.count("\n")
+        assert _error(path).startswith(f"{path}:{line}: {field}: expected"), (patch, _error(path))
+        assert words in _error(path)
+
+
 def test_arm_rules(tmp_path):
     no_run = BASE.format(workdir=tmp_path).replace("    ranker: logging_policy\n  treatment", "    ranker: ranking_run\n  treatment")
     msg = _error(_write(tmp_path, no_run))

@@ -98,16 +98,33 @@ def test_welch_rejects_single_user_variants():
         welch_test(MeanStats.from_values([1.0]), MeanStats.from_values(TREATMENT))
 
 
-def test_relative_lift_delta_method_by_hand():
+def test_relative_lift_log_ratio_interval_by_hand():
     r = welch_test(MeanStats.from_values(CONTROL), MeanStats.from_values(TREATMENT)).relative
-    # Var(L) = (10/5)/2.5² + 6²·((5/3)/4)/2.5⁴ = 0.32 + 0.384
-    se = math.sqrt(0.704)
+    # log-ratio delta method: se_log² = (10/5)/6² + ((5/3)/4)/2.5²; the lift's se is (6/2.5)·se_log = sqrt(0.704)
+    se_log = math.sqrt(2 / 36 + (5 / 12) / 6.25)
     assert r.value == pytest.approx(1.4)
-    assert r.se == pytest.approx(se)
-    assert (r.ci_low, r.ci_high) == (pytest.approx(1.4 - Z975 * se), pytest.approx(1.4 + Z975 * se))
-    assert r.p_value == pytest.approx(2 * sps.norm.sf(1.4 / se))
+    assert r.se == pytest.approx(math.sqrt(0.704))
+    assert (r.ci_low, r.ci_high) == (pytest.approx(2.4 * math.exp(-Z975 * se_log) - 1),
+                                     pytest.approx(2.4 * math.exp(Z975 * se_log) - 1))
+    assert r.p_value == pytest.approx(2 * sps.norm.sf(math.log(2.4) / se_log))
     direct = relative_lift(2.5, (5 / 3) / 4, 6.0, 10 / 5)
-    assert (direct.value, direct.se) == (pytest.approx(1.4), pytest.approx(se))
+    assert (direct.value, direct.se, direct.ci_low) == (pytest.approx(1.4), pytest.approx(r.se),
+                                                        pytest.approx(r.ci_low))
+
+
+def test_relative_lift_never_crosses_minus_100_percent():
+    rng = np.random.default_rng(7)
+    c, t = rng.uniform(0.1, 2, 500), rng.uniform(0.05, 2, 500)
+    var_c, var_t = rng.uniform(0, 0.3, 500), rng.uniform(0, 0.3, 500)   # noisy: linear CIs often go below −100%
+    r = relative_lift(c, var_c, t, var_t)
+    assert (r.ci_low > -1).all() and (r.ci_low <= r.value).all() and (r.value <= r.ci_high).all()
+    se_log = np.sqrt(var_t / t**2 + var_c / c**2)
+    np.testing.assert_allclose(r.ci_low, np.exp(np.log(t / c) - Z975 * se_log) - 1, rtol=1e-9)
+    np.testing.assert_allclose(r.ci_high, np.exp(np.log(t / c) + Z975 * se_log) - 1, rtol=1e-9)
+    assert (t / c - 1 - Z975 * r.se < -1).any()
+    # a mean that is not positive has no relative lift
+    none = relative_lift(np.array([0.0, -0.1, 1.0]), 0.1, np.array([1.0, 1.0, -0.5]), 0.1)
+    assert np.isnan(none.value).all() and np.isnan(none.ci_low).all() and np.isnan(none.p_value).all()
 
 
 def test_welch_and_lift_intervals_cover_in_simulation():
