@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     z = sub.add_parser("analyze", help="analyse an experiment's exposures and events", **EXP_HELP)
     z.add_argument("config", help="experiment YAML")
     z.add_argument("--workdir", default=None, help="override the file's workdir")
+    z.add_argument("--quiet", action="store_true", help="no notes on stderr")
     z.set_defaults(func=_analyze)
     v = sub.add_parser("validate", help="A/A and injected-lift validation study by re-salting the assignment", **EXP_HELP)
     v.add_argument("config", help="experiment YAML (its control arm, days, users and metrics are used)")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
 from pinclip.settings import EXTENDS, TOWERS, PretrainConfig, TrainConfig, load_recipe, load_train_config
-from pinlift.core.cli import add_debug_flag, run_command
+from pinlift.core.cli import add_debug_flag, add_quiet_flag, run_command
 from pinlift.core.config import add_field_options, fields_help, given_fields
-from pinlift.core.runs import check_name
+from pinlift.core.runs import check_name, removed_on_error
 
 # Each command imports what it runs when it runs: the index commands and publishing an oracle load no torch,
 # and publishing a run loads the library alone, never the training program (pinclip.training); the settings
@@ -72,9 +73,10 @@ def _index_query(args) -> int:
 def _train(args) -> int:
     from pinclip.training.train import Trainer
 
-    trainer = Trainer(load_train_config([*args.settings, *given_fields(args)]), progress=not args.quiet,
-                      restart=args.restart)
-    log = trainer.fit()
+    cfg = load_train_config([*args.settings, *given_fields(args)])
+    with removed_on_error(Path(cfg.workdir) / "pinclip" / "runs" / cfg.run, args.restart):
+        trainer = Trainer(cfg, progress=not args.quiet, restart=args.restart)
+        log = trainer.fit()
     if trainer.env.is_main and log:
         print(json.dumps({"run": trainer.cfg.run, "steps": trainer.step, "final_loss": log[-1]["loss"],
                           "run_dir": str(trainer.run_dir)}))
@@ -86,7 +88,8 @@ def _pretrain(args) -> int:
 
     cfg = load_recipe(PretrainConfig, "pretrain", [*args.settings, *given_fields(args)],
                       defaults={"tower": args.tower})
-    report = pretrain(cfg, progress=not args.quiet, restart=args.restart)
+    with removed_on_error(Path(cfg.workdir) / "pinclip" / "pretrain" / cfg.run, args.restart):
+        report = pretrain(cfg, progress=not args.quiet, restart=args.restart)
     print(json.dumps({k: v for k, v in report.items() if k != "config"}))
     return 0
 
@@ -101,7 +104,7 @@ def _settings_command(sub, name: str, help: str, model, kind: str, skip=()) -> a
     add_field_options(p, model, skip)
     p.add_argument("--restart", action="store_true", help="start the run over (a run resumes only with the "
                    f"settings it was started with, except {', '.join(EXTENDS)})")
-    p.add_argument("--quiet", action="store_true")
+    add_quiet_flag(p)
     return p
 
 
@@ -141,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True)
     e.add_argument("--max-queries", type=int, default=5000)
     e.add_argument("--distractors", type=int, default=50000)
-    e.add_argument("--quiet", action="store_true")
+    add_quiet_flag(e)
     e.set_defaults(func=_eval)
     a = sub.add_parser("ablate", help="train and evaluate the baselines and ablations of a reference run "
                                       "-> pinclip/ablations.json")
@@ -150,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--only", default="", help="comma-separated subset of the ablations")
     a.add_argument("--max-queries", type=int, default=5000)
     a.add_argument("--distractors", type=int, default=50000)
-    a.add_argument("--quiet", action="store_true")
+    add_quiet_flag(a)
     a.set_defaults(func=_ablate)
 
     p = sub.add_parser("publish", help="publish 64-d int8 embeddings as a new version")
@@ -163,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of-day", type=int, default=None, help="only pins created before this day")
     p.add_argument("--since-day", type=int, default=None,
                    help="incremental: add the pins created since this day that LATEST lacks")
-    p.add_argument("--quiet", action="store_true")
+    add_quiet_flag(p)
     p.set_defaults(func=_publish)
     ix = sub.add_parser("index", help="HNSW candidate index over published fusion embeddings")
     ixs = ix.add_subparsers(dest="index_command", required=True)
@@ -173,12 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--m", type=int, default=32)
     b.add_argument("--ef-construction", type=int, default=200)
     b.add_argument("--ef-search", type=int, default=64)
+    add_quiet_flag(b)
     b.set_defaults(func=_index_build)
     q = ixs.add_parser("query", help="Related Pins candidates for query pins")
     q.add_argument("--workdir", default="pinwork")
     q.add_argument("--embeddings", default="pinclip")
     q.add_argument("--pin-id", type=int, nargs="+", required=True)
     q.add_argument("--k", type=int, default=10)
+    add_quiet_flag(q)
     q.set_defaults(func=_index_query)
     return ap
 

@@ -4,6 +4,7 @@ config (``pinclip/runs/RUN/``), without the training program."""
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -11,6 +12,17 @@ from torch import nn
 
 from pinclip.models.factory import PinCLIP, create_model
 from pinclip.models.text import load_tokenizer
+from pinlift.core.errors import input_error
+
+
+def read_checkpoint(path: Path | str) -> dict:
+    """A saved torch file (weights only, on the CPU); a truncated or corrupt one is one InputError line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        reason = str(exc).split(". ")[0]
+        raise input_error(path, "checkpoint", "a complete torch checkpoint (retrain, or pass --restart)",
+                          f"a truncated or corrupt file ({reason})") from None
 
 
 class TruncatedPrefixes(nn.Module):
@@ -38,7 +50,7 @@ def load_run(workdir: str | Path, run: str) -> tuple[PinCLIP, object, dict]:
         model.matryoshka_heads.heads = nn.ModuleDict({"256": model.matryoshka_heads.heads["256"]})
         model.matryoshka_heads.dims = (256,)
     latest = (run_dir / "checkpoints" / "LATEST").read_text().strip()
-    state = torch.load(run_dir / "checkpoints" / latest, map_location="cpu", weights_only=True)["model"]
+    state = read_checkpoint(run_dir / "checkpoints" / latest)["model"]
     model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
     if not train["matryoshka"]:
         # trained without Matryoshka: smaller prefixes are plain truncations of the 256-d embedding

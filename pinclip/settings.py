@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
+from pydantic.dataclasses import dataclass
 
 from pinlift.core.config import COMMAND_LINE, S, Settings, load_settings, recipe_path
 from pinlift.core.errors import input_error
@@ -29,6 +30,17 @@ def load_recipe(model: type[S], kind: str, items: list[str], defaults: dict | No
                           ", ".join(map(repr, files)))
     path = recipe_path(files[0], CONFIG_DIR, f"{kind}_") if files else None
     return load_settings(model, path, [x for x in items if "=" in x], defaults)
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class WalkConfig:
+    """Random walks with restart from every query pin, and how many visited pins to keep (``walk``)."""
+
+    num_walks: int = Field(32, ge=1)
+    walk_length: int = Field(4, ge=1)
+    restart_prob: float = Field(0.3, ge=0, lt=1)
+    top_k: int = Field(50, ge=1)
+    seed: int = 0
 
 
 # keys that only extend a run: it may resume with other values; any other key defines what is trained, and a
@@ -69,7 +81,8 @@ class TrainConfig(Settings):
     fusion: bool = Field(True, description="False: the image–text baseline (no fusion, no Pin-to-Pin)")
     matryoshka: bool = Field(True, description="False: only the 256-d term (the no-MRL ablation)")
     positives_per_query: int = Field(5, ge=1, description="neighbor positives sampled per query pin")
-    walk: dict = Field({}, description="random-walk settings (neighbors.WalkConfig fields)")
+    walk: dict = Field({}, description="random-walk settings (WalkConfig: num_walks, walk_length, "
+                                            "restart_prob, top_k, seed)")
     session_pairs: bool = Field(False, description="also neighbors: pins repinned by one user on one day before T")
     align_reference: str = Field("", description="a trained run scoring image–text alignment")
     align_threshold: float = Field(0.0, description="with it, texts scored below this cosine are dropped")
@@ -81,6 +94,21 @@ class TrainConfig(Settings):
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     seed: int = Field(0, description="seed of the initialization, the split and the batches")
 
+    @field_validator("walk")
+    @classmethod
+    def _walk(cls, v: dict) -> dict:
+        WalkConfig(**v)   # its errors name the key: walk.restart_prob
+        return v
+
+    @field_validator("model_overrides")
+    @classmethod
+    def _model_overrides(cls, v: dict, info: ValidationInfo) -> dict:
+        from pinclip.models.config import PinCLIPConfig, load_config, merged
+
+        if "model" in info.data:   # else the model name itself is refused
+            TypeAdapter(PinCLIPConfig).validate_python(merged(load_config(info.data["model"]), v))
+        return v
+
     @field_validator("neighbor_group")
     @classmethod
     def _group(cls, v: int) -> int:
@@ -89,9 +117,8 @@ class TrainConfig(Settings):
         return v
 
     def resolved(self, world: World) -> TrainConfig:
-        """The settings with the default cutoff made explicit."""
-        return self.model_copy(update={"cutoff_day": world.default_cutoff() if self.cutoff_day is None
-                                       else self.cutoff_day})
+        """The settings with the cutoff checked against the workspace's log window, or its default."""
+        return self.model_copy(update={"cutoff_day": world.cutoff(self.cutoff_day)})
 
 
 def load_train_config(items: list[str]) -> TrainConfig:
@@ -104,7 +131,7 @@ class PretrainConfig(Settings):
 
     workdir: str = Field("pinwork", description="the workspace")
     tower: Literal[TOWERS] = Field("image", description="the tower pretrained")  # type: ignore[valid-type]
-    run: RunName = Field("", description="the run, under W/pinclip/pretrain/ ('': the tower's name)")
+    run: RunName | None = Field(None, description="the run, under W/pinclip/pretrain/ (None: the tower's name)")
     model: str = Field("tiny", description="model config name (pinclip/configs/model_*.yaml) or YAML path")
     cutoff_day: int | None = Field(None, description="T (None: the workspace's default cutoff)")
     labels: int = Field(256, ge=1, description="the most frequent annotation terms before T")
@@ -119,7 +146,7 @@ class PretrainConfig(Settings):
     vocab_size: int = Field(VOCAB_SIZE, ge=1, description="text: of the tokenizer trained on the corpus before T")
     seed: int = Field(0, description="seed of the initialization, the batches and the evaluation pins")
 
-    @field_validator("run")
+    @field_validator("run", mode="before")
     @classmethod
-    def _run(cls, v: str, info: ValidationInfo) -> str:
+    def _run(cls, v: str | None, info: ValidationInfo) -> str:
         return v or info.data.get("tower", "")

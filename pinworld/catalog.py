@@ -16,6 +16,7 @@ from pathlib import Path
 
 import duckdb
 
+from pinlift.core.errors import input_error
 from pinlift.core.schema import TABLES
 
 CATALOG_FILE = "catalog.duckdb"
@@ -28,32 +29,46 @@ def _source(path: str) -> str:
 
 
 def build_catalog(workdir: Path | str) -> Path:
-    """(Re)create the catalog's views for every table present in ``workdir``."""
+    """(Re)create the catalog's views for every table present in ``workdir``; an unreadable table is an
+    InputError and leaves the previous catalog as it was."""
     workdir = Path(workdir)
     target = workdir / CATALOG_FILE
     tmp = workdir / f"{CATALOG_FILE}.{os.getpid()}.tmp"  # jobs side by side may refresh it at once
     tmp.unlink(missing_ok=True)
-    con = duckdb.connect(str(tmp))
     try:
-        con.execute(f"SET file_search_path = '{_quote(workdir.resolve())}'")
-        for t in TABLES.values():
-            present = (workdir / t.path).is_file() if t.path.endswith(".parquet") else any((workdir / t.path).rglob("*.parquet"))
-            if present:
-                con.execute(f"CREATE VIEW {t.name} AS SELECT * FROM {_source(t.path)}")
-        if (workdir / TABLES["impressions"].path).exists():
-            con.execute("""
-                CREATE VIEW actions AS
-                SELECT request_id, day, surface, user_id, query_pin_id, pin_id, position, action
-                FROM impressions
-                UNPIVOT (happened FOR action IN (repin, click, hide))
-                WHERE happened""")
-        for name, (files, query) in _OUTPUT_VIEWS.items():
-            if any(workdir.glob(files)):
-                con.execute(f"CREATE VIEW {name} AS {query.format(files=files)}")
-    finally:
-        con.close()
+        with duckdb.connect(str(tmp)) as con:
+            _create_views(con, workdir)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(target)
     return target
+
+
+def _create_views(con: duckdb.DuckDBPyConnection, workdir: Path) -> None:
+    con.execute(f"SET file_search_path = '{_quote(workdir.resolve())}'")
+    for t in TABLES.values():
+        present = (workdir / t.path).is_file() if t.path.endswith(".parquet") else any((workdir / t.path).rglob("*.parquet"))
+        if present:
+            _view(con, t.name, f"SELECT * FROM {_source(t.path)}", workdir / t.path)
+    if (workdir / TABLES["impressions"].path).exists():
+        con.execute("""
+            CREATE VIEW actions AS
+            SELECT request_id, day, surface, user_id, query_pin_id, pin_id, position, action
+            FROM impressions
+            UNPIVOT (happened FOR action IN (repin, click, hide))
+            WHERE happened""")
+    for name, (files, query) in _OUTPUT_VIEWS.items():
+        if any(workdir.glob(files)):
+            _view(con, name, query.format(files=files), workdir / files)
+
+
+def _view(con: duckdb.DuckDBPyConnection, name: str, query: str, where: Path) -> None:
+    """CREATE VIEW ``name``; a file DuckDB cannot read (truncated, not Parquet) is one InputError line."""
+    try:
+        con.execute(f"CREATE VIEW {name} AS {query}")
+    except duckdb.Error as exc:
+        raise input_error(where, name, "readable Parquet files", str(exc).splitlines()[0]) from None
 
 
 # views over what later stages write: name -> (files, query); each is created when its files exist

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from pinlift.core.cli import add_debug_flag, run_command
+from pinlift.core.cli import add_debug_flag, add_quiet_flag, run_command
 from pinworld.config import PRESETS, preset
 
 
@@ -83,28 +83,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--image-size", type=int, default=None, help="image side in pixels (default 64)")
     g.add_argument("--force", action="store_true", help="replace an existing world")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_flag(g)
     g.set_defaults(func=_generate)
     v = sub.add_parser("validate", help="check user-supplied tables against the schema")
     v.add_argument("--workdir", default="pinwork")
     v.add_argument("--skip-images", action="store_true", help="do not check that image files exist")
+    add_quiet_flag(v)
     v.set_defaults(func=_validate)
     s = sub.add_parser("summary", help="print a world's summary")
     s.add_argument("--workdir", default="pinwork")
+    add_quiet_flag(s)
     s.set_defaults(func=_summary)
     c = sub.add_parser("catalog", help="(re)build catalog.duckdb")
     c.add_argument("--workdir", default="pinwork")
+    add_quiet_flag(c)
     c.set_defaults(func=_catalog)
     o = sub.add_parser("export-oracle", help="write the oracle features of every pin to Parquet")
     o.add_argument("--workdir", default="pinwork")
     o.add_argument("--out", required=True)
+    add_quiet_flag(o)
     o.set_defaults(func=_export_oracle)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command("pinworld", lambda: args.func(args), args.debug)
+    return run_command(f"pinworld {args.command}", lambda: args.func(args), args.debug)
 
 
 if __name__ == "__main__":

@@ -3,16 +3,29 @@ instead reference image files (PNG/JPEG) by path. ``load_images`` reads both kin
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from pinlift.core.errors import input_error
 
 SHARD_SIZE = 50_000
 
 
 def shard_uri(index: int) -> str:
     return f"images/shard-{index // SHARD_SIZE:05d}.npy#{index % SHARD_SIZE}"
+
+
+@contextmanager
+def _readable(path: Path, expected: str) -> Iterator[None]:
+    """An image file that cannot be read (garbage, truncated) is one InputError line naming it."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        raise input_error(path, "image_uri", expected, f"an unreadable file ({str(exc).splitlines()[0]})") from None
 
 
 class ImageStore:
@@ -26,7 +39,8 @@ class ImageStore:
     def _shard(self, rel: str) -> np.ndarray:
         arr = self._shards.get(rel)
         if arr is None:
-            arr = np.load(self.root / rel, mmap_mode="r", allow_pickle=False)
+            with _readable(self.root / rel, "a .npy shard of uint8 images"):
+                arr = np.load(self.root / rel, mmap_mode="r", allow_pickle=False)
             self._shards[rel] = arr
         return arr
 
@@ -34,7 +48,7 @@ class ImageStore:
         path = self.root / uri
         if not path.is_file():
             raise FileNotFoundError(f"pinworld: image {uri!r} not found under {self.root}")
-        with Image.open(path) as im:
+        with _readable(path, "an image file (PNG, JPEG)"), Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
 
     def load(self, uris) -> np.ndarray:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from pinworld.images import ImageStore
 from pinlift.core.errors import InputError
@@ -45,10 +46,12 @@ def _files(workdir: Path, t: Table) -> list[str]:
 
 
 def _check_columns(t: Table, files: list[str]) -> list[Problem]:
-    try:
-        schema = ds.dataset(files, format="parquet").schema
-    except Exception as exc:  # unreadable Parquet: one problem, not a traceback
-        return [Problem(t.name, None, "readable Parquet", str(exc).splitlines()[0])]
+    for f in files:   # every file's footer: a dataset reads only the first one's schema
+        try:
+            pq.read_metadata(f)
+        except (OSError, ValueError) as exc:  # a truncated or unreadable file: one problem, not a traceback
+            return [Problem(t.name, None, "readable Parquet", f"{f}: {str(exc).splitlines()[0]}")]
+    schema = ds.dataset(files, format="parquet").schema
     out = []
     for c in t.columns:
         if c.name not in schema.names:

@@ -21,7 +21,7 @@ from pinworld.images import ImageStore
 from pinworld.latents import PinLatents, UserLatents
 from pinworld.render import STYLES
 from pinlift.core.clock import default_cutoff
-from pinlift.core.errors import InputError
+from pinlift.core.errors import InputError, input_error
 from pinlift.core.schema import ADS_TABLE, TABLES
 from pinlift.core.vocabulary import Vocabulary, load_vocabulary
 from pinworld.text import ATTRIBUTES
@@ -71,6 +71,15 @@ class World:
     def default_cutoff(self) -> int:
         """The cutoff T when none is given (``pinlift.core.clock.default_cutoff`` of the log window)."""
         return default_cutoff(*self.log_window)
+
+    def cutoff(self, day: int | None = None) -> int:
+        """The cutoff T: ``day``, which must leave log days before and from it, or the default one."""
+        if day is None:
+            return self.default_cutoff()
+        first, end = self.log_window
+        if not first < day < end:
+            raise input_error(self.workdir, "cutoff_day", f"a day inside the log window ({first + 1} to {end - 1})", day)
+        return day
 
     def scan(self, table: str) -> pl.LazyFrame:
         """All rows of a table, lazily."""

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pinclip.embeddings import latest_version
-from pinlift.core.cli import add_debug_flag, run_command
+from pinlift.core.cli import add_debug_flag, add_quiet_flag, run_command
 from pinlift.core.config import COMMAND_LINE, settings_parser
 from pinlift.core.errors import input_error
 from pinlift.core.registry import embedding_sources, publish_source
@@ -67,7 +67,7 @@ def arm_config(base: TrainConfig, arm: str, seed: int, surface: str | None = Non
 
 
 def run_arm(base: TrainConfig, workdir: str, arm: str, seed: int, retrain: bool = False,
-            surface: str | None = None) -> dict:
+            surface: str | None = None, quiet: bool = False) -> dict:
     """Train (or reuse, or resume) one arm and seed; a run started with other settings is refused."""
     cfg = arm_config(base, arm, seed, surface)
     run = f"{arm}_{surface}_s{seed}" if surface else f"{arm}_s{seed}"
@@ -79,7 +79,7 @@ def run_arm(base: TrainConfig, workdir: str, arm: str, seed: int, retrain: bool 
         saved = record.saved()
         if saved is None or saved["config"] == settings:   # none: a run from before run files
             return json.loads(report.read_text())
-    return Trainer(cfg, workdir, run, restart=retrain).fit()   # extending keys changed: resume
+    return Trainer(cfg, workdir, run, restart=retrain, quiet=quiet).fit()   # extending keys changed: resume
 
 
 def summarize(reports: dict[str, list[dict]]) -> dict:
@@ -188,6 +188,7 @@ def build_parser():
                     help="train every run again from the start")
     ap.add_argument("--per-surface", default="", help="comma-separated arms also trained as one model per "
                     "surface, to compare with the one model with surface-specific heads")
+    add_quiet_flag(ap)
     add_debug_flag(ap)
     return ap
 
@@ -213,8 +214,8 @@ def _compare(a, arms: list[str], per_surface: list[str]) -> int:
                           f"{fixed[0]}={getattr(base, fixed[0])!r}")
     workspace = World(a.workdir)
     arms = ensure_embeddings(a.workdir, arms)
-    reports = {arm: [run_arm(base, a.workdir, arm, s, a.retrain) for s in a.seeds] for arm in arms}
-    separate = {arm: {sf: [run_arm(base, a.workdir, arm, s, a.retrain, surface=sf) for s in a.seeds]
+    reports = {arm: [run_arm(base, a.workdir, arm, s, a.retrain, quiet=a.quiet) for s in a.seeds] for arm in arms}
+    separate = {arm: {sf: [run_arm(base, a.workdir, arm, s, a.retrain, surface=sf, quiet=a.quiet) for s in a.seeds]
                       for sf in base.resolved(workspace).surfaces} for arm in per_surface if arm in reports}
     summary = summarize(reports)
     table = format_table(summary, arms)

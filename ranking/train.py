@@ -34,9 +34,10 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from tqdm import tqdm
 
-from pinlift.core.cli import add_debug_flag, run_command
+from pinlift.core.cli import add_debug_flag, add_quiet_flag, run_command
 from pinlift.core.config import (COMMAND_LINE, add_field_options, dump_settings, given_fields, load_settings,
                                  settings_parser)
+from pinlift.core.curves import TRAIN_LOSS, Curves
 from pinlift.core.errors import input_error
 from pinlift.core.runs import RunDir, check_name
 from pinworld.files import write_text_atomic
@@ -99,7 +100,7 @@ class TrainConfig(ModelConfig):
     def resolved(self, world: World) -> "TrainConfig":
         """The settings with the default cutoff and surfaces made explicit; a surface the workspace does not
         declare is refused."""
-        cutoff = self.cutoff_day if self.cutoff_day is not None else world.default_cutoff()
+        cutoff = world.cutoff(self.cutoff_day)
         vocab = world.vocabulary
         surfaces = [vocab.surface(s).name for s in self.surfaces] if self.surfaces else list(vocab.names)
         return self.model_copy(update={"cutoff_day": cutoff, "surfaces": surfaces})
@@ -152,16 +153,16 @@ class Trainer:
     """Builds features and the sharded model, trains with checkpoints, evaluates on slices."""
 
     def __init__(self, cfg: TrainConfig, workdir: Path | str = "pinwork", run: str | None = None, *,
-                 restart: bool = False, env: distributed.Env | None = None, prog: str = PROG):
+                 restart: bool = False, env: distributed.Env | None = None, prog: str = PROG, quiet: bool = False):
         """``run`` (default: from the arm and seed) resumes in ``W/ranking/runs/<run>`` when its defining
-        settings match (else InputError), or starts over with ``restart``."""
+        settings match (else InputError), or starts over with ``restart``; ``quiet``: no progress bars or notes."""
         self.run = check_name(run or default_run_name(cfg), "run name")
         self.env = env or distributed.setup()
         self.workdir = str(workdir)
         self.world = World(workdir)
         self.vocab = self.world.vocabulary
         self.cfg = cfg.resolved(self.world)
-        self.restart = restart
+        self.restart, self.quiet = restart, quiet
         self.run_record = RunDir(Path(workdir) / "ranking" / "runs", self.run, prog, extends=EXTENDS)
         self.run_dir = self.run_record.path
         if not restart:   # refuse before the features are built
@@ -230,6 +231,11 @@ class Trainer:
 
     # ---- training and evaluation ------------------------------------------------------------------
 
+    def steps_done(self, step: int | None = None) -> int:
+        """Training batches done by ``step`` of the current epoch (default: where training is)."""
+        per_epoch = -(-len(self.train_ex) // self.cfg.batch_size) // self.env.world_size   # as ``_batches`` deals
+        return self.progress["epoch"] * per_epoch + (self.progress["step"] if step is None else step)
+
     def batch(self, ex: Examples, rows: np.ndarray):
         return make_batch(ex, rows, self.vocabs, self.content).to(self.env.device)
 
@@ -243,7 +249,7 @@ class Trainer:
         checks = {max(1, round(n * (k + 1) / self.cfg.checks_per_epoch)) for k in range(self.cfg.checks_per_epoch)}
         losses = []
         bar = tqdm(range(self.progress["step"], n), desc=f"{self.run} epoch {epoch + 1}/{self.cfg.epochs}",
-                   unit="batch", initial=self.progress["step"], total=n, disable=not self.env.is_main, file=sys.stderr)
+                   unit="batch", initial=self.progress["step"], total=n, disable=self.quiet or not self.env.is_main, file=sys.stderr)
         self.model.train()
         for i in bar:
             b = self.batch(self.train_ex, batches[i])
@@ -252,6 +258,7 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             losses.append(loss.item())
+            self.curves.log(self.steps_done(i + 1), {TRAIN_LOSS: losses[-1]})
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             if i + 1 in checks:
                 self.check(epoch + (i + 1) / n, float(np.mean(losses)), epoch_done=i + 1 == n, step=i + 1)
@@ -287,6 +294,9 @@ class Trainer:
         since_best = len(pr["checks"]) - 1 - pr["checks"].index(self.best_check())
         pr["stopped"] = val is not None and since_best >= self.cfg.patience
         pr["latest"] = name
+        scalars = {"lr/dense": self.cfg.lr_dense, "lr/sparse": self.cfg.lr_sparse}   # constant: no LR schedule
+        self.curves.log(self.steps_done(), scalars if val is None else {**scalars, "loss/validation": val})
+        self.curves.flush()
         self.save_checkpoint(name)
 
     @torch.no_grad()
@@ -346,8 +356,9 @@ class Trainer:
             (self.run_dir / "config.json").write_text(json.dumps(self.run_config(), indent=2))
             np.savez(self.run_dir / "vocab.npz", **self.vocabs.to_arrays())
         dist.barrier()
-        if self.load_checkpoint() and self.env.is_main:
+        if self.load_checkpoint() and self.env.is_main and not self.quiet:
             print(f"ranking: resumed {self.run} at {self.progress['latest']}", file=sys.stderr)
+        self.curves = Curves(self.run_dir, self.steps_done(), self.env.is_main)
         start = time.time()
         while not self.progress["stopped"] and self.progress["epoch"] < self.cfg.epochs:
             self.train_epoch()
@@ -357,6 +368,10 @@ class Trainer:
         report, preds = self.evaluate()
         report.update(best_check=self.best_check(), stopped_early=self.progress["stopped"], checks=self.progress["checks"],
                       train_seconds=round(seconds, 2))
+        aucs = {f"eval_auc/{task}/{name}": m["auc"] for task, slices in report["metrics"].items()
+                for name, m in slices.items() if m is not None}
+        self.curves.log(self.steps_done(), aucs)
+        self.curves.close()
         if self.env.is_main:
             (self.run_dir / "eval.json").write_text(json.dumps(report, indent=2))
             np.save(self.run_dir / "eval_predictions.npy", preds, allow_pickle=False)
@@ -423,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--restart", action="store_true",
                     help="start the run over (a run resumes only with the settings it was started with, "
                          f"except {', '.join(EXTENDS)})")
+    add_quiet_flag(ap)
     add_debug_flag(ap)
     return ap
 
@@ -436,7 +452,7 @@ def main(argv=None) -> int:
         surfaces = None if args.surface is None else "null" if args.surface == "all" else f"[{args.surface}]"
         cfg = load_train_config(args, defaults={"embeddings": "pinclip"} if args.with_pinclip else None,
                                 overrides=[f"surfaces={surfaces}"] if surfaces else [])
-        trainer = Trainer(cfg, args.workdir, args.run_name, restart=args.restart)
+        trainer = Trainer(cfg, args.workdir, args.run_name, restart=args.restart, quiet=args.quiet)
         report = trainer.fit()
         if trainer.env.is_main:
             print(format_report(report))

@@ -14,7 +14,8 @@ else
   FBGEMM="fbgemm-gpu-cpu==1.9.0"  # no GPU: the CPU build (the CUDA one does not load)
 fi
 stamp="$VENV/.pinlift-install"
-want=$(cat "$0" pyproject.toml | sha256sum | cut -d' ' -f1)-$FBGEMM
+SHIM=scripts/fbgemm_gpu_shim   # `fbgemm-gpu` by name, satisfied by the CPU build: `pip check` passes
+want=$(cat "$0" pyproject.toml $SHIM/pyproject.toml | sha256sum | cut -d' ' -f1)-$FBGEMM
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -22,7 +23,12 @@ fi
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
 pip install -q --upgrade pip
 pip install -q $TORCH
+if [ "$FBGEMM" = "fbgemm-gpu==1.9.0" ] && pip show -q fbgemm-gpu-cpu 2>/dev/null; then
+  # a venv first made without CUDA: its shim would stand in for the real kernels, which share the CPU build's files
+  pip uninstall -q -y fbgemm-gpu fbgemm-gpu-cpu
+fi
 pip install -q "$FBGEMM"
+[ "$FBGEMM" = "fbgemm-gpu==1.9.0" ] || pip install -q --no-build-isolation "./$SHIM"
 pip install -q --no-deps "$TORCHREC"
 pip install -q -e ".[dev]"
 echo "$want" > "$stamp"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from pinclip import cli as pinclip_cli
+from pinlift.core.curves import CURVES, TB_DIR, TRAIN_LOSS, read_scalars
 from pinlift.readouts import summary
 from pinworld import cli as pinworld_cli
 
@@ -33,6 +34,17 @@ def test_stage_outputs_carry_the_generator_version(loop_workdir):
     analysis = json.loads((w / "experiments/pinclip_ranking/analysis.json").read_text())
     assert analysis["generator_version"] == version
     assert {d["key"] for d in analysis["lift_differences"]} >= {"fresh_repins/homefeed - repins/homefeed"}
+
+
+def test_every_training_run_has_curves(loop_workdir):
+    w = loop_workdir
+    runs = [w / "pinclip/pretrain/image", w / "pinclip/pretrain/text", w / "pinclip/runs/tiny",
+            *sorted((w / "ranking/runs").iterdir())]
+    assert len(runs) == 5   # the ids and pinclip arms
+    for run in runs:
+        assert list((run / TB_DIR).glob("events.out.tfevents.*")), run
+        assert read_scalars(run)[TRAIN_LOSS] and (run / CURVES).read_bytes().startswith(b"\x89PNG"), run
+    assert {r for r, _ in summary.training_checks(w)} >= {str(r.relative_to(w)) for r in runs}
 
 
 def test_completed_stages_are_skipped(loop_workdir, capsys):

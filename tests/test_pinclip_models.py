@@ -218,7 +218,7 @@ def test_configs_round_trip_and_overrides():
     assert PinCLIPConfig.from_dict(cfg.to_dict()) == cfg
     model = create_model(cfg, image={"depth": 1}, embed_dim=128, matryoshka_dims=(64, 128))
     assert len(model.image.blocks) == 3 and model.cfg.text == cfg.text
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="unknown field 'widht'"):
         create_model("tiny", image={"widht": 64})
     with pytest.raises(ValueError, match="matryoshka_dims"):
         create_model("tiny", matryoshka_dims=(64, 128))

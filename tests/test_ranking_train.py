@@ -118,7 +118,7 @@ def test_cli_bad_input(tiny_workdir, capsys):
     # a run name of its own: the default one may hold another test's run, which would refuse to resume first
     bad = ["--run-name", "bad_input"]
     assert train.main(["--workdir", str(tiny_workdir), *bad, "--surface", "ads", "--cutoff-day", "500"]) == 2
-    assert "expected impressions before and after day 500" in capsys.readouterr().err
+    assert "cutoff_day: expected a day inside the log window (1 to 39), found 500" in capsys.readouterr().err
     assert train.main(["--workdir", str(tiny_workdir), *bad, "--surface", "ads", "--validation-days", "30"]) == 2
     err = capsys.readouterr().err
     assert "validation_days 30: expected impressions before day -4" in err and err.count("\n") == 1

@@ -6,13 +6,15 @@ A config is plain data: ``asdict(cfg)`` is what a run saves beside its outputs, 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from pinclip.settings import CONFIG_DIR, VOCAB_SIZE
+from pinlift.core.config import validation_error
 
 TEXT_PRETRAINED = ("", "minilm")
 
@@ -24,6 +26,8 @@ class ImageTowerConfig:
     Each stem stage halves the resolution, so the token grid is ``img_size / 2**len(stem_channels)``;
     between two modules the grid is 2x2 average-pooled (``modules - 1`` funneling steps).
     """
+
+    __pydantic_config__ = ConfigDict(extra="forbid")   # from_dict: unknown keys are errors
 
     img_size: int = 64
     stem_channels: tuple[int, ...] = (32, 64, 128)
@@ -44,6 +48,8 @@ class TextTowerConfig:
     tokenizer. ``max_length`` (tokens, truncation) and ``dropout`` apply to both.
     """
 
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
     pretrained: str = ""
     tokenizer: str = ""
     vocab_size: int = VOCAB_SIZE
@@ -56,12 +62,14 @@ class TextTowerConfig:
 
     def __post_init__(self):
         if self.pretrained not in TEXT_PRETRAINED:
-            raise ValueError(f"pinclip: text.pretrained {self.pretrained!r}: expected one of {TEXT_PRETRAINED}")
+            raise ValueError(f"expected text.pretrained one of {TEXT_PRETRAINED}, found {self.pretrained!r}")
 
 
 @dataclass(frozen=True)
 class FusionConfig:
     """The fusion aggregator: ``depth`` transformer layers over [visual | text] tokens, then an attention pooler."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
 
     depth: int = 2
     heads: int = 4
@@ -72,6 +80,8 @@ class FusionConfig:
 class PinCLIPConfig:
     """The whole model. ``width`` is the shared token width the towers project to; ``embed_dim`` the
     pooled embedding, whose prefixes ``matryoshka_dims`` (ending at ``embed_dim``) each get a head."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
 
     width: int = 128
     embed_dim: int = 256
@@ -84,43 +94,36 @@ class PinCLIPConfig:
     def __post_init__(self):
         dims = tuple(self.matryoshka_dims)
         if list(dims) != sorted(set(dims)) or dims[-1] != self.embed_dim:
-            raise ValueError(f"pinclip: matryoshka_dims {dims}: expected increasing prefixes ending at "
-                             f"embed_dim {self.embed_dim}")
+            raise ValueError(f"expected matryoshka_dims increasing prefixes ending at embed_dim {self.embed_dim}, "
+                             f"found {dims}")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PinCLIPConfig:
-        """Build a config from nested dicts (a parsed YAML file); unknown keys are errors."""
-        return _from_dict(cls, data, "model")
+    def from_dict(cls, data: dict[str, Any], where: str = "model") -> PinCLIPConfig:
+        """Build a config from nested dicts (a parsed YAML file); unknown keys and wrong types are InputErrors."""
+        try:
+            return TypeAdapter(cls).validate_python(data)
+        except ValidationError as exc:
+            raise validation_error(exc, lambda loc: where) from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _from_dict(cls, data: dict[str, Any], where: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"pinclip: {where}: unknown keys {unknown}; expected some of {sorted(known)}")
-    values = {}
-    for name, value in data.items():
-        if name in _SUB_CONFIGS and not is_dataclass(value):
-            value = _from_dict(_SUB_CONFIGS[name], value, f"{where}.{name}")
-        values[name] = tuple(value) if isinstance(value, list) else value
-    return cls(**values)
-
-
-_SUB_CONFIGS = {"image": ImageTowerConfig, "text": TextTowerConfig, "fusion": FusionConfig}
+def merged(cfg: PinCLIPConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` as a dict with fields replaced; a sub-config (image, text, fusion) may be overridden by a
+    partial dict."""
+    out = cfg.to_dict()
+    for name, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(name), dict):
+            out[name] = {**out[name], **value}
+        else:
+            out[name] = asdict(value) if is_dataclass(value) else value
+    return out
 
 
 def with_overrides(cfg: PinCLIPConfig, overrides: dict[str, Any]) -> PinCLIPConfig:
-    """``cfg`` with fields replaced; a sub-config (image, text, fusion) may be overridden by a partial dict."""
-    merged = cfg.to_dict()
-    for name, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(name), dict):
-            merged[name] = {**merged[name], **value}
-        else:
-            merged[name] = asdict(value) if is_dataclass(value) else value
-    return PinCLIPConfig.from_dict(merged)
+    """``cfg`` with fields replaced (see ``merged``)."""
+    return PinCLIPConfig.from_dict(merged(cfg, overrides))
 
 
 def list_configs() -> list[str]:
@@ -137,4 +140,4 @@ def load_config(name_or_path: str | Path) -> PinCLIPConfig:
             raise ValueError(f"pinclip: unknown model config {name_or_path!r}; expected one of {list_configs()} "
                              "or a path to a .yaml file")
     with open(path) as f:
-        return PinCLIPConfig.from_dict(yaml.safe_load(f) or {})
+        return PinCLIPConfig.from_dict(yaml.safe_load(f) or {}, str(path))

@@ -26,6 +26,7 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTra
 from transformers.utils import logging as hf_logging
 
 from pinclip.models.config import TextTowerConfig
+from pinlift.core.errors import input_error
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -70,7 +71,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, path: str | Path) -> 
     ])
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS))
+    # no progress bar: it prints blank lines to stdout, before a command's JSON
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                        show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -92,7 +95,8 @@ def load_tokenizer(cfg: TextTowerConfig) -> PreTrainedTokenizerFast:
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(cfg.tokenizer), model_max_length=cfg.max_length,
                                         pad_token=pad, unk_token=unk, cls_token=cls, sep_token=sep, mask_token=mask)
     if len(tokenizer) > cfg.vocab_size:
-        raise ValueError(f"pinclip: {cfg.tokenizer}: {len(tokenizer)} tokens, but text.vocab_size is {cfg.vocab_size}")
+        raise input_error(cfg.tokenizer, "vocab_size", f"at least its {len(tokenizer)} tokens (the model's "
+                          "vocabulary must cover the tokenizer's)", cfg.vocab_size)
     return tokenizer
 
 

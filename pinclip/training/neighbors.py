@@ -25,29 +25,13 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from pinclip.settings import WalkConfig
 from pinlift.core.schema import TABLES
 from pinlift.core.vocabulary import REPIN
 from pinworld.world import World
 
 MAX_VISITS_IN_MEMORY = 1 << 23  # walk steps held at once; queries are processed in chunks below this
 CACHE_VERSION = 1               # bump when the walk changes, so old caches are not reused
-
-
-@dataclass(frozen=True)
-class WalkConfig:
-    """Random walks with restart from every query pin, and how many visited pins to keep."""
-
-    num_walks: int = 32
-    walk_length: int = 4
-    restart_prob: float = 0.3
-    top_k: int = 50
-    seed: int = 0
-
-    def __post_init__(self):
-        if not 0.0 <= self.restart_prob < 1.0:
-            raise ValueError(f"pinclip: restart_prob {self.restart_prob}: expected a value in [0, 1)")
-        if min(self.num_walks, self.walk_length, self.top_k) < 1:
-            raise ValueError(f"pinclip: num_walks, walk_length and top_k must be >= 1, got {self}")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
 import sys
 from pathlib import Path
 
@@ -42,12 +41,14 @@ from tqdm import tqdm
 
 from pinclip.data.dataset import normalize_images
 from pinclip.data.sources import text_sources
+from pinclip.loading import read_checkpoint
 from pinclip.models.config import load_config
 from pinclip.models.fusion import attention_pooler, key_padding_bias
 from pinclip.models.image import FunnelViT
 from pinclip.models.text import TextTower, load_tokenizer, tokenize, train_tokenizer
 from pinclip.settings import EXTENDS, PretrainConfig
 from pinlift.core.config import dump_settings
+from pinlift.core.curves import TRAIN_LOSS, Curves
 from pinlift.core.runs import RunDir
 from pinworld.world import World
 
@@ -108,8 +109,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, restart: bool = False) 
     with ``restart``."""
     torch.manual_seed(cfg.seed)
     world = World(cfg.workdir)
-    if cfg.cutoff_day is None:
-        cfg = cfg.model_copy(update={"cutoff_day": world.default_cutoff()})
+    cfg = cfg.model_copy(update={"cutoff_day": world.cutoff(cfg.cutoff_day)})
     t = cfg.cutoff_day
     run = RunDir(Path(cfg.workdir) / "pinclip" / "pretrain", cfg.run, f"pinclip pretrain-{cfg.tower}", EXTENDS)
     run.start(dump_settings(cfg), restart)
@@ -164,6 +164,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, restart: bool = False) 
             print(f"pinclip: resumed pretrain-{cfg.tower} {cfg.run} at step {start}", file=sys.stderr)
     bar = tqdm(range(start, cfg.steps), desc=f"pretrain-{cfg.tower} {cfg.run}", unit="step", disable=not progress,
                file=sys.stderr, initial=start, total=cfg.steps)
+    curves = Curves(out_dir, start)
 
     for step in bar:
         rows = np.random.default_rng([cfg.seed, step]).integers(0, len(examples), cfg.batch_size)
@@ -176,7 +177,9 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, restart: bool = False) 
         opt.step()
         losses = [*losses[-19:], loss.item()]
         bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        curves.log(step + 1, {TRAIN_LOSS: losses[-1], "lr/model": opt.param_groups[0]["lr"]})
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            curves.flush()
             _save_checkpoint(out_dir, step + 1, model, opt, losses)
     model.eval()
     with torch.no_grad():
@@ -193,6 +196,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, restart: bool = False) 
               "mAP_top_chance": float(prevalence[top].mean()), "top_labels": top.stop,
               "final_loss": float(np.mean(losses)) if losses else float("nan"), "generator_version": world.generator_version}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    curves.log(cfg.steps, {f"eval/{k}": report[k] for k in ("mAP", "mAP_chance", "mAP_top", "mAP_top_chance")})
+    curves.close()
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
     return report
 
@@ -212,8 +217,4 @@ def _load_checkpoint(out_dir: Path) -> dict | None:
     path = out_dir / CHECKPOINT
     if not path.is_file():
         return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:   # truncated, or not a torch file
-        raise ValueError(f"pinclip: {path}: not a readable checkpoint ({type(exc).__name__}); "
-                         f"delete it to start the run over") from None
+    return read_checkpoint(path)

@@ -36,6 +36,7 @@ from pinclip.data.dataset import (CorpusPins, ImageTextCollate, ImageTextDataset
                                   neighbor_batch_size)
 from pinclip.data.sources import KINDS, drop_misaligned, text_sources
 from pinlift.core.distributed import Env, setup
+from pinclip.loading import read_checkpoint
 from pinclip.losses import MATRYOSHKA_WEIGHTS, AnnotationLoss, PinCLIPLoss
 from pinclip.models.factory import PinCLIP, create_model
 from pinclip.models.text import load_tokenizer, tokenize, train_tokenizer
@@ -45,6 +46,7 @@ from pinclip.training.engaged import heldout_split
 from pinclip.training.neighbors import LocalBatches, WalkConfig, neighbor_candidates, sample_positives, session_pairs
 from pinclip.training.pretrain import annotation_vocab, label_matrix
 from pinlift.core.config import dump_settings
+from pinlift.core.curves import TRAIN_LOSS, Curves
 from pinlift.core.runs import RunDir
 from pinworld.world import World
 
@@ -182,11 +184,9 @@ class Trainer:
         self.model = create_model(self.cfg.model, text=text_over, **overrides)
         self.tokenizer = load_tokenizer(self.model.cfg.text)
         if self.cfg.pretrained_image:
-            self.model.image.load_state_dict(torch.load(self._pretrained("image", "image_tower.pt"), map_location="cpu",
-                                                        weights_only=True))
+            self.model.image.load_state_dict(read_checkpoint(self._pretrained("image", "image_tower.pt")))
         if self.cfg.pretrained_text:
-            self.model.text.load_state_dict(torch.load(self._pretrained("text", "text_tower.pt"), map_location="cpu",
-                                                       weights_only=True))
+            self.model.text.load_state_dict(read_checkpoint(self._pretrained("text", "text_tower.pt")))
         if self.cfg.trainable_image_blocks >= 0:
             self.model.freeze_image_tower(self.cfg.trainable_image_blocks)
         if self.cfg.grad_checkpointing:
@@ -294,7 +294,7 @@ class Trainer:
         if not latest.is_file():
             return False
         path = latest.parent / latest.read_text().strip()
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_checkpoint(path)
         try:
             self.step_module.load_state_dict(state["model"])
         except RuntimeError:
@@ -323,6 +323,21 @@ class Trainer:
         return {"step": self.step, "loss": total.item(), "lr": self.cfg.lr * factor,
                 **{k: v.item() for k, v in parts.items()}}
 
+    def curve_scalars(self, record: dict) -> dict[str, float]:
+        """A step's curves: its losses, each parameter group's LR, and the temperature and bias of every loss
+        term it trained."""
+        out = {TRAIN_LOSS: record["loss"], **{f"lr/{name}": group["lr"] for name, group in
+                                              zip(("model", "text", "loss"), self.optimizer.param_groups)}}
+        if "annotation" in record:
+            out["loss/annotation"] = record["annotation"]
+        for term, prefixes in self.step_module.loss.terms.items():
+            for k, sigmoid in prefixes.prefix_losses.items():
+                if f"{term}/{k}" in record:
+                    out[f"loss/{term}/{k}"] = record[f"{term}/{k}"]
+                    out[f"temperature/{term}/{k}"] = sigmoid.logit_scale.exp().item()
+                    out[f"bias/{term}/{k}"] = sigmoid.logit_bias.item()
+        return out
+
     def fit(self) -> list[dict]:
         """Train from the run's latest checkpoint (if any) to ``steps``."""
         resumed = self.load_checkpoint()      # before the config is written: a mismatch changes nothing
@@ -334,6 +349,7 @@ class Trainer:
                  "neighbor_candidates": self.candidates.height}, indent=2))
         if resumed and self.env.is_main:
             print(f"pinclip: resumed {self.cfg.run} at step {self.step}", file=sys.stderr)
+        curves = Curves(self.run_dir, self.step, self.env.is_main)
         log = []
         metrics_path = self.run_dir / "metrics.jsonl"
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc=f"pinclip {self.cfg.run}", unit="step",
@@ -349,13 +365,16 @@ class Trainer:
             if self.env.is_main:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
+                curves.log(self.step, self.curve_scalars(record))
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}")
             if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                curves.flush()
                 self.save_checkpoint()
         if self.cfg.steps == 0 and self.step == 0:
             self.save_checkpoint()   # the untrained baseline: its initial weights, evaluable like any run
         bar.close()
+        curves.close()
         return log
 
 

@@ -15,6 +15,11 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
+def add_quiet_flag(parser: argparse.ArgumentParser) -> None:
+    """``--quiet``, which every command takes: no progress bars or notes on stderr (errors still show)."""
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or notes on stderr")
+
+
 def run_command(prog: str, fn: Callable[[], int | None], debug: bool = False) -> int:
     """Run ``fn``; an expected failure becomes ``<prog>: <first line>`` on stderr and exit status 2.
     ``prog`` is the command as typed (``pinworld``, ``ranking.train``)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticUndefined
 
 from pinlift.core.errors import InputError, input_error
@@ -26,9 +26,17 @@ COMMAND_LINE = "command line"
 
 
 class Settings(BaseModel):
-    """Base of every command's settings: unknown keys are errors, defaults are validated too."""
+    """Base of every command's settings: unknown keys are errors, defaults are validated too, and a boolean
+    is true or false (not 1 or 'maybe')."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_bool(cls, value, info: ValidationInfo):
+        if cls.model_fields[info.field_name].annotation is bool and not isinstance(value, bool):
+            raise ValueError(f"expected a valid boolean, found {value!r}")
+        return value
 
 
 S = TypeVar("S", bound=BaseModel)
@@ -125,7 +133,7 @@ def clean_message(err: dict) -> tuple[str, str]:
     kind, msg, value = err["type"], err["msg"], err.get("input")
     if kind == "missing":
         return "a value", "nothing"
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         return "a known field", f"unknown field {err['loc'][-1]!r}"
     if kind in ("value_error", "assertion_error"):
         text = re.sub(r"^(Value|Assertion) error, ", "", msg)

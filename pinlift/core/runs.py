@@ -9,13 +9,15 @@ import json
 import platform
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator
 
+from pinlift.core.cli import EXPECTED
 from pinlift.core.errors import InputError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -65,6 +67,20 @@ def changed_keys(old: dict, new: dict, extends: Iterable[str] = ()) -> list[str]
     """Keys whose values differ between two configs, ignoring the extending ones."""
     skip = set(extends)
     return sorted(k for k in set(old) | set(new) if k not in skip and old.get(k, "<absent>") != new.get(k, "<absent>"))
+
+
+@contextmanager
+def removed_on_error(path: Path | str, restart: bool = False) -> Iterator[None]:
+    """Remove the run directory ``path`` when the block started it (it was absent, or ``restart`` clears it)
+    and then fails on bad input: a refused run leaves nothing half-written. Other failures (an interrupt, a
+    crash) keep it to resume from."""
+    started = restart or not Path(path).exists()
+    try:
+        yield
+    except EXPECTED:
+        if started:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 class RunDir:

@@ -1,5 +1,5 @@
 """`python -m pinlift.readouts.summary --workdir W`: one headline figure per stage of the loop, read from the
-files each stage wrote (stages not run yet say so)."""
+files each stage wrote (stages not run yet say so), and a flag per training run that looks under-trained."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from pinlift.core.cli import add_debug_flag, run_command
+from pinlift.core.cli import add_debug_flag, add_quiet_flag, run_command
+from pinlift.core.curves import TB_DIR, TRAIN_LOSS, read_scalars, training_check
 
 
 def _read(path: Path) -> dict | None:
@@ -58,19 +59,37 @@ def stage_figures(workdir: Path | str) -> list[tuple[str, str, str]]:
                 cells.append(f"{task} {sl}: AUC {arms['ids']['auc_mean']:.4f} -> {arms['pinclip']['auc_mean']:.4f}")
         rows.append(("ranking", "; ".join(cells) or f"arms {cmp_['arms']}", "ranking/compare.json"))
     for exp in sorted((w / "experiments").glob("*/analysis.json")):
-        a = _read(exp)
-        by_key = {r["key"]: r for r in a["results"]}
-        cells = [f"{key} {r['relative']['value']:+.1%} [{r['relative']['ci_low']:+.1%}, {r['relative']['ci_high']:+.1%}]"
-                 + ("*" if r.get("significant") else "")
-                 for key in ("repins/homefeed", "fresh_repins/homefeed", "new_ad_clicks/ads") if (r := by_key.get(key))]
-        rows.append((f"A/B {exp.parent.name}", "; ".join(cells) + "  (* significant after multiple-testing control)",
-                     str(exp.parent.relative_to(w) / "report.html")))
+        v = _read(exp).get("verdict")
+        rows.append((f"A/B {exp.parent.name}", "no verdict: re-run `abtest analyze`" if v is None else
+                     f"{v['primary']['key']}: {v['sentence']}", str(exp.parent.relative_to(w) / "report.html")))
     return rows
+
+
+def training_checks(workdir: Path | str) -> list[tuple[str, dict]]:
+    """(run directory, ``training_check`` record) for every run with training curves (``<stage>/<kind>/<run>/tb``):
+    steps against the configured ``steps`` and ``warmup_steps``, or a ranking run's checks against
+    ``epochs x checks_per_epoch``."""
+    w = Path(workdir)
+    out = []
+    for tb in sorted(w.glob(f"*/*/*/{TB_DIR}")):
+        run = tb.parent.relative_to(w)
+        loss = read_scalars(w / run).get(TRAIN_LOSS, [])
+        values = [v for _, v in loss]
+        config = _read(w / run / "run.json")["config"]
+        if run.parts[0] == "ranking":
+            progress = _read(w / run / "checkpoints/progress.json") or {"checks": [], "stopped": False}
+            record = training_check(values, len(progress["checks"]), config["epochs"] * config["checks_per_epoch"],
+                                    unit="checks", stopped_early=progress["stopped"], min_share=1.0)
+        else:
+            record = training_check(values, loss[-1][0] if loss else 0, config["steps"], warmup=config["warmup_steps"])
+        out.append((str(run), record))
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pinlift.readouts.summary", description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="pinwork")
+    add_quiet_flag(ap)
     add_debug_flag(ap)
     a = ap.parse_args(argv)
     return run_command("pinlift summary", lambda: _print_summary(a.workdir), a.debug)
@@ -82,6 +101,9 @@ def _print_summary(workdir: str) -> int:
     print(f"pinlift demo summary ({workdir})")
     for stage, headline, path in rows:
         print(f"  {stage:<{width}}  {headline}\n  {'':<{width}}  -> {path}")
+    for run, record in training_checks(workdir):
+        if record["under_trained"]:
+            print(f"  under-trained: {run}: {record['reason']} (curves: {run}/curves.png)")
     return 0
 
 
