@@ -28,7 +28,7 @@ if [ "$FBGEMM" = "fbgemm-gpu==1.9.0" ] && pip show -q fbgemm-gpu-cpu 2>/dev/null
   pip uninstall -q -y fbgemm-gpu fbgemm-gpu-cpu
 fi
 pip install -q "$FBGEMM"
-[ "$FBGEMM" = "fbgemm-gpu==1.9.0" ] || pip install -q --no-build-isolation "./$SHIM"
+[ "$FBGEMM" = "fbgemm-gpu==1.9.0" ] || pip install -q "./$SHIM"
 pip install -q --no-deps "$TORCHREC"
 pip install -q -e ".[dev]"
 echo "$want" > "$stamp"
