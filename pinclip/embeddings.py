@@ -16,10 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pinclip.quantization import PUBLISHED_DIM, SCHEME, dequantize, quantization_spec
+from pinlift.core.schema import EMBEDDING_TABLES
 from pinworld.files import sha256_file as sha256
 
-
-KINDS = ("fusion", "image", "text")
+MANIFEST = EMBEDDING_TABLES["manifest"]
+KINDS = tuple(c.name for c in EMBEDDING_TABLES["embedding_parts"].columns if c.name != "pin_id")  # fusion first
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 
@@ -143,12 +144,15 @@ def open_embeddings(workdir: Path | str, ref: str = "pinclip", verify: bool = Tr
         manifest = json.loads(mpath.read_text())
     except json.JSONDecodeError as exc:
         raise EmbeddingError(f"{mpath}: expected JSON, found {exc.msg} at line {exc.lineno}") from None
+    for field in MANIFEST.columns:
+        _expect(field.name in manifest, mpath, field.name, f"a {field.kind} (docs/data.md, manifest)", "no such field")
     _expect(manifest.get("dim") == PUBLISHED_DIM, mpath, "dim", PUBLISHED_DIM, manifest.get("dim"))
     _expect(manifest.get("dtype") == "int8", mpath, "dtype", "int8", manifest.get("dtype"))
     q = manifest.get("quantization", {})
     _expect(q.get("scheme") == SCHEME and q == quantization_spec(), mpath, "quantization", quantization_spec(), q)
     kinds = manifest.get("kinds", [])
-    _expect(bool(kinds) and set(kinds) <= set(KINDS) and "fusion" in kinds, mpath, "kinds", "fusion[, image, text]", kinds)
+    _expect(bool(kinds) and set(kinds) <= set(KINDS) and KINDS[0] in kinds, mpath, "kinds",
+            f"{KINDS[0]}[, {', '.join(KINDS[1:])}]", kinds)
     ids, data, present = [], {k: [] for k in kinds}, {k: [] for k in kinds}
     for part in manifest["parts"]:
         path = directory / part["file"]

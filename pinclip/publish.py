@@ -182,7 +182,7 @@ def publish(workdir: Path | str, name: str, batch: EmbeddingBatch, *, source: di
             parts.append(part)
             if on_part is not None:
                 on_part(i, len(chunks))
-    manifest = {
+    manifest = {   # the fields of pinlift.core.schema's manifest, in its order
         "name": name, "version": version, "parent": parent, "source": source,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "dim": PUBLISHED_DIM, "dtype": "int8", "kinds": kinds, "l2_normalized": True,

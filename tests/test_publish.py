@@ -132,6 +132,23 @@ def test_reader_detects_corruption(tmp_path):
     manifest.write_text(json.dumps(m))
     with pytest.raises(EmbeddingError, match="manifest.json: dim: expected 64, found 128"):
         open_embeddings(tmp_path, "emb")
+    del m["as_of_day"]
+    m["dim"] = 64
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(EmbeddingError, match="manifest.json: as_of_day: expected a int .*, found no such field"):
+        open_embeddings(tmp_path, "emb")
+
+
+def test_the_manifest_and_parts_follow_the_schema(tmp_path):
+    """What publish writes is what pinlift.core.schema (and so docs/data.md) says, field for field."""
+    import pyarrow.parquet as pq
+
+    from pinlift.core.schema import EMBEDDING_TABLES
+
+    m = publish(tmp_path, "emb", _batch(range(5), kinds=("fusion", "image", "text")), source=SOURCE)
+    assert list(m) == [c.name for c in EMBEDDING_TABLES["manifest"].columns]
+    names = pq.read_schema(tmp_path / "embeddings/emb/v0001/part-00000.parquet").names
+    assert names == [c.name for c in EMBEDDING_TABLES["embedding_parts"].columns]
 
 
 def test_unknown_name_and_version(tmp_path):

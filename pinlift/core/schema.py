@@ -132,15 +132,48 @@ EXPERIMENT_TABLES: dict[str, Table] = {t.name: t for t in (
 )}
 
 
+# A published embedding version, under embeddings/<name>/<version>/ (written by `pinclip publish`); its
+# fields are JSON kinds (mapping, list) and its vectors fixed-size int8 lists
+EMBEDDING_TABLES: dict[str, Table] = {t.name: t for t in (
+    Table("embedding_parts", "embeddings/<name>/<version>/part-NNNNN.parquet", (
+        C("pin_id", "int", doc="the pin (→ `pins.pin_id`), once across the version's parts"),
+        C("fusion", "int8[64]", doc="the multimodal embedding: its L2-normalized 64-d prefix, quantized"),
+        C("image", "int8[64]", True, "the image tower's, where the manifest's `kinds` lists it"),
+        C("text", "int8[64]", True, "the text tower's, where listed; null for pins without text"),
+    ), key=("pin_id",), doc="The vectors: `pin_id` and one column per kind the manifest lists."),
+    Table("manifest", "embeddings/<name>/<version>/manifest.json", (
+        C("name", "string", doc="the embedding's name"),
+        C("version", "string", doc="`vNNNN`, one more than the last"),
+        C("parent", "string", True, "the version an incremental publish extends"),
+        C("source", "mapping", doc="what made it: `kind` (pinclip, oracle, topic, topic_objects), the run, the "
+                                   "generator version"),
+        C("created", "string", doc="UTC time, ISO 8601"),
+        C("dim", "int", doc="64"),
+        C("dtype", "string", doc="`int8`"),
+        C("kinds", "list", doc="the vector columns of the parts: `fusion`, and `image`, `text` where published"),
+        C("l2_normalized", "bool", doc="every vector has unit norm before quantization"),
+        C("quantization", "mapping", doc="`{scheme: global_affine, scale: 0.5/127, zero_point: 0, clamp: [-127, 127]}`"),
+        C("as_of_day", "int", True, "the day whose knowledge of each pin was embedded"),
+        C("rows", "int", doc="rows over all parts"),
+        C("parts", "list", doc="per part: `file`, `rows`, `sha256`, `min_pin_id`, `max_pin_id`, `reused_from` (the "
+                               "version an incremental publish hard-linked it from)"),
+    ), doc="The version's description, written last; the reader checks it and every part against it."),
+)}
+
+
+def table_schema(table: str) -> Table:
+    """Any table of a workspace, an experiment or a published embedding, by name."""
+    return TABLES.get(table) or EXPERIMENT_TABLES.get(table) or EMBEDDING_TABLES[table]
+
+
 def column_kinds(table: str) -> dict[str, str]:
-    """Column name → logical kind, for any table of the workspace or of an experiment."""
-    t = TABLES.get(table) or EXPERIMENT_TABLES[table]
-    return {c.name: c.kind for c in t.columns}
+    """Column name → logical kind, for any table of the workspace, an experiment or a published embedding."""
+    return {c.name: c.kind for c in table_schema(table).columns}
 
 
 def markdown_table(table: str) -> str:
     """The documentation table of ``table``'s columns: name, type, null? and meaning."""
-    t = TABLES.get(table) or EXPERIMENT_TABLES[table]
+    t = table_schema(table)
     rows = ["| name | type | null? | meaning |", "|---|---|---|---|"]
     rows += [f"| `{c.name}` | {c.kind} | {'yes' if c.nullable else 'no'} | {c.doc} |" for c in t.columns]
     return "\n".join(rows)
