@@ -13,31 +13,33 @@ install:
 # command resumes its own unfinished work (checkpoints), so an interrupted demo picks up where it was.
 W := $(WORKDIR)
 R := $(W)/ranking/runs
+# each stage's wall time goes into $(W)/demo.json
+T := $(PY) -m pinlift.readouts.timed --out $(W)/demo.json
 demo: install $(W)/world/world.json $(W)/pinclip/pretrain/text/report.json $(W)/pinclip/pretrain/image/report.json \
       $(W)/pinclip/runs/tiny/eval.json \
       $(W)/embeddings/pinclip/LATEST $(W)/ranking/compare.json $(W)/experiments/pinclip_ranking/analysis.json
 	$(PY) -m pinlift.readouts.summary --workdir $(W)
 
 $(W)/world/world.json:
-	$(VENV)/bin/pinworld generate --workdir $(W) --preset demo --seed $(SEED)
+	$(T) world -- $(VENV)/bin/pinworld generate --workdir $(W) --preset demo --seed $(SEED)
 
 $(W)/pinclip/pretrain/text/report.json: $(W)/world/world.json
-	$(VENV)/bin/pinclip pretrain-text --workdir $(W) --run text --steps 3000
+	$(T) pretrain_text -- $(VENV)/bin/pinclip pretrain-text --workdir $(W) --run text --steps 3000
 
 # the demo recipe (pinclip/configs/train_demo.yaml): both towers pretrained, as in the paper
 $(W)/pinclip/runs/tiny/eval.json: $(W)/pinclip/pretrain/text/report.json $(W)/pinclip/pretrain/image/report.json
-	$(VENV)/bin/pinclip train demo --workdir $(W) --run tiny
-	$(VENV)/bin/pinclip eval --workdir $(W) --run tiny
+	$(T) pinclip_train -- $(VENV)/bin/pinclip train demo --workdir $(W) --run tiny
+	$(T) pinclip_eval -- $(VENV)/bin/pinclip eval --workdir $(W) --run tiny
 
 $(W)/embeddings/pinclip/LATEST: $(W)/pinclip/runs/tiny/eval.json
-	$(VENV)/bin/pinclip publish --workdir $(W) --source run --run tiny --name pinclip
+	$(T) publish -- $(VENV)/bin/pinclip publish --workdir $(W) --source run --run tiny --name pinclip
 
 $(W)/ranking/compare.json: $(W)/embeddings/pinclip/LATEST
-	$(PY) -m ranking.compare --workdir $(W) --arms ids,pinclip --seeds 0 --epochs 2 --results ''
+	$(T) ranking -- $(PY) -m ranking.compare --workdir $(W) --arms ids,pinclip --seeds 0 --epochs 2 --results ''
 
 # on the two runs it serves (not compare.json, which `make results` rewrites)
 $(W)/experiments/pinclip_ranking/analysis.json: $(R)/ids_s0/eval.json $(R)/pinclip_s0/eval.json | $(W)/ranking/compare.json
-	$(VENV)/bin/abtest simulate examples/pinclip_ranking.yaml --workdir $(W) --analyze
+	$(T) abtest -- $(VENV)/bin/abtest simulate examples/pinclip_ranking.yaml --workdir $(W) --analyze
 
 test: install
 	$(PY) -m pytest tests
@@ -75,7 +77,7 @@ $(W)/pinclip/runs/tiny-%/eval.json: $(W)/pinclip/pretrain/image/report.json
 	$(VENV)/bin/pinclip ablate --workdir $(W) --reference tiny --only $* --quiet
 
 $(W)/pinclip/pretrain/image/report.json: $(W)/world/world.json
-	$(VENV)/bin/pinclip pretrain-image --workdir $(W) --run image --steps 4000
+	$(T) pretrain_image -- $(VENV)/bin/pinclip pretrain-image --workdir $(W) --run image --steps 4000
 
 define ranking_run
 $(R)/$(1)_s$(2)/eval.json: $(W)/embeddings/pinclip/LATEST

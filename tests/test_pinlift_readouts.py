@@ -54,3 +54,23 @@ def test_ablations_section_describes_the_runs_in_its_table(tmp_path):
     assert f"- `no_annotation`: {ABLATIONS['no_annotation'].description}." in text
     assert "`no_pin_pin`" not in text and "`untrained`" not in text      # only the runs in the table
     assert "| image_text | 64 | 0.1000 | 0.5000 |" in text and "- **fails**: c (0.1000 vs 0.2000, ratio 0.50)" in text
+
+
+def test_timed_stages_add_up_in_the_demo_record(tmp_path, capsys):
+    """Each completed stage's wall time lands in W/demo.json; a failed one is not recorded and its status
+    passes through; the summary prints the total."""
+    import json
+    import sys
+
+    from pinlift.readouts import summary, timed
+
+    out = tmp_path / "w" / "demo.json"
+    ok = [sys.executable, "-c", "import time; time.sleep(0.2)"]
+    assert timed.main(["--out", str(out), "world", "--", *ok]) == 0
+    assert timed.main(["--out", str(out), "ranking", "--", *ok]) == 0
+    assert timed.main(["--out", str(out), "abtest", "--", sys.executable, "-c", "raise SystemExit(3)"]) == 3
+    record = json.loads(out.read_text())
+    assert list(record["stages"]) == ["world", "ranking"] and all(v >= 0.2 for v in record["stages"].values())
+    assert record["total_s"] == round(sum(record["stages"].values()), 1)
+    assert summary._print_summary(str(tmp_path / "w")) == 0
+    assert "wall time: 0.0 min (world 0.0, ranking 0.0) -> demo.json" in capsys.readouterr().out

@@ -104,6 +104,9 @@ def _print_summary(workdir: str) -> int:
     for run, record in training_checks(workdir):
         if record["under_trained"]:
             print(f"  under-trained: {run}: {record['reason']} (curves: {run}/curves.png)")
+    if (times := _read(Path(workdir) / "demo.json")) is not None:
+        stages = ", ".join(f"{k} {v / 60:.1f}" for k, v in times["stages"].items())
+        print(f"  wall time: {times['total_s'] / 60:.1f} min ({stages}) -> demo.json")
     return 0
 
 
