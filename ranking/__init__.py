@@ -26,8 +26,15 @@ _RECORDS = {
     "torch.fx._symbolic_trace": ("is_fx_tracing will return true for both fx.symbolic_trace and torch.export",),
 }
 
-for _text in _WARNINGS:
-    warnings.filterwarnings("ignore", message=re.escape(_text))
-for _name, _starts in _RECORDS.items():
-    logging.getLogger(None if _name == "root" else _name).addFilter(
-        lambda record, starts=_starts: not record.getMessage().startswith(starts))
+
+
+def quiet_known_warnings() -> None:
+    """Ignore the known warnings (by their text) and drop the known log records."""
+    for text in _WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(text))
+    for name, starts in _RECORDS.items():
+        logging.getLogger(None if name == "root" else name).addFilter(
+            lambda record, starts=starts: not record.getMessage().startswith(starts))
+
+
+quiet_known_warnings()
