@@ -74,3 +74,15 @@ def test_timed_stages_add_up_in_the_demo_record(tmp_path, capsys):
     assert record["total_s"] == round(sum(record["stages"].values()), 1)
     assert summary._print_summary(str(tmp_path / "w")) == 0
     assert "wall time: 0.0 min (world 0.0, ranking 0.0) -> demo.json" in capsys.readouterr().out
+
+
+def test_cold_start_lifts_are_the_cells_compared_with_their_overall_cell():
+    from pinlift.readouts.summary import cold_start_lifts
+
+    rel = lambda v, lo, hi: {"value": v, "ci_low": lo, "ci_high": hi}  # noqa: E731
+    analysis = {"results": [{"key": "fresh_repins/homefeed", "relative": rel(0.191, 0.152, 0.23)},
+                            {"key": "repins/homefeed", "relative": rel(0.1, 0.05, 0.15)},
+                            {"key": "new_ad_clicks/ads", "relative": rel(None, None, None)}],
+                "lift_differences": [{"key": "fresh_repins/homefeed - repins/homefeed"},
+                                     {"key": "new_ad_clicks/ads - clicks/ads"}]}
+    assert cold_start_lifts(analysis) == "fresh_repins/homefeed +19.1% [+15.2%, +23.0%]"

@@ -59,10 +59,26 @@ def stage_figures(workdir: Path | str) -> list[tuple[str, str, str]]:
                 cells.append(f"{task} {sl}: AUC {arms['ids']['auc_mean']:.4f} -> {arms['pinclip']['auc_mean']:.4f}")
         rows.append(("ranking", "; ".join(cells) or f"arms {cmp_['arms']}", "ranking/compare.json"))
     for exp in sorted((w / "experiments").glob("*/analysis.json")):
-        v = _read(exp).get("verdict")
+        analysis = _read(exp)
+        v = analysis.get("verdict")
+        report = str(exp.parent.relative_to(w) / "report.html")
         rows.append((f"A/B {exp.parent.name}", "no verdict: re-run `abtest analyze`" if v is None else
-                     f"{v['primary']['key']}: {v['sentence']}", str(exp.parent.relative_to(w) / "report.html")))
+                     f"{v['primary']['key']}: {v['sentence']}", report))
+        if cold := cold_start_lifts(analysis):
+            rows.append((f"A/B {exp.parent.name} cold start", cold, report))
     return rows
+
+
+def cold_start_lifts(analysis: dict) -> str:
+    """The lifts of the cold-start cells (those the analysis compares with their overall cell), with CIs."""
+    results = {r["key"]: r["relative"] for r in analysis["results"]}
+    cells = [d["key"].split(" - ")[0] for d in analysis.get("lift_differences", [])]
+    return "; ".join(f"{k} {_pct(results[k]['value'])} [{_pct(results[k]['ci_low'])}, {_pct(results[k]['ci_high'])}]"
+                     for k in cells if k in results and results[k]["value"] is not None)
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:+.1f}%"
 
 
 def training_checks(workdir: Path | str) -> list[tuple[str, dict]]:
