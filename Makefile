@@ -1,10 +1,24 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-WORKDIR ?= pinwork
 SEED ?= 0
+# `make demo`: the demo behind docs/results.md (the `demo` world, both towers pretrained in the workspace, about
+# 90 minutes on 2 cores); `make demo DEMO=quick`: the quick one in its own workspace (the `small` world, the
+# image tower shipped in pinclip/towers/, about 9 minutes), which does not yet show a Homefeed lift
+DEMO ?= full
+ifeq ($(DEMO),quick)
+WORKDIR ?= pinwork-quick
+PRESET := small
+TEXT_STEPS := 500
+RECIPE := quick
+else
+WORKDIR ?= pinwork
+PRESET := demo
+TEXT_STEPS := 3000
+RECIPE := demo
+endif
 
-.PHONY: install demo test bench results results-jobs clean
+.PHONY: install demo test bench results results-jobs towers clean
 
 install:
 	@bash scripts/install.sh
@@ -15,20 +29,22 @@ W := $(WORKDIR)
 R := $(W)/ranking/runs
 # each stage's wall time goes into $(W)/demo.json
 T := $(PY) -m pinlift.readouts.timed --out $(W)/demo.json
-demo: install $(W)/world/world.json $(W)/pinclip/pretrain/text/report.json $(W)/pinclip/pretrain/image/report.json \
+# the image tower PinCLIP starts from: pretrained in the workspace (full), or shipped in pinclip/towers/ (quick)
+IMAGE_TOWER := $(if $(filter quick,$(DEMO)),,$(W)/pinclip/pretrain/image/report.json)
+demo: install $(W)/world/world.json $(W)/pinclip/pretrain/text/report.json $(IMAGE_TOWER) \
       $(W)/pinclip/runs/tiny/eval.json \
       $(W)/embeddings/pinclip/LATEST $(W)/ranking/compare.json $(W)/experiments/pinclip_ranking/analysis.json
 	$(PY) -m pinlift.readouts.summary --workdir $(W)
 
 $(W)/world/world.json:
-	$(T) world -- $(VENV)/bin/pinworld generate --workdir $(W) --preset demo --seed $(SEED)
+	$(T) world -- $(VENV)/bin/pinworld generate --workdir $(W) --preset $(PRESET) --seed $(SEED)
 
 $(W)/pinclip/pretrain/text/report.json: $(W)/world/world.json
-	$(T) pretrain_text -- $(VENV)/bin/pinclip pretrain-text --workdir $(W) --run text --steps 3000
+	$(T) pretrain_text -- $(VENV)/bin/pinclip pretrain-text --workdir $(W) --run text --steps $(TEXT_STEPS)
 
-# the demo recipe (pinclip/configs/train_demo.yaml): both towers pretrained, as in the paper
-$(W)/pinclip/runs/tiny/eval.json: $(W)/pinclip/pretrain/text/report.json $(W)/pinclip/pretrain/image/report.json
-	$(T) pinclip_train -- $(VENV)/bin/pinclip train demo --workdir $(W) --run tiny
+# the recipe (pinclip/configs/train_$(RECIPE).yaml): both towers pretrained, as in the paper
+$(W)/pinclip/runs/tiny/eval.json: $(W)/pinclip/pretrain/text/report.json $(IMAGE_TOWER)
+	$(T) pinclip_train -- $(VENV)/bin/pinclip train $(RECIPE) --workdir $(W) --run tiny
 	$(T) pinclip_eval -- $(VENV)/bin/pinclip eval --workdir $(W) --run tiny
 
 $(W)/embeddings/pinclip/LATEST: $(W)/pinclip/runs/tiny/eval.json
@@ -63,6 +79,7 @@ ABLATIONS := image_text no_pin_pin in_batch_negatives no_annotation no_matryoshk
 ARMS := ids pinclip pinclip_shuffled topic topic_objects oracle
 SEEDS := 0 1 2
 results: demo
+	$(if $(filter quick,$(DEMO)),$(error make results reads the full demo: run it without DEMO=quick))
 	OMP_NUM_THREADS=1 $(MAKE) -j2 --output-sync=target results-jobs
 	$(VENV)/bin/pinclip ablate --workdir $(W) --reference tiny --quiet
 	$(PY) -m ranking.compare --workdir $(W) --seeds $(SEEDS) --epochs 2 --results '' --per-surface ids
@@ -92,6 +109,12 @@ $(W)/experiments/pinclip_ranking_s%/analysis.json: $(R)/ids_s%/eval.json $(R)/pi
 # the IDs-only arm as one model per surface (homefeed, related, then ads: the last marks the job done)
 $(R)/ids_ads_s%/eval.json: $(R)/ids_s%/eval.json
 	$(PY) -m ranking.compare --workdir $(W) --arms ids --seeds $* --epochs 2 --results '' --per-surface ids >/dev/null
+
+# the image tower shipped in pinclip/towers/ for the quick demo: pretrained on a `demo` world of another seed
+towers: install
+	$(VENV)/bin/pinworld generate --workdir pinwork-towers --preset demo --seed 1
+	$(VENV)/bin/pinclip pretrain-image --workdir pinwork-towers --run image --steps 4000
+	$(VENV)/bin/pinclip export-tower --workdir pinwork-towers --run image --out pinclip/towers/image_pinworld.safetensors
 
 clean:
 	rm -rf $(WORKDIR)

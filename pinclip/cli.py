@@ -130,6 +130,14 @@ def _eval(args) -> int:
     return 0
 
 
+def _export_tower(args) -> int:
+    from pinclip.loading import export_tower
+
+    out = export_tower(args.workdir, args.run, args.out)
+    print(json.dumps({"tower": str(out), "report": str(out.with_suffix(".json"))}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pinclip", description="PinCLIP embeddings: publish and candidate generation.")
     add_debug_flag(ap)
@@ -139,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         _settings_command(sub, f"pretrain-{tower}", f"weakly-supervised multi-label pretraining of the {tower} "
                           "tower on the pins' annotations", PretrainConfig, "pretrain", skip=("tower",)
                           ).set_defaults(func=_pretrain, tower=tower)
+    x = sub.add_parser("export-tower", help="write a pretrain run's tower as safetensors (e.g. into pinclip/towers/, "
+                                            "for `pretrained_image=NAME`) with its report beside it")
+    x.add_argument("--workdir", default="pinwork")
+    x.add_argument("--run", required=True, help="the pretrain run, under W/pinclip/pretrain/")
+    x.add_argument("--out", required=True, help="the .safetensors file to write")
+    add_quiet_flag(x)
+    x.set_defaults(func=_export_tower)
     e = sub.add_parser("eval", help="Recall@K on the five tasks, held-out pins vs distractors -> eval.json")
     e.add_argument("--workdir", default="pinwork")
     e.add_argument("--run", required=True)

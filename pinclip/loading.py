@@ -8,6 +8,7 @@ import pickle
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pinclip.models.factory import PinCLIP, create_model
@@ -23,6 +24,34 @@ def read_checkpoint(path: Path | str) -> dict:
         reason = str(exc).split(". ")[0]
         raise input_error(path, "checkpoint", "a complete torch checkpoint (retrain, or pass --restart)",
                           f"a truncated or corrupt file ({reason})") from None
+
+
+TOWERS_DIR = Path(__file__).resolve().parent / "towers"   # pretrained towers shipped with pinclip
+
+
+def shipped_towers() -> list[str]:
+    """Names of the towers shipped with pinclip (``pinclip/towers/<name>.safetensors``, each beside a
+    ``<name>.json`` saying how it was made)."""
+    return sorted(p.stem for p in TOWERS_DIR.glob("*.safetensors"))
+
+
+def read_shipped_tower(name: str) -> dict:
+    """The state dict (float32) of the shipped tower ``name``."""
+    return {k: v.float() for k, v in load_file(TOWERS_DIR / f"{name}.safetensors").items()}
+
+
+def export_tower(workdir: Path | str, run: str, out: Path | str) -> Path:
+    """Write the tower of pretrain run ``run`` as half-precision safetensors at ``out``, and beside it (.json)
+    its report and the world it was pretrained on."""
+    pretrain_dir, out = Path(workdir) / "pinclip" / "pretrain" / run, Path(out)
+    report = json.loads((pretrain_dir / "report.json").read_text())
+    meta = Path(workdir) / "world" / "world.json"
+    world = json.loads(meta.read_text()) if meta.is_file() else {}
+    state = read_checkpoint(pretrain_dir / f"{report['tower']}_tower.pt")
+    save_file({k: v.half().contiguous() for k, v in state.items()}, out)
+    made = {"world": {k: world.get(k) for k in ("preset", "seed", "generator_version")}, **report}
+    out.with_suffix(".json").write_text(json.dumps(made, indent=2) + "\n")
+    return out
 
 
 class TruncatedPrefixes(nn.Module):

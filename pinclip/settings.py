@@ -86,7 +86,8 @@ class TrainConfig(Settings):
     session_pairs: bool = Field(False, description="also neighbors: pins repinned by one user on one day before T")
     align_reference: str = Field("", description="a trained run scoring image–text alignment")
     align_threshold: float = Field(0.0, description="with it, texts scored below this cosine are dropped")
-    pretrained_image: str = Field("", description="a pretrain-image run whose image tower to start from")
+    pretrained_image: str = Field("", description="a pretrain-image run whose image tower to start from, or a "
+                                                   "tower shipped in pinclip/towers/ (image_pinworld)")
     pretrained_text: str = Field("", description="a pretrain-text run whose text tower and tokenizer to start from")
     vocab_size: int = Field(VOCAB_SIZE, ge=1, description="of the tokenizer trained on the corpus")
     tokenizer: str = Field("", description="reuse this tokenizer.json instead of training one (WordPiece "

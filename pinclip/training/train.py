@@ -36,7 +36,7 @@ from pinclip.data.dataset import (CorpusPins, ImageTextCollate, ImageTextDataset
                                   neighbor_batch_size)
 from pinclip.data.sources import KINDS, drop_misaligned, text_sources
 from pinlift.core.distributed import Env, setup
-from pinclip.loading import read_checkpoint
+from pinclip.loading import read_checkpoint, read_shipped_tower, shipped_towers
 from pinclip.losses import MATRYOSHKA_WEIGHTS, AnnotationLoss, PinCLIPLoss
 from pinclip.models.factory import PinCLIP, create_model
 from pinclip.models.text import load_tokenizer, tokenize, train_tokenizer
@@ -184,7 +184,7 @@ class Trainer:
         self.model = create_model(self.cfg.model, text=text_over, **overrides)
         self.tokenizer = load_tokenizer(self.model.cfg.text)
         if self.cfg.pretrained_image:
-            self.model.image.load_state_dict(read_checkpoint(self._pretrained("image", "image_tower.pt")))
+            self.model.image.load_state_dict(self._pretrained_image())
         if self.cfg.pretrained_text:
             self.model.text.load_state_dict(read_checkpoint(self._pretrained("text", "text_tower.pt")))
         if self.cfg.trainable_image_blocks >= 0:
@@ -235,6 +235,13 @@ class Trainer:
             self.ddp = self.step_module
         self.optimizer = Lion(_param_groups(self.step_module, self.cfg))
         self.step = 0
+
+    def _pretrained_image(self) -> dict:
+        """The ``pretrained_image`` tower: a pretrain-image run of the workspace, else a tower shipped with pinclip."""
+        run = Path(self.cfg.workdir) / "pinclip" / "pretrain" / self.cfg.pretrained_image
+        if not run.is_dir() and self.cfg.pretrained_image in shipped_towers():
+            return read_shipped_tower(self.cfg.pretrained_image)
+        return read_checkpoint(self._pretrained("image", "image_tower.pt"))
 
     def _pretrained(self, tower: str, name: str) -> Path:
         """A file of the ``pretrained_<tower>`` run, which must exist."""
