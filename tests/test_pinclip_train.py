@@ -159,7 +159,7 @@ def test_config_errors_name_the_file_line_and_field(tmp_path, capsys):
     assert capsys.readouterr().err == f"pinclip train: {recipe}:2: lr: expected greater than 0, found -1\n"
     assert load_train_config(["tiny", "steps=7"]).steps == 7
     assert load_train_config(["tiny", "lr=6e-4"]).lr == 6e-4       # YAML 1.1 reads 6e-4 as a string
-    for items, message in ((["nope"], r"config: expected a YAML file or a recipe \(base, demo, tiny\), found 'nope'"),
+    for items, message in ((["nope"], r"config: expected a YAML file or a recipe \(base, demo, quick, tiny\), found 'nope'"),
                            (["tiny", "stepz=3"], "stepz: expected a known field"),
                            (["tiny", "lr=fast"], "lr: expected a valid number, found 'fast'"),
                            (["tiny", "neighbor_group=1"], "neighbor_group: expected 0 or an integer >= 2, found 1"),
