@@ -1,5 +1,8 @@
 """Image storage: pinworld writes uint8 shards (``images/shard-K.npy``, N x H x W x 3); user data may
-instead reference image files (PNG/JPEG) by path. ``load_images`` reads both kinds of URI."""
+instead reference image files (any format PIL reads) by a path relative to ``world/``, which must stay
+inside it. ``ImageStore.load`` reads both kinds of URI; ``read_image`` turns any image file into the RGB
+square the models read: transparency composited onto white (the background it is drawn for), then padded
+to a square with white rather than squashed."""
 
 from __future__ import annotations
 
@@ -13,10 +16,57 @@ from PIL import Image
 from pinlift.core.errors import input_error
 
 SHARD_SIZE = 50_000
+BACKGROUND = (255, 255, 255)   # what transparent areas and padding become
 
 
 def shard_uri(index: int) -> str:
     return f"images/shard-{index // SHARD_SIZE:05d}.npy#{index % SHARD_SIZE}"
+
+
+def resolve_inside(root: Path | str, uri: str) -> Path | None:
+    """``root / uri`` when it stays inside ``root`` (no absolute path, no ``..`` escape, no symlink out);
+    None otherwise."""
+    root = Path(root).resolve()
+    if not uri or Path(uri).is_absolute():
+        return None
+    path = (root / uri).resolve()
+    return path if path.is_relative_to(root) else None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGB, with any transparency (RGBA, LA, P or L with a transparent colour) composited onto white."""
+    if im.mode == "P" or (im.mode in ("L", "RGB") and "transparency" in im.info):
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", rgba.size, BACKGROUND)
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return im.convert("RGB")
+
+
+def square(im: Image.Image) -> Image.Image:
+    """``im`` centred on a white square of its longer side."""
+    w, h = im.size
+    if w == h:
+        return im
+    side = max(w, h)
+    out = Image.new("RGB", (side, side), BACKGROUND)
+    out.paste(im, ((side - w) // 2, (side - h) // 2))
+    return out
+
+
+def read_image(path: Path | str, size: int | None = None) -> np.ndarray:
+    """uint8 (H, W, 3) of any PIL-readable file: RGB on white, padded square, resized to ``size`` (bicubic)
+    when given; an unreadable file is one InputError line naming it."""
+    path = Path(path)
+    with _readable(path, "an image file (PNG, JPEG, ...)"), Image.open(path) as im:
+        if size:
+            im.draft("RGB", (size, size))   # JPEG: decode at a reduced scale when that is enough
+        out = square(to_rgb(im))
+        if size and out.size != (size, size):
+            out = out.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        return np.asarray(out)
 
 
 @contextmanager
@@ -45,11 +95,12 @@ class ImageStore:
         return arr
 
     def _file(self, uri: str) -> np.ndarray:
-        path = self.root / uri
+        path = resolve_inside(self.root, uri)
+        if path is None:
+            raise input_error(self.root, "image_uri", "a path inside world/", repr(uri))
         if not path.is_file():
             raise FileNotFoundError(f"pinworld: image {uri!r} not found under {self.root}")
-        with _readable(path, "an image file (PNG, JPEG)"), Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        return read_image(path, self.size)
 
     def load(self, uris) -> np.ndarray:
         """uint8 array (n, H, W, 3) for the given URIs; shard rows are read with one indexed read
