@@ -18,7 +18,7 @@ TEXT_STEPS := 3000
 RECIPE := demo
 endif
 
-.PHONY: install demo test bench results results-jobs towers clean
+.PHONY: install demo test bench results results-jobs towers openclipart clean
 
 install:
 	@bash scripts/install.sh
@@ -118,3 +118,9 @@ towers: install
 
 clean:
 	rm -rf $(WORKDIR)
+
+# PinCLIP on real pictures: the Open Clip Art table of docs/results.md (the library from Debian's openclipart-png and
+# openclipart-svg, installed or unpacked under OPENCLIPART; every row one thread; finished rows are reused)
+OPENCLIPART ?= /usr/share/openclipart
+openclipart: install
+	$(PY) benchmarks/openclipart/run.py --workdir openclipart-work --from $(OPENCLIPART) --write-docs

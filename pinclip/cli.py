@@ -1,4 +1,5 @@
-"""`pinclip` command line: train, pretrain-image|text, ablate, publish embeddings, build/query the candidate index."""
+"""`pinclip` command line: train, pretrain-image|text, ablate, publish embeddings, embed new content, build/query
+the candidate index."""
 
 from __future__ import annotations
 
@@ -22,31 +23,58 @@ from pinlift.core.runs import check_name, removed_on_error
 def _publish(args) -> int:
     from pinworld.oracle import ORACLE_KINDS
 
-    if args.source not in ("run", *ORACLE_KINDS):
-        raise ValueError(f"pinclip publish: --source {args.source!r}: expected one of run, {', '.join(ORACLE_KINDS)}")
+    if args.source not in ("run", "parquet", *ORACLE_KINDS):
+        raise ValueError(f"pinclip publish: --source {args.source!r}: expected one of run, parquet, "
+                         f"{', '.join(ORACLE_KINDS)}")
+    for flag, value, source in (("--pins", args.pins, "run"), ("--vectors", args.vectors, "parquet")):
+        if value and args.source != source:
+            raise ValueError(f"pinclip publish: {flag}: expected --source {source}, found --source {args.source}")
     if args.source == "run" and not args.run:
         raise ValueError("pinclip publish: --source run: expected --run RUN (a trained run under pinclip/runs/)")
-    bar = tqdm(desc=f"publish {args.name}", unit="part", disable=args.quiet)
+    if args.source == "parquet" and not (args.vectors and args.name):
+        raise ValueError("pinclip publish: --source parquet: expected --vectors FILE.parquet and --name NAME")
+    if (args.pins or args.source == "parquet") and (args.as_of_day is not None or args.since_day is not None):
+        raise ValueError(f"pinclip publish: {'--pins' if args.pins else '--source parquet'}: expected no "
+                         "--as-of-day or --since-day")
+    name = args.name or "pinclip"
+    bar = tqdm(desc=f"publish {name}", unit="part", disable=args.quiet)
 
     def on_part(i, n):
         bar.total = n
         bar.update(1)
 
-    if args.source == "run":
+    if args.source == "run" and args.pins:
+        from pinclip.run_source import publish_new_pins
+
+        manifest = publish_new_pins(args.workdir, args.run, args.pins, name, progress=not args.quiet, on_part=on_part)
+    elif args.source == "run":
         from pinclip.run_source import publish_run
 
-        manifest = publish_run(args.workdir, args.run, args.name, as_of_day=args.as_of_day, since_day=args.since_day,
+        manifest = publish_run(args.workdir, args.run, name, as_of_day=args.as_of_day, since_day=args.since_day,
                                progress=not args.quiet, on_part=on_part)
+    elif args.source == "parquet":
+        from pinclip.vector_source import publish_vectors
+
+        manifest = publish_vectors(args.workdir, args.vectors, name, on_part=on_part)
     else:
         from pinclip.oracle_source import publish_oracle
 
-        manifest = publish_oracle(args.workdir, args.name, as_of_day=args.as_of_day, since_day=args.since_day,
+        manifest = publish_oracle(args.workdir, name, as_of_day=args.as_of_day, since_day=args.since_day,
                                   kind=args.source, on_part=on_part)
     bar.close()
     from pinworld.catalog import build_catalog
 
     build_catalog(args.workdir)   # the new version appears in the catalog's `embeddings` view
     print(json.dumps({k: manifest[k] for k in ("name", "version", "parent", "rows", "kinds", "as_of_day")}))
+    return 0
+
+
+def _embed(args) -> int:
+    from pinclip.embed import embed
+
+    out = embed(args.workdir, args.run, images=args.images, texts=args.texts, pins=args.pins,
+                batch_size=args.batch_size, progress=not args.quiet).write(args.out, int8=args.int8)
+    print(out)
     return 0
 
 
@@ -125,7 +153,7 @@ def _eval(args) -> int:
     from pinclip.training.evaluate import evaluate_run, format_table
 
     results = evaluate_run(args.workdir, args.run, max_queries=args.max_queries, distractors=args.distractors,
-                           progress=not args.quiet)
+                           split=args.split, split_name=args.split_name, progress=not args.quiet)
     print(format_table(results))
     return 0
 
@@ -154,11 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="the .safetensors file to write")
     add_quiet_flag(x)
     x.set_defaults(func=_export_tower)
-    e = sub.add_parser("eval", help="Recall@K on the five tasks, held-out pins vs distractors -> eval.json")
+    e = sub.add_parser("eval", help="Recall@K on the five tasks (a catalog: image->text and image->image by "
+                                    "board), held-out pins vs distractors -> eval.json")
     e.add_argument("--workdir", default="pinwork")
     e.add_argument("--run", required=True)
     e.add_argument("--max-queries", type=int, default=5000)
-    e.add_argument("--distractors", type=int, default=50000)
+    e.add_argument("--distractors", type=int, default=50000, help="distractor pins (a catalog: evaluated pins)")
+    e.add_argument("--split", default="", help="evaluate these pins: a Parquet/CSV file of pin_id, split, a column "
+                   "of the pins table, or a list of pin ids (.txt, or a table of pin_id) (default: the run's split, "
+                   "else its held-out pins)")
+    e.add_argument("--split-name", default="validation", choices=("validation", "test"),
+                   help="which rows of --split")
     add_quiet_flag(e)
     e.set_defaults(func=_eval)
     a = sub.add_parser("ablate", help="train and evaluate the baselines and ablations of a reference run "
@@ -173,16 +207,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish", help="publish 64-d int8 embeddings as a new version")
     p.add_argument("--workdir", default="pinwork")
-    p.add_argument("--name", default="pinclip")
-    p.add_argument("--source", default="run", help="run: a trained PinCLIP run (--run); oracle: pinworld's true "
-                   "content latents; topic: the latent true topic alone (a reference); topic_objects: the topic the pin's "
-                   "objects show (the floor)")
+    p.add_argument("--name", default=None,
+                   help="the embeddings' name (default pinclip; required with --source parquet)")
+    p.add_argument("--source", default="run", help="run: a trained PinCLIP run (--run); parquet: your own vectors "
+                   "(--vectors); oracle: pinworld's true content latents; topic: the latent true topic alone (a "
+                   "reference); topic_objects: the topic the pin's objects show (the floor)")
     p.add_argument("--run", default=None, help="the PinCLIP run to publish (with --source run)")
+    p.add_argument("--pins", default=None, help="with --source run: a table of new pins (pins schema, image_uri "
+                   "relative to its folder) to add to LATEST as an incremental version")
+    p.add_argument("--vectors", default=None, help="with --source parquet: a Parquet file of pin_id and one vector "
+                   "column (64 floats, or int8 codes)")
     p.add_argument("--as-of-day", type=int, default=None, help="only pins created before this day")
     p.add_argument("--since-day", type=int, default=None,
                    help="incremental: add the pins created since this day that LATEST lacks")
     add_quiet_flag(p)
     p.set_defaults(func=_publish)
+    m = sub.add_parser("embed", help="embed image files (and texts) or a table of new pins with a trained run: "
+                                     "fusion, image and text vectors at every Matryoshka prefix -> Parquet")
+    m.add_argument("--workdir", default="pinwork")
+    m.add_argument("--run", required=True, help="the PinCLIP run, under W/pinclip/runs/")
+    what = m.add_mutually_exclusive_group(required=True)
+    what.add_argument("--images", nargs="+", metavar="FILE|DIR", help="image files, or folders of them (any "
+                      "format PIL reads)")
+    what.add_argument("--pins", metavar="TABLE.parquet", help="new pins (pins schema: pin_id, image_uri relative to "
+                      "the table's folder, title/description/caption)")
+    m.add_argument("--texts", default=None, help="with --images: .txt (one line per image, in order) or .csv/.jsonl "
+                   "with file (relative to it) and text")
+    m.add_argument("--out", required=True, help="the Parquet file to write")
+    m.add_argument("--int8", action="store_true",
+                   help="add <kind>_64_int8: the published 64-d, quantized as publish does")
+    m.add_argument("--batch-size", type=int, default=256)
+    add_quiet_flag(m)
+    m.set_defaults(func=_embed)
     ix = sub.add_parser("index", help="HNSW candidate index over published fusion embeddings")
     ixs = ix.add_subparsers(dest="index_command", required=True)
     b = ixs.add_parser("build")

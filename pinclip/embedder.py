@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import polars as pl
@@ -14,7 +15,6 @@ from tqdm import tqdm
 from pinclip.data.dataset import normalize_images
 from pinclip.data.sources import text_sources
 from pinclip.models.text import tokenize
-from pinworld.world import World
 
 PIN_KINDS = ("image", "text", "fusion")
 
@@ -42,15 +42,22 @@ class PinEmbeddings:
         return self.vectors[kind][prefix][self.rows(pin_ids)]
 
 
-class Embedder:
-    """Batch-encodes pins (image from ``World.images``, text through ``tokenizer``) and free texts with a
-    PinCLIP model under ``torch.no_grad()``, returning every Matryoshka prefix as float32 arrays."""
+class ImageSource(Protocol):
+    """Where pin images come from: a ``World``, or new content (``pinclip.embed``)."""
 
-    def __init__(self, model, tokenizer, world: World, *, batch_size: int = 64, image_size: int | None = None,
+    def images(self, pin_ids, size: int | None = None) -> np.ndarray:
+        """uint8 images (n, H, W, 3) of ``pin_ids``."""
+
+
+class Embedder:
+    """Batch-encodes pins (image from ``source.images``, e.g. a ``World``'s, text through ``tokenizer``) and
+    free texts with a PinCLIP model under ``torch.no_grad()``, returning every Matryoshka prefix as float32."""
+
+    def __init__(self, model, tokenizer, source: ImageSource, *, batch_size: int = 64, image_size: int | None = None,
                  prefixes: Sequence[int] | None = None, progress: bool = True):
         self.model = model
         self.tokenizer = tokenizer
-        self.world = world
+        self.source = source
         self.batch_size = batch_size
         self.image_size = image_size or model.cfg.image.img_size
         self.progress = progress
@@ -90,7 +97,7 @@ class Embedder:
         texts = [texts[i] for i in order]
 
         def encode(start, stop):
-            images = normalize_images(self.world.images(ids[start:stop], self.image_size)).to(self.device)
+            images = normalize_images(self.source.images(ids[start:stop], self.image_size)).to(self.device)
             input_ids, mask = self._tokens(texts[start:stop])
             return self.model(kinds, images, input_ids, mask)
 

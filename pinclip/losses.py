@@ -21,6 +21,12 @@ gradient back to the rank that owns the features. Each rank's value is normalise
 (as in open_clip), so the mean over ranks equals the single-process loss on the concatenated batch and,
 under DDP's gradient averaging, every parameter gradient equals the single-process one.
 
+Missing texts. A pin may lack one kind of text; its text row is then masked out (``mask``): that pair is
+dropped and the empty text is nobody's negative, while the pin's image still serves as a negative of every
+other pin's text. The loss stays a sum over the remaining (image, text) cells divided by the batch size, so
+a present pair weighs the same whatever else is missing, every rank's batch keeps its size, and an all-True
+mask gives exactly the unmasked loss.
+
 Corpus negatives (Pin-to-Pin only, optional). In-batch negatives are other queries' positives: pins the walks
 reach, as saved as the positives themselves, so nothing every saved pin shares (how appealing it looks) tells a
 neighbor from a non-neighbor. Pins drawn uniformly from the whole corpus, saved or not, are added as negatives
@@ -56,19 +62,42 @@ TERMS = ("image_descriptive", "image_keyword", "pin_pin")
 
 
 def _block_loss(x: torch.Tensor, y: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor,
-                positives_on_diagonal: bool) -> torch.Tensor:
+                positives_on_diagonal: bool, mask: torch.Tensor | None = None) -> torch.Tensor:
     logits = logit_scale.exp() * x @ y.T + logit_bias
     labels = -torch.ones_like(logits)
     if positives_on_diagonal:
         labels.fill_diagonal_(1.0)
-    return -F.logsigmoid(labels * logits).sum() / x.shape[0]
+    cells = -F.logsigmoid(labels * logits)
+    if mask is not None:
+        cells = cells * mask
+    return cells.sum() / x.shape[0]
 
 
-def sigmoid_loss(x: torch.Tensor, y: torch.Tensor, logit_scale: torch.Tensor,
-                 logit_bias: torch.Tensor) -> torch.Tensor:
-    """Sigmoid loss of aligned pairs (x_i, y_i) against all in-batch negatives, divided by the batch size;
-    rows of ``y`` past ``len(x)`` are negatives of every x."""
-    return _block_loss(x, y, logit_scale, logit_bias, positives_on_diagonal=True)
+def _columns(x: torch.Tensor, y: torch.Tensor, negatives: torch.Tensor | None,
+             mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The columns every x is scored against: ``y`` then the ``negatives``, and their 0/1 weights (or None)."""
+    if x.ndim != 2 or y.shape != x.shape:
+        raise ValueError(f"pinclip: sigmoid loss: expected one text per image, both (n, d); found images "
+                         f"{tuple(x.shape)} and texts {tuple(y.shape)}")
+    if negatives is not None and (negatives.ndim != 2 or negatives.shape[1] != x.shape[1]):
+        raise ValueError(f"pinclip: sigmoid loss: expected negatives (m, {x.shape[1]}), found {tuple(negatives.shape)}")
+    if mask is not None:
+        if mask.shape != (len(y),):
+            raise ValueError(f"pinclip: sigmoid loss: expected a mask of {len(y)} texts, found {tuple(mask.shape)}")
+        mask = mask.to(x.dtype)
+        if negatives is not None:
+            mask = torch.cat([mask, mask.new_ones(len(negatives))])
+    return (y if negatives is None else torch.cat([y, negatives])), mask
+
+
+def sigmoid_loss(x: torch.Tensor, y: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor,
+                 negatives: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Sigmoid loss of aligned pairs (x_i, y_i) against all in-batch negatives, divided by the batch size.
+
+    ``negatives`` (m, d) are negatives of every x; ``mask`` (n,) bool drops y_i where False (see the module
+    docstring). A ``y`` of another shape than ``x`` is a ValueError."""
+    y, mask = _columns(x, y, negatives, mask)
+    return _block_loss(x, y, logit_scale, logit_bias, True, mask)
 
 
 def _exchange(tensor: torch.Tensor, send_to: int, recv_from: int) -> torch.Tensor:
@@ -92,19 +121,23 @@ class _NeighbourExchange(torch.autograd.Function):
         return _exchange(grad, ctx.recv_from, ctx.send_to), None, None
 
 
-def chunked_sigmoid_loss(x: torch.Tensor, y: torch.Tensor, logit_scale: torch.Tensor,
-                         logit_bias: torch.Tensor) -> torch.Tensor:
+def chunked_sigmoid_loss(x: torch.Tensor, y: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor,
+                         negatives: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """This rank's share of the sigmoid loss over all ranks' pairs, ring by ring (default process group).
 
-    Every rank must call it with the same local batch size, in the same order as the other ranks.
+    Every rank must call it with the same local batch size and the same optional arguments, in the same
+    order as the other ranks; a rank's ``negatives`` and ``mask`` travel the ring with its ``y``.
     """
     rank, world = dist.get_rank(), dist.get_world_size()
     right, left = (rank + 1) % world, (rank - 1) % world
-    loss = _block_loss(x, y, logit_scale, logit_bias, positives_on_diagonal=True)
-    y_other = y
+    y, mask = _columns(x, y, negatives, mask)
+    loss = _block_loss(x, y, logit_scale, logit_bias, True, mask)
+    y_other, mask_other = y, mask
     for _ in range(world - 1):
         y_other = _NeighbourExchange.apply(y_other, right, left)
-        loss = loss + _block_loss(x, y_other, logit_scale, logit_bias, positives_on_diagonal=False)
+        if mask is not None:
+            mask_other = _exchange(mask_other, right, left)
+        loss = loss + _block_loss(x, y_other, logit_scale, logit_bias, False, mask_other)
     return loss
 
 
@@ -123,24 +156,28 @@ class SigmoidLoss(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(temperature)))
         self.logit_bias = nn.Parameter(torch.tensor(bias))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, negatives: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         loss = chunked_sigmoid_loss if _distributed() else sigmoid_loss
-        return loss(x, y, self.logit_scale, self.logit_bias)
+        return loss(x, y, self.logit_scale, self.logit_bias, negatives, mask)
 
 
 class MatryoshkaSigmoidLoss(nn.Module):
-    """One contrastive term at every Matryoshka prefix: ``forward(x, y)`` -> {k: unweighted loss}."""
+    """One contrastive term at every Matryoshka prefix: ``forward(x, y, negatives, mask)`` -> {k: unweighted loss}."""
 
     def __init__(self, dims: tuple[int, ...]):
         super().__init__()
         self.dims = tuple(dims)
         self.prefix_losses = nn.ModuleDict({str(k): SigmoidLoss() for k in self.dims})
 
-    def forward(self, x: Mapping[int, torch.Tensor], y: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        missing = [k for k in self.dims if k not in x or k not in y]
+    def forward(self, x: Mapping[int, torch.Tensor], y: Mapping[int, torch.Tensor],
+                negatives: Mapping[int, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+        missing = [k for k in self.dims if k not in x or k not in y or (negatives is not None and k not in negatives)]
         if missing:
             raise ValueError(f"pinclip: loss: prefixes {missing} missing from the embeddings; expected {self.dims}")
-        return {k: self.prefix_losses[str(k)](x[k], y[k]) for k in self.dims}
+        return {k: self.prefix_losses[str(k)](x[k], y[k], None if negatives is None else negatives[k], mask)
+                for k in self.dims}
 
 
 class PinCLIPLoss(nn.Module):
@@ -151,6 +188,7 @@ class PinCLIPLoss(nn.Module):
     prefix k and ``total = sum_k c_k * components[term/k]`` over the terms given. The keyword and the
     Pin-to-Pin terms are optional (pass None); across ranks, every rank must pass the same terms. ``negative``
     ``{k: (m, k)}`` adds m Pin-to-Pin negatives of every query (pins drawn from the corpus), as many per rank.
+    ``descriptive_mask`` / ``keyword_mask`` (B,) bool drop the pairs of pins without that text.
     """
 
     def __init__(self, prefix_weights: Mapping[int, float] = MATRYOSHKA_WEIGHTS):
@@ -163,22 +201,22 @@ class PinCLIPLoss(nn.Module):
                 keyword: Mapping[int, torch.Tensor] | None = None,
                 query: Mapping[int, torch.Tensor] | None = None,
                 positive: Mapping[int, torch.Tensor] | None = None,
-                negative: Mapping[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                negative: Mapping[int, torch.Tensor] | None = None, *,
+                descriptive_mask: torch.Tensor | None = None,
+                keyword_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if (query is None) != (positive is None):
             raise ValueError("pinclip: loss: Pin-to-Pin needs both query and positive fusion embeddings")
-        if negative is not None:
-            if positive is None:
-                raise ValueError("pinclip: loss: Pin-to-Pin negatives need query and positive fusion embeddings")
-            # negatives of every query: columns past the diagonal, passed around the ring with the positives
-            positive = {k: torch.cat([positive[k], negative[k]]) for k in positive}
-        pairs = {"image_descriptive": (image, descriptive), "image_keyword": (image, keyword),
-                 "pin_pin": (query, positive)}
+        if negative is not None and positive is None:
+            raise ValueError("pinclip: loss: Pin-to-Pin negatives need query and positive fusion embeddings")
+        pairs = {"image_descriptive": (image, descriptive, None, descriptive_mask),
+                 "image_keyword": (image, keyword, None, keyword_mask),
+                 "pin_pin": (query, positive, negative, None)}
         components: dict[str, torch.Tensor] = {}
         weighted = []
-        for term, (x, y) in pairs.items():
+        for term, (x, y, negatives, mask) in pairs.items():
             if y is None:
                 continue
-            for k, value in self.terms[term](x, y).items():
+            for k, value in self.terms[term](x, y, negatives, mask).items():
                 components[f"{term}/{k}"] = value
                 weighted.append(self.prefix_weights[k] * value)
         return torch.stack(weighted).sum(), components

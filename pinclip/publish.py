@@ -22,7 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pinclip.embeddings import KINDS, VERSION_RE, embeddings_dir, latest_version, versions
-from pinclip.quantization import PUBLISHED_DIM, l2_normalize, quantization_spec, quantize
+from pinclip.quantization import (
+    MAX_CLAMPED_SHARE, PUBLISHED_DIM, QMAX, QMIN, SCALE, UNIT_NORM_TOLERANCE, clamped, l2_normalize, max_clamped,
+    quantization_spec, quantize_unit,
+)
 from pinworld.files import sha256_file as sha256
 
 PART_ROWS = 131_072
@@ -67,23 +70,65 @@ def _check(batch: EmbeddingBatch) -> np.ndarray:
         def pin_of(r: int) -> int:   # row r of the checked rows -> its pin id
             return int(ids[r if mask is None else np.flatnonzero(mask)[r]])
 
-        if rows.dtype == np.int8:
-            squared = np.einsum("ij,ij->i", rows, rows, dtype=np.int64)
-        else:
-            # one pass: a row's squared norm is finite and non-zero exactly when the row is usable (a
-            # finite row whose squared norm overflows is refused too: it cannot be normalized as given)
-            squared = np.einsum("ij,ij->i", rows, rows)
-            bad_rows = np.flatnonzero(~np.isfinite(squared))
-            if len(bad_rows):
-                r = int(bad_rows[0])
-                bad = rows[r][~np.isfinite(rows[r])]
-                found = bad[0] if len(bad) else f"a row whose norm overflows {rows.dtype}"
-                raise PublishError(f"pinclip publish: {kind} embeddings: expected finite values, found "
-                                   f"{found} at pin_id {pin_of(r)}")
-        if (squared == 0).any():
-            raise PublishError(f"pinclip publish: {kind} embeddings: expected non-zero vectors, found zero at "
-                               f"pin_id {pin_of(int(np.flatnonzero(squared == 0)[0]))}")
+        _check_rows(kind, rows, pin_of)
     return order
+
+
+ROTATE = ("apply a random orthogonal rotation before publishing (numpy: v @ scipy.stats.ortho_group.rvs(64, "
+          "random_state=0)): a one-hot-like vector concentrates its norm on one axis")
+
+
+def _clamped_counts(rows: np.ndarray) -> tuple[int, int]:
+    """How many components, and rows, of float ``rows`` quantization clamps: block by block, normalized as
+    publish normalizes them."""
+    components = n_rows = 0
+    for start in range(0, len(rows), QUANTIZE_BLOCK_ROWS):
+        mask = clamped(l2_normalize(rows[start:start + QUANTIZE_BLOCK_ROWS]))
+        n = np.count_nonzero(mask)
+        components += n
+        n_rows += np.count_nonzero(mask.any(axis=1)) if n else 0
+    return components, n_rows
+
+
+def _check_rows(kind: str, rows: np.ndarray, pin_of: Callable[[int], int]) -> None:
+    """Finite, non-zero, unit-norm (int8: in dequantized units, where a clamped row may fall short) rows
+    of which int8 quantization clamps at most ``MAX_CLAMPED_SHARE`` of the components (``max_clamped``)."""
+    what = f"pinclip publish: {kind} embeddings"
+    if rows.dtype == np.int8:
+        if (rows < QMIN).any():
+            r = int(np.flatnonzero((rows < QMIN).any(axis=1))[0])
+            raise PublishError(f"{what}: expected int8 codes in [{QMIN}, {QMAX}], found {rows.min()} at pin_id "
+                               f"{pin_of(r)}")
+        squared = np.einsum("ij,ij->i", rows, rows, dtype=np.int64)
+        saturated = (np.abs(rows) == QMAX).sum(axis=1)
+        norm = np.sqrt(squared) * SCALE
+        off = (norm > 1 + UNIT_NORM_TOLERANCE) | ((norm < 1 - UNIT_NORM_TOLERANCE) & (saturated == 0))
+        if off.any():
+            r = int(np.flatnonzero(off)[0])
+            raise PublishError(f"{what}: expected int8 rows of unit norm (within {UNIT_NORM_TOLERANCE} in "
+                               f"dequantized units, scale {SCALE:.6g}), found norm {norm[r]:.3f} at pin_id {pin_of(r)}")
+        clipped = saturated.sum(), (saturated > 0).sum()
+    else:
+        # one pass: a row's squared norm is finite and non-zero exactly when the row is usable (a
+        # finite row whose squared norm overflows is refused too: it cannot be normalized as given)
+        squared = np.einsum("ij,ij->i", rows, rows)
+        bad_rows = np.flatnonzero(~np.isfinite(squared))
+        if len(bad_rows):
+            r = int(bad_rows[0])
+            bad = rows[r][~np.isfinite(rows[r])]
+            found = bad[0] if len(bad) else f"a row whose norm overflows {rows.dtype}"
+            raise PublishError(f"{what}: expected finite values, found {found} at pin_id {pin_of(r)}")
+        clipped = None
+    if (squared == 0).any():
+        raise PublishError(f"{what}: expected non-zero vectors, found zero at pin_id "
+                           f"{pin_of(int(np.flatnonzero(squared == 0)[0]))}")
+    if clipped is None:
+        clipped = _clamped_counts(rows)
+    n_clipped, n_rows = map(int, clipped)
+    if n_clipped > MAX_CLAMPED_SHARE * rows.size and n_clipped > max_clamped(rows.size):
+        raise PublishError(f"{what}: expected at most {MAX_CLAMPED_SHARE:.1%} of components beyond int8's "
+                           f"+-{QMAX * SCALE:.2g} after L2 normalization, found {n_clipped:,} of {rows.size:,} "
+                           f"({n_clipped / rows.size:.1%}) in {n_rows:,} of {len(rows):,} rows: {ROTATE}")
 
 
 def _quantized_rows(v: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -94,7 +139,7 @@ def _quantized_rows(v: np.ndarray, rows: np.ndarray) -> np.ndarray:
     out = np.empty((len(rows), v.shape[1]), np.int8)
     for start in range(0, len(rows), QUANTIZE_BLOCK_ROWS):
         block = rows[start:start + QUANTIZE_BLOCK_ROWS]
-        out[start:start + len(block)] = quantize(l2_normalize(v[block]))
+        out[start:start + len(block)] = quantize_unit(v[block])
     return out
 
 

@@ -1,6 +1,7 @@
 """Publish a trained PinCLIP run's embeddings: batch inference over pins, the 64-d Matryoshka prefix
 (``model.matryoshka(emb)[64]``) for fusion, image and — for pins with text — text, through the
-publish contract. Texts are the descriptive sources known before ``as_of_day``, never later ones."""
+publish contract. Texts are the descriptive sources known before ``as_of_day``, never later ones.
+New content outside the workspace (a table of new pins) is published as an incremental version."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import polars as pl
 
-from pinclip.embedder import Embedder, pin_texts
+from pinclip.embed import NewPins
+from pinclip.embedder import Embedder, ImageSource, pin_texts
 from pinclip.embeddings import open_embeddings
 from pinclip.loading import load_run
 from pinclip.publish import EmbeddingBatch, PublishError, latest_version, publish
@@ -19,13 +21,14 @@ from pinworld.world import World
 class RunEmbedder:
     """A trained run, loaded once, turning pins into publishable 64-d embedding batches."""
 
-    def __init__(self, workdir: Path | str, run: str, *, world: World | None = None, batch_size: int = 256,
-                 progress: bool = True):
+    def __init__(self, workdir: Path | str, run: str, *, world: World | None = None,
+                 images: ImageSource | None = None, batch_size: int = 256, progress: bool = True):
+        """``images``: where the pins' images are read (default: the world's)."""
         self.world = world or World(workdir)
         self.run = run
         model, tokenizer, self.saved = load_run(workdir, run)
-        self.embedder = Embedder(model, tokenizer, self.world, batch_size=batch_size, prefixes=(PUBLISHED_DIM,),
-                                 progress=progress)
+        self.embedder = Embedder(model, tokenizer, images or self.world, batch_size=batch_size,
+                                 prefixes=(PUBLISHED_DIM,), progress=progress)
 
     @property
     def source(self) -> dict:
@@ -34,7 +37,8 @@ class RunEmbedder:
                 "train_cutoff_day": self.saved["train"]["cutoff_day"]}
 
     def batch(self, pins: pl.DataFrame) -> EmbeddingBatch:
-        """Embeddings of ``pins`` (rows of ``World.pins(as_of=...)``, so texts known by then)."""
+        """Embeddings of ``pins`` (rows of ``World.pins(as_of=...)``, so texts known by then, or
+        ``NewPins.pins``)."""
         texts = pin_texts(pins)
         ids = texts["pin_id"].to_numpy()
         vec = self.embedder.embed_pins(ids, texts["text"].to_list())
@@ -56,3 +60,15 @@ def publish_run(workdir: Path | str, run: str, name: str = "pinclip", *, as_of_d
         pins = pins.filter((pl.col("created_day") >= since_day) & ~pl.col("pin_id").is_in(prev.pin_ids))
     return publish(workdir, name, embedder.batch(pins), source=embedder.source, incremental=since_day is not None,
                    as_of_day=as_of_day, on_part=on_part)
+
+
+def publish_new_pins(workdir: Path | str, run: str, pins: Path | str, name: str = "pinclip", *,
+                     batch_size: int = 256, progress: bool = True, on_part=None) -> dict:
+    """Publish a table of new pins (``pinclip.embed.NewPins``) as an incremental version on top of LATEST;
+    pins LATEST already has are refused."""
+    table = NewPins(pins)
+    if latest_version(workdir, name) is None:
+        raise PublishError(f"pinclip publish: --pins {pins}: nothing published under {name!r} yet to add them to")
+    embedder = RunEmbedder(workdir, run, images=table, batch_size=batch_size, progress=progress)
+    return publish(workdir, name, embedder.batch(table.pins), source={**embedder.source, "pins": table.source},
+                   incremental=True, on_part=on_part)

@@ -56,7 +56,10 @@ class TrainConfig(Settings):
     model: str = Field("tiny", description="model config name (pinclip/configs/model_*.yaml) or YAML path")
     model_overrides: dict = Field({}, description="model config fields to replace (image, text, fusion: partial)")
     cutoff_day: int | None = Field(None, description="T (None: the workspace's default cutoff)")
-    heldout_share: float = Field(0.1, ge=0, lt=1, description="older pins also held out for evaluation")
+    heldout_share: float = Field(0.1, ge=0, lt=1, description="older pins also held out for evaluation "
+                                                               "(a random share; unused with split)")
+    split: str = Field("", description="a supplied split: a Parquet/CSV file of pin_id, split (train, validation, "
+                                       "test) or a column of the pins table; only train pins are trained on")
     steps: int = Field(600, ge=0, description="training steps (0: the initial weights)")
     batch_size: int = Field(128, ge=1, description="image–text pairs per rank per step")
     neighbor_batch_size: int = Field(0, ge=0, description="Pin-to-Pin pairs per rank per step "
@@ -92,6 +95,9 @@ class TrainConfig(Settings):
     vocab_size: int = Field(VOCAB_SIZE, ge=1, description="of the tokenizer trained on the corpus")
     tokenizer: str = Field("", description="reuse this tokenizer.json instead of training one (WordPiece "
                                            "training breaks ties differently per run)")
+    augment_scale: tuple[float, float] = Field((1.0, 1.0), description="random resized crop of training images: "
+                                               "[min, max] share of the area (open_clip: [0.9, 1.0]; [1, 1]: off)")
+    augment_flip: float = Field(0.0, ge=0, le=1, description="probability of a horizontal flip of a training image")
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     seed: int = Field(0, description="seed of the initialization, the split and the batches")
 
@@ -108,6 +114,13 @@ class TrainConfig(Settings):
 
         if "model" in info.data:   # else the model name itself is refused
             TypeAdapter(PinCLIPConfig).validate_python(merged(load_config(info.data["model"]), v))
+        return v
+
+    @field_validator("augment_scale")
+    @classmethod
+    def _augment_scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError(f"expected [min, max] with 0 < min <= max <= 1, found {list(v)}")
         return v
 
     @field_validator("neighbor_group")

@@ -17,9 +17,10 @@ from pathlib import Path
 import duckdb
 
 from pinlift.core.errors import input_error
-from pinlift.core.schema import TABLES
+from pinlift.core.schema import TABLES, Table
 
 CATALOG_FILE = "catalog.duckdb"
+SQL_TYPES = {"int": "BIGINT", "float": "FLOAT", "string": "VARCHAR", "bool": "BOOLEAN"}
 
 
 def _source(path: str) -> str:
@@ -51,8 +52,11 @@ def _create_views(con: duckdb.DuckDBPyConnection, workdir: Path) -> None:
         present = (workdir / t.path).is_file() if t.path.endswith(".parquet") else any((workdir / t.path).rglob("*.parquet"))
         if present:
             _view(con, t.name, f"SELECT * FROM {_source(t.path)}", workdir / t.path)
-    if (workdir / TABLES["impressions"].path).exists():
-        con.execute("""
+            _fill_columns(con, t)
+        else:   # an absent table reads as empty, as World.table reads it
+            con.execute(f"CREATE VIEW {t.name} AS SELECT " + ", ".join(
+                f'CAST(NULL AS {SQL_TYPES[c.kind]}) AS "{c.name}"' for c in t.columns) + " WHERE false")
+    con.execute("""
             CREATE VIEW actions AS
             SELECT request_id, day, surface, user_id, query_pin_id, pin_id, position, action
             FROM impressions
@@ -61,6 +65,23 @@ def _create_views(con: duckdb.DuckDBPyConnection, workdir: Path) -> None:
     for name, (files, query) in _OUTPUT_VIEWS.items():
         if any(workdir.glob(files)):
             _view(con, name, query.format(files=files), workdir / files)
+
+
+def _fill_columns(con: duckdb.DuckDBPyConnection, t: Table) -> None:
+    """Redefine ``t``'s view so that a column its files leave out (or hold only nulls in) reads as typed
+    nulls or its default, as World.scan reads it."""
+    found = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {t.name})").fetchall())
+    fills = {c.name: f'CAST({_literal(c.default)} AS {SQL_TYPES[c.kind]}) AS "{c.name}"' for c in t.columns
+             if c.fillable and found.get(c.name, '"NULL"') == '"NULL"'}
+    if fills:
+        replaced = [v for k, v in fills.items() if k in found]
+        added = [v for k, v in fills.items() if k not in found]
+        star = f"* REPLACE ({', '.join(replaced)})" if replaced else "*"
+        con.execute(f"CREATE OR REPLACE VIEW {t.name} AS SELECT {', '.join([star, *added])} FROM {_source(t.path)}")
+
+
+def _literal(value) -> str:
+    return "NULL" if value is None else str(value).upper() if isinstance(value, bool) else repr(value)
 
 
 def _view(con: duckdb.DuckDBPyConnection, name: str, query: str, where: Path) -> None:

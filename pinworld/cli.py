@@ -1,4 +1,4 @@
-"""`pinworld` command line: generate, validate, summary, catalog, export-oracle."""
+"""`pinworld` command line: generate, import, validate, summary, catalog, export-oracle."""
 
 from __future__ import annotations
 
@@ -37,6 +37,24 @@ def _overrides(args) -> dict:
     if args.image_size:
         out["image_size"] = args.image_size
     return out
+
+
+def _import_openclipart(args) -> int:
+    from pinworld.importers import import_openclipart
+
+    counts = import_openclipart(args.workdir, args.source, args.deb or (), args.force, progress=not args.quiet,
+                                max_side=args.max_side)
+    print(json.dumps({"workdir": args.workdir, "counts": counts}, indent=2))
+    return 0
+
+
+def _import_folder(args) -> int:
+    from pinworld.importers import import_folder
+
+    counts = import_folder(args.folder, args.workdir, args.texts, args.force, progress=not args.quiet,
+                           max_side=args.max_side)
+    print(json.dumps({"workdir": args.workdir, "counts": counts}, indent=2))
+    return 0
 
 
 def _validate(args) -> int:
@@ -85,6 +103,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true", help="replace an existing world")
     add_quiet_flag(g)
     g.set_defaults(func=_generate)
+    i = sub.add_parser("import", help="import a catalog of images and texts (no users or logs)")
+    kinds = i.add_subparsers(dest="source_kind", required=True)
+    oc = kinds.add_parser("openclipart", help="the Open Clip Art Library (Debian openclipart-png and -svg)")
+    where = oc.add_mutually_exclusive_group()
+    where.add_argument("--from", dest="source", default=None,
+                       help="a folder holding the library's png/ and svg/ (default: /usr/share/openclipart)")
+    where.add_argument("--deb", action="append", help="openclipart-png and openclipart-svg .deb files (twice)")
+    oc.set_defaults(func=_import_openclipart)
+    fo = kinds.add_parser("folder", help="every image under a folder; its category is its folder's path")
+    fo.add_argument("folder")
+    fo.add_argument("--texts", default=None,
+                    help="sidecar CSV or JSON lines: file, title, description, keywords, category, language")
+    fo.set_defaults(func=_import_folder)
+    for k in (oc, fo):
+        k.add_argument("--workdir", default="pinwork")
+        k.add_argument("--force", action="store_true", help="replace an existing world/ (and remove logs/)")
+        k.add_argument("--max-side", type=int, default=None, metavar="N",
+                       help="store each image as a PNG whose longest side is at most N px, transparency kept "
+                            "(default: the files copied unchanged)")
+        add_quiet_flag(k)
     v = sub.add_parser("validate", help="check user-supplied tables against the schema")
     v.add_argument("--workdir", default="pinwork")
     v.add_argument("--skip-images", action="store_true", help="do not check that image files exist")
@@ -108,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(f"pinworld {args.command}", lambda: args.func(args), args.debug)
+    prog = " ".join(filter(None, ("pinworld", args.command, getattr(args, "source_kind", None))))
+    return run_command(prog, lambda: args.func(args), args.debug)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def _readable(path: Path, expected: str) -> Iterator[None]:
     """An image file that cannot be read (garbage, truncated) is one InputError line naming it."""
     try:
         yield
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise input_error(path, "image_uri", expected, f"an unreadable file ({str(exc).splitlines()[0]})") from None
 
 

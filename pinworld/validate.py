@@ -6,14 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pinworld.images import ImageStore
+from pinworld.images import ImageStore, resolve_inside
 from pinlift.core.errors import InputError
 from pinlift.core.schema import KIND_CHECKS, TABLES, Table
 from pinlift.core.vocabulary import DECLARATION, load_vocabulary
-
 
 
 @dataclass(frozen=True)
@@ -45,20 +45,25 @@ def _files(workdir: Path, t: Table) -> list[str]:
     return sorted(str(p) for p in path.rglob("*.parquet")) if path.is_dir() else []
 
 
-def _check_columns(t: Table, files: list[str]) -> list[Problem]:
+def _check_columns(t: Table, files: list[str]) -> tuple[list[Problem], set[str]]:
+    """Problems with ``t``'s columns, and the fillable columns the files leave out or hold only nulls in
+    (those read as nulls or their default, so their values are not checked)."""
     for f in files:   # every file's footer: a dataset reads only the first one's schema
         try:
             pq.read_metadata(f)
         except (OSError, ValueError) as exc:  # a truncated or unreadable file: one problem, not a traceback
-            return [Problem(t.name, None, "readable Parquet", f"{f}: {str(exc).splitlines()[0]}")]
+            return [Problem(t.name, None, "readable Parquet", f"{f}: {str(exc).splitlines()[0]}")], set()
     schema = ds.dataset(files, format="parquet").schema
-    out = []
+    out, filled = [], set()
     for c in t.columns:
-        if c.name not in schema.names:
+        absent = c.name not in schema.names
+        if c.fillable and (absent or pa.types.is_null(schema.field(c.name).type)):
+            filled.add(c.name)
+        elif absent:
             out.append(Problem(t.name, c.name, f"a {c.kind} column", "no such column"))
         elif not KIND_CHECKS[c.kind](schema.field(c.name).type):
             out.append(Problem(t.name, c.name, c.kind, str(schema.field(c.name).type)))
-    return out
+    return out, filled
 
 
 def validate_workdir(workdir: Path | str, check_images: bool = True) -> list[Problem | DeclarationProblem]:
@@ -67,13 +72,16 @@ def validate_workdir(workdir: Path | str, check_images: bool = True) -> list[Pro
     con = duckdb.connect()
     problems: list[Problem | DeclarationProblem] = []
     readable: dict[str, list[str]] = {}
+    filled: dict[str, set[str]] = {}
+    files_of = {t.name: _files(workdir, t) for t in TABLES.values()}
+    present = {name for name, files in files_of.items() if files}
     for t in TABLES.values():
-        files = _files(workdir, t)
+        files = files_of[t.name]
         if not files:
             if t.required:
                 problems.append(Problem(t.name, None, "a Parquet table", "nothing"))
             continue
-        found = _check_columns(t, files)
+        found, filled[t.name] = _check_columns(t, files)
         problems += found
         if not found:
             readable[t.name] = files
@@ -83,7 +91,7 @@ def validate_workdir(workdir: Path | str, check_images: bool = True) -> list[Pro
     for name in readable:
         t = TABLES[name]
         for c in t.columns:
-            if not c.nullable:
+            if not c.nullable and c.name not in filled[name]:
                 n = con.execute(f'SELECT count(*) FROM "{name}" WHERE "{c.name}" IS NULL').fetchone()[0]
                 if n:
                     problems.append(Problem(name, c.name, "no nulls", f"{n} null values"))
@@ -96,7 +104,7 @@ def validate_workdir(workdir: Path | str, check_images: bool = True) -> list[Pro
                                         f"{n} duplicated, e.g. {row[:-1] if len(row) > 2 else row[0]!r} x{row[-1]}"))
         for col, ref in t.foreign_keys.items():
             ref_table, ref_col = ref.split(".")
-            if ref_table not in readable:
+            if col in filled[name] or ref_table not in readable:
                 continue
             row = con.execute(
                 f'SELECT count(*), min(a."{col}") FROM "{name}" a ANTI JOIN "{ref_table}" b '
@@ -104,11 +112,13 @@ def validate_workdir(workdir: Path | str, check_images: bool = True) -> list[Pro
             if row[0]:
                 problems.append(Problem(name, col, f"values present in {ref}",
                                         f"{row[0]} dangling, e.g. {row[1]!r}"))
-    try:
-        surfaces = load_vocabulary(workdir).names
-    except InputError as err:
-        surfaces = None
-        problems.append(DeclarationProblem(str(err)))
+    problems += _check_referred_tables(con, readable, filled, present)
+    surfaces = None
+    if "impressions" in present or (workdir / DECLARATION).is_file():   # a catalog declares no surfaces
+        try:
+            surfaces = load_vocabulary(workdir).names
+        except InputError as err:
+            problems.append(DeclarationProblem(str(err)))
     if "impressions" in readable and surfaces:
         bad = con.execute('SELECT count(*), min(surface) FROM impressions WHERE surface NOT IN '
                           '(SELECT unnest($s))', {"s": list(surfaces)}).fetchone()
@@ -120,19 +130,43 @@ def validate_workdir(workdir: Path | str, check_images: bool = True) -> list[Pro
     return problems
 
 
+def _check_referred_tables(con, readable: dict, filled: dict, present: set[str]) -> list[Problem]:
+    """An absent optional table is needed once a present table's rows refer to it (e.g. impressions'
+    users); one problem per absent table."""
+    out, reported = [], set()
+    for name in readable:
+        for col, ref in TABLES[name].foreign_keys.items():
+            ref_table = ref.split(".")[0]
+            if ref_table in present | reported or TABLES[ref_table].required or col in filled[name]:
+                continue
+            n = con.execute(f'SELECT count("{col}") FROM "{name}"').fetchone()[0]
+            if n:
+                reported.add(ref_table)
+                out.append(Problem(ref_table, None, f"a Parquet table ({n} rows of {name}.{col} refer to it)",
+                                   "nothing"))
+    return out
+
+
 def _check_images(con, workdir: Path) -> list[Problem]:
-    store = ImageStore(workdir / "world")
-    uris = [r[0] for r in con.execute("SELECT image_uri FROM pins").fetchall()]
-    missing = []
-    for uri in uris:
-        if ".npy#" in uri:
-            rel, row = uri.rsplit("#", 1)
-            path = workdir / "world" / rel
-            ok = path.is_file() and row.isdigit() and int(row) < len(store._shard(rel))
-        else:
-            ok = (workdir / "world" / uri).is_file()
-        if not ok:
+    """Every image_uri names a file (or a shard's row) inside world/; a path that escapes it is its own
+    problem, naming a pin."""
+    root = workdir / "world"
+    store = ImageStore(root)
+    rows = con.execute("SELECT pin_id, image_uri FROM pins WHERE image_uri IS NOT NULL ORDER BY pin_id").fetchall()
+    escaping, missing = [], []
+    for pin_id, uri in rows:
+        rel, _, row = uri.rpartition("#") if ".npy#" in uri else (uri, "", "")
+        path = resolve_inside(root, rel)
+        if path is None:
+            escaping.append((pin_id, uri))
+        elif not (path.is_file() and (not row or (row.isdigit() and int(row) < len(store._shard(rel))))):
             missing.append(uri)
+    out = []
+    if escaping:
+        pin_id, uri = escaping[0]
+        out.append(Problem("pins", "image_uri", "a path inside world/",
+                           f"{len(escaping)} escaping it, e.g. pin {pin_id}: {uri!r}"))
     if missing:
-        return [Problem("pins", "image_uri", "an image file under world/", f"{len(missing)} missing, e.g. {missing[0]!r}")]
-    return []
+        out.append(Problem("pins", "image_uri", "an image file under world/",
+                           f"{len(missing)} missing, e.g. {missing[0]!r}"))
+    return out

@@ -55,49 +55,61 @@ class World:
         """The surfaces this workspace declares (``world/surfaces.yaml``)."""
         return load_vocabulary(self.workdir)
 
+    @property
+    def is_catalog(self) -> bool:
+        """A workspace without logs: a catalog of pins, whose days are the pins' creation days."""
+        return "config" not in self.meta and not self.has("impressions")
+
     @cached_property
     def log_window(self) -> tuple[int, int]:
-        """Days [first, end) of the organic logs: pinworld's generated window, or the days a team's own
-        impressions span."""
+        """Days [first, end) of the organic logs: pinworld's generated window, the days a team's own
+        impressions span, or for a catalog the days its pins were created on."""
         if "config" in self.meta:
             return 0, self.config.days
-        lo, hi = self.scan("impressions").select(pl.col("day").min(), pl.col("day").max()).collect().row(0) \
-            if self.has("impressions") else (None, None)
+        table, day = ("pins", "created_day") if self.is_catalog else ("impressions", "day")
+        lo, hi = self.scan(table).select(lo=pl.col(day).min(), hi=pl.col(day).max()).collect().row(0)
         if lo is None:
-            raise InputError(f"{self.workdir / TABLES['impressions'].path}: day: expected impressions to set "
-                             "the default cutoff, found none (give the cutoff day)")
+            raise InputError(f"{self.workdir / TABLES[table].path}: {day}: expected rows to set the default "
+                             "cutoff, found none (give the cutoff day)")
         return int(lo), int(hi) + 1
 
     def default_cutoff(self) -> int:
-        """The cutoff T when none is given (``pinlift.core.clock.default_cutoff`` of the log window)."""
-        return default_cutoff(*self.log_window)
+        """The cutoff T when none is given: ``pinlift.core.clock.default_cutoff`` of the log window, or a
+        catalog's end, so that every pin is known (a catalog holds out only what its split does)."""
+        first, end = self.log_window
+        return end if self.is_catalog else default_cutoff(first, end)
 
     def cutoff(self, day: int | None = None) -> int:
-        """The cutoff T: ``day``, which must leave log days before and from it, or the default one."""
+        """The cutoff T: ``day``, which must leave log days before and from it (a catalog: pins before
+        it), or the default one."""
         if day is None:
             return self.default_cutoff()
         first, end = self.log_window
-        if not first < day < end:
-            raise input_error(self.workdir, "cutoff_day", f"a day inside the log window ({first + 1} to {end - 1})", day)
+        last, window = (end, "the catalog's days") if self.is_catalog else (end - 1, "the log window")
+        if not first < day <= last:
+            raise input_error(self.workdir, "cutoff_day", f"a day inside {window} ({first + 1} to {last})", day)
         return day
 
     def scan(self, table: str) -> pl.LazyFrame:
-        """All rows of a table, lazily."""
+        """All rows of a table, lazily, with every schema column: an absent optional table is empty, and
+        a column a file may leave out (or hold only nulls in) reads as typed nulls or its default."""
         t = TABLES[table]
+        if not t.required and not self.has(table):
+            return pl.LazyFrame(schema={c.name: KIND_POLARS[c.kind] for c in t.columns})
         path = self.workdir / t.path
-        if t.path.endswith(".parquet"):
-            return pl.scan_parquet(path)
-        return pl.scan_parquet(path / "**" / "*.parquet", hive_partitioning=False)
+        lf = (pl.scan_parquet(path) if t.path.endswith(".parquet")
+              else pl.scan_parquet(path / "**" / "*.parquet", hive_partitioning=False))
+        found = lf.collect_schema()
+        fills = [pl.lit(c.default, KIND_POLARS[c.kind]).alias(c.name) for c in t.columns
+                 if c.fillable and found.get(c.name, pl.Null) == pl.Null]
+        return lf.with_columns(fills) if fills else lf
 
     def has(self, table: str) -> bool:
         path = self.workdir / TABLES[table].path
         return path.is_file() or (path.is_dir() and any(path.rglob("*.parquet")))
 
     def table(self, table: str, as_of: int | None = None) -> pl.DataFrame:
-        """Rows of ``table`` from before day ``as_of`` (all rows when None); an absent optional
-        table reads as empty."""
-        if not self.has(table) and not TABLES[table].required:
-            return pl.DataFrame(schema={c.name: KIND_POLARS[c.kind] for c in TABLES[table].columns})
+        """Rows of ``table`` from before day ``as_of`` (all rows when None), filled as ``scan`` says."""
         lf = self.scan(table)
         if as_of is not None:
             lf = lf.filter(pl.col(DAY_COLUMNS[table]) < as_of)

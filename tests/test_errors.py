@@ -117,7 +117,7 @@ def test_unreadable_image(tiny_workdir, tmp_path, capsys):
     pins.with_columns(image_uri=pl.lit("images/garbage.png")).write_parquet(w / "world" / "pins.parquet")
     assert pinclip_cli.main(["pretrain-image", "steps=1", "batch_size=8", "eval_pins=8", "--workdir", str(w),
                              "--quiet"]) == 2
-    _one_line(capsys, "pinclip pretrain-image: ", "garbage.png: image_uri: expected an image file (PNG, JPEG), "
+    _one_line(capsys, "pinclip pretrain-image: ", "garbage.png: image_uri: expected an image file (PNG, JPEG, ...), "
                       "found an unreadable file")
     assert not (w / "pinclip" / "pretrain" / "image").exists()
 

@@ -12,6 +12,7 @@ import torch
 from pinclip.data.dataset import normalize_images
 from pinclip.embedder import Embedder, PinEmbeddings, pin_texts
 from pinclip.models import create_model, load_tokenizer, tokenize, train_tokenizer
+from pinclip.training.catalog_eval import image_image_recall, image_text_recall
 from pinclip.training.engaged import heldout_split
 from pinclip.training.evaluate import (INT8, TASKS, EvalConfig, distractors_at_or_above, evaluate, format_table,
                                        recall_at_k)
@@ -87,6 +88,50 @@ def test_chunked_equals_unchunked():
     ge |= (n[None] == p[:, None]).all(-1)
     ge[exclude] = False
     assert np.array_equal(whole, ge.sum(1))
+
+
+def test_catalog_image_text_recall_matches_brute_force():
+    rng = np.random.default_rng(4)
+    image = rng.integers(-1, 2, size=(30, 4)).astype(np.float32)   # ties everywhere
+    text = rng.integers(-1, 2, size=(30, 4)).astype(np.float32)
+    has_text = rng.random(30) < 0.7
+    got = image_text_recall(image, text, has_text, ks=(1, 5, 10))
+    rows = np.flatnonzero(has_text)
+    want = brute_force_recall(image[rows], text[rows], text[rows], (1, 5, 10),
+                              exclude={(i, i) for i in range(len(rows))})
+    assert got.queries == len(rows) and got.recall == pytest.approx(want, abs=0)
+    assert image_text_recall(text, text, np.ones(30, bool), ks=(1,)).recall[1] < 1.0   # duplicate texts tie
+    assert image_text_recall(image, text, np.zeros(30, bool)).queries == 0
+
+
+def test_catalog_image_image_recall_matches_brute_force():
+    rng = np.random.default_rng(5)
+    vecs = rng.normal(size=(40, 6)).astype(np.float32)
+    categories = [int(c) for c in rng.integers(0, 5, 38)] + [9, None]   # 9: alone; None: no category
+    got = image_image_recall(vecs, categories, ks=(1, 5, 10), seed=3)
+    # the reference draws the positives the same way: per query, in order, one seeded draw among its partners
+    draw = np.random.default_rng(3)
+    hits, queries = {1: 0, 5: 0, 10: 0}, 0
+    for i, c in enumerate(categories):
+        partners = [j for j, d in enumerate(categories) if d == c and j != i] if c is not None else []
+        if not partners:
+            continue
+        queries += 1
+        pos = float(vecs[i] @ vecs[partners[draw.integers(len(partners))]])
+        above = sum(1 for j, d in enumerate(categories) if d != c or d is None and c is not None
+                    if float(vecs[i] @ vecs[j]) >= pos)
+        for k in hits:
+            hits[k] += above < k
+    assert got.queries == queries == 38
+    assert got.recall == pytest.approx({k: h / queries for k, h in hits.items()}, abs=0)
+    assert got == image_image_recall(vecs, categories, ks=(1, 5, 10), seed=3)          # seeded
+    # a pin on several boards: its positive shares one of them, and no pin sharing any is its distractor.
+    # Items 0, 2, 3 are one vector: query 0 (boards a, b) hits, its partners 2 and 3 both excluded; queries
+    # 2 (b) and 3 (a) miss, each tied by the other (a distractor: no shared board); 1 and 5 hit.
+    eye = np.eye(3, dtype=np.float32)
+    multi = image_image_recall(eye[[0, 1, 0, 0, 2, 1]], [["a", "b"], "c", "b", "a", "d", "c"], ks=(1,))
+    assert multi.queries == 5 and multi.recall[1] == pytest.approx(3 / 5)
+    assert image_image_recall(vecs, [None] * 40).queries == 0
 
 
 def test_pin_texts_slices_by_user_written_words():

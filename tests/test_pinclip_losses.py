@@ -55,6 +55,58 @@ def test_sigmoid_loss_matches_eq7_in_value_and_gradients():
         torch.testing.assert_close(got, want)
 
 
+def masked_reference(x, y, logit_scale, logit_bias, present):
+    """Eq. 7 over the cells whose text is present, divided by the batch size: pin j without text has no
+    pair and its text is nobody's negative, but its image x_j is still a negative of every present text."""
+    t = logit_scale.exp()
+    total = x.new_zeros(())
+    for i in range(x.shape[0]):
+        for j in range(y.shape[0]):
+            if present[j]:
+                z = 1.0 if i == j else -1.0
+                total = total + torch.log1p(torch.exp(z * (-t * torch.dot(x[i], y[j]) - logit_bias)))
+    return total / x.shape[0]
+
+
+def test_masked_pairs_are_dropped_and_their_images_stay_negatives():
+    g = torch.Generator().manual_seed(3)
+    x, y = unit(6, 8, g).requires_grad_(), unit(6, 8, g).requires_grad_()
+    scale = torch.tensor(math.log(4.0), dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+    present = torch.tensor([True, False, True, True, False, True])
+
+    loss = sigmoid_loss(x, y, scale, bias, mask=present)
+    ref = masked_reference(x, y, scale, bias, present)
+    torch.testing.assert_close(loss, ref)
+    for got, want in zip(torch.autograd.grad(loss, (x, y, scale, bias)), torch.autograd.grad(ref, (x, y, scale, bias))):
+        torch.testing.assert_close(got, want)
+    # a missing text's embedding changes nothing; the image of its pin does (it is a negative)
+    y_other = y.detach().clone()
+    y_other[1] = unit(1, 8, g)[0]
+    torch.testing.assert_close(sigmoid_loss(x, y_other, scale, bias, mask=present), loss)
+    x_other = x.detach().clone()
+    x_other[1] = unit(1, 8, g)[0]
+    assert abs(sigmoid_loss(x_other, y, scale, bias, mask=present) - loss) > 1e-4
+    # all present: exactly the unmasked loss
+    assert torch.equal(sigmoid_loss(x, y, scale, bias, mask=torch.ones(6, dtype=torch.bool)),
+                       sigmoid_loss(x, y, scale, bias))
+
+
+def test_sigmoid_loss_refuses_fewer_or_more_texts_than_images():
+    g = torch.Generator().manual_seed(4)
+    x, scale, bias = unit(5, 8, g), torch.tensor(0.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
+    for n_texts in (4, 6):
+        with pytest.raises(ValueError, match="expected one text per image"):
+            sigmoid_loss(x, unit(n_texts, 8, g), scale, bias)
+        with pytest.raises(ValueError, match="expected one text per image"):
+            SigmoidLoss().double()(x, unit(n_texts, 8, g))
+    with pytest.raises(ValueError, match="expected one text per image"):
+        PinCLIPLoss().double()(prefixes(torch.randn(5, 256, generator=g, dtype=torch.float64)),
+                               prefixes(torch.randn(4, 256, generator=g, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="expected a mask of 5 texts"):
+        sigmoid_loss(x, x, scale, bias, mask=torch.ones(4, dtype=torch.bool))
+
+
 def test_sigmoid_loss_starts_at_t10_b_minus10():
     loss = SigmoidLoss()
     assert loss.logit_scale.exp().item() == pytest.approx(10.0)
@@ -172,6 +224,7 @@ def test_each_matryoshka_term_uses_only_its_renormalised_prefix():
 
 
 WORLD, LOCAL, NEG, IN_DIM = 2, 3, 2, 10
+MASK = torch.tensor([True, False, True, True, True, False])   # texts present, across both ranks
 
 
 def global_batch():
@@ -212,6 +265,7 @@ def chunked_worker(rank, init_file, outs):
         bias = torch.tensor(-1.5, dtype=torch.float64, requires_grad=True)
         loss = chunked_sigmoid_loss(x, y, scale, bias)
         loss.backward()
+        masked = chunked_sigmoid_loss(x.detach(), y.detach(), scale.detach(), bias.detach(), mask=MASK[local])
 
         towers, loss_fn = Towers(), PinCLIPLoss().double()
         total, parts = loss_fn(*towers(*rank_inputs(inputs, rank)))
@@ -220,7 +274,7 @@ def chunked_worker(rank, init_file, outs):
             dist.all_reduce(param.grad)
             param.grad /= WORLD
         torch.save({
-            "loss": loss.detach(), "x": x.grad, "y": y.grad, "scale": scale.grad, "bias": bias.grad,
+            "loss": loss.detach(), "masked": masked, "x": x.grad, "y": y.grad, "scale": scale.grad, "bias": bias.grad,
             "total": total.detach(), "parts": {k: v.detach() for k, v in parts.items()},
             "model_grads": [p.grad for p in towers.parameters()],
             "loss_grads": [p.grad for p in loss_fn.parameters()],
@@ -245,6 +299,8 @@ def test_chunked_loss_on_two_gloo_ranks_equals_unchunked(tmp_path):
     # gradients average to the global ones, and each rank's features get WORLD x their global gradient
     # (which DDP's averaging of the model's gradients divides back out, checked below).
     torch.testing.assert_close(sum(r["loss"] for r in ranks) / WORLD, ref.detach())
+    torch.testing.assert_close(sum(r["masked"] for r in ranks) / WORLD,
+                               sigmoid_loss(x.detach(), y.detach(), scale.detach(), bias.detach(), mask=MASK))
     torch.testing.assert_close(sum(r["scale"] for r in ranks) / WORLD, scale.grad)
     torch.testing.assert_close(sum(r["bias"] for r in ranks) / WORLD, bias.grad)
     for rank, r in enumerate(ranks):

@@ -86,3 +86,15 @@ def test_cold_start_lifts_are_the_cells_compared_with_their_overall_cell():
                 "lift_differences": [{"key": "fresh_repins/homefeed - repins/homefeed"},
                                      {"key": "new_ad_clicks/ads - clicks/ads"}]}
     assert cold_start_lifts(analysis) == "fresh_repins/homefeed +19.1% [+15.2%, +23.0%]"
+
+
+def test_results_keep_the_sections_other_commands_write():
+    """Regenerating docs/results.md keeps the Open Clip Art section (benchmarks/openclipart writes it), once."""
+    from pinlift.readouts.results import with_owned_sections
+
+    old = ("# pinlift results\n\nold tables\n\n## On real pictures\n\n<!-- openclipart:begin -->\n| row |\n"
+           "<!-- openclipart:end -->\n")
+    new = with_owned_sections("# pinlift results\n\nnew tables\n", old)
+    assert "new tables" in new and "old tables" not in new
+    assert new.count("<!-- openclipart:begin -->") == 1 and "## On real pictures" in new and "| row |" in new
+    assert with_owned_sections("# x\n", "# y\n") == "# x\n"

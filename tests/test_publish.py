@@ -198,3 +198,122 @@ def test_part_rows_split(tmp_path, monkeypatch):
     m = publish(tmp_path, "emb", _batch(range(20)), source=SOURCE)
     assert [p["rows"] for p in m["parts"]] == [7, 7, 6]
     assert len(open_embeddings(tmp_path, "emb")) == 20
+
+
+# ---- your own vectors: `pinclip publish --source parquet` through the same checks -------------------------
+
+def _vector_file(path, ids, vectors, type_=None):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    v = np.asarray(vectors)
+    values = pa.array(v.reshape(-1), type_ or pa.from_numpy_dtype(v.dtype))
+    column = pa.FixedSizeListArray.from_arrays(values, v.shape[1]) if type_ is None else \
+        pa.ListArray.from_arrays(pa.array(np.arange(0, v.size + 1, v.shape[1]), pa.int32()), values)
+    pq.write_table(pa.table({"pin_id": pa.array(ids, pa.int64()), "vec": column}), path)
+    return path
+
+
+def _publish_cli(tmp_path, *args):
+    from pinclip import cli
+
+    return cli.main(["publish", "--workdir", str(tmp_path), "--source", "parquet", "--quiet", *args])
+
+
+def test_clamping_vector_file_refused_with_counts_then_rotated_publishes_and_indexes(tmp_path, capsys):
+    from scipy.stats import ortho_group
+
+    from pinclip import cli
+    from pinclip.quantization import max_clamped
+
+    rng = np.random.default_rng(0)
+    one_hot = np.eye(64)[rng.integers(0, 64, 200)] + 0.01 * rng.normal(size=(200, 64))   # one-hot-like
+    path = _vector_file(tmp_path / "mine.parquet", np.arange(200), one_hot)
+    assert _publish_cli(tmp_path, "--vectors", str(path), "--name", "mine") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "found 200 of 12,800 (1.6%) in 200 of 200 rows" in err
+    assert "rotation" in err and "ortho_group" in err
+    assert not (tmp_path / "embeddings/mine").exists() or versions(tmp_path, "mine") == []
+    # 0.1%, and in a small sample what chance adds to it, pass (a few new pins with one clamped component)
+    assert max_clamped(12_800) == 33 and max_clamped(64) == 3 and max_clamped(64_000_000) < 1.02 * 64_000
+    batch = EmbeddingBatch(np.arange(20), {"fusion": l2_normalize(rng.normal(size=(20, 64)))})
+    batch.vectors["fusion"][:9, 0] = 3.0
+    assert clamped_share(l2_normalize(batch.vectors["fusion"])) * 1280 == 9 == max_clamped(1280)
+    publish(tmp_path, "few", batch, source=SOURCE)
+    batch.vectors["fusion"][9, 0] = 3.0
+    with pytest.raises(PublishError, match=r"found 10 of 1,280 \(0.8%\) in 10 of 20 rows"):
+        publish(tmp_path, "few", batch, source=SOURCE)
+    # the same vectors rotated: the norm is spread over every axis, nothing clamps, cosines are kept
+    rotated = one_hot @ ortho_group.rvs(64, random_state=0)
+    path = _vector_file(tmp_path / "rotated.parquet", np.arange(200), rotated.astype(np.float32))
+    assert _publish_cli(tmp_path, "--vectors", str(path), "--name", "mine") == 0
+    e = open_embeddings(tmp_path, "mine")
+    assert e.manifest["source"]["kind"] == "parquet" and e.manifest["source"]["file"] == "rotated.parquet"
+    assert e.manifest["source"]["sha256"] == publish_mod.sha256(path)
+    got = e.lookup(np.arange(200), dequantize_values=True).values
+    np.testing.assert_allclose(got @ got.T, l2_normalize(one_hot) @ l2_normalize(one_hot).T, atol=0.02)
+    capsys.readouterr()
+    assert cli.main(["index", "build", "--workdir", str(tmp_path), "--embeddings", "mine", "--m", "8"]) == 0
+    assert cli.main(["index", "query", "--workdir", str(tmp_path), "--embeddings", "mine", "--pin-id", "3",
+                     "--k", "5"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()[1:]]
+    same_axis = set(np.flatnonzero(np.argmax(one_hot, 1) == np.argmax(one_hot[3]))) - {3}   # near-duplicates of 3
+    assert 0 < len(same_axis) < 5 and set(rows[0]["candidates"][:len(same_axis)]) == same_axis
+
+
+def test_int8_vector_file_checked_for_unit_norm(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    good = quantize(l2_normalize(rng.normal(size=(30, 64))))
+    assert _publish_cli(tmp_path, "--vectors", str(_vector_file(tmp_path / "q.parquet", np.arange(30), good)),
+                        "--name", "q") == 0
+    np.testing.assert_array_equal(open_embeddings(tmp_path, "q").lookup(np.arange(30)).values, good)
+    norm4 = good.copy()
+    norm4[7] = np.where(rng.random(64) < 0.5, -127, 127)          # every component at 0.5: norm 4
+    path = _vector_file(tmp_path / "q4.parquet", np.arange(30), norm4)
+    assert _publish_cli(tmp_path, "--vectors", str(path), "--name", "q") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unit norm" in err and "found norm 4.000 at pin_id 7" in err
+    short = good.copy()
+    short[4] //= 2                                                 # norm 0.5, nothing clamped: refused too
+    with pytest.raises(PublishError, match="found norm 0.50. at pin_id 4"):
+        publish(tmp_path, "q", EmbeddingBatch(np.arange(30), {"fusion": short}), source=SOURCE)
+    assert versions(tmp_path, "q") == ["v0001"]
+
+
+@pytest.mark.parametrize("bad,message", [
+    ("dim", "expected shape (3, 64), found (3, 32)"),
+    ("ragged", "vec: expected 64 values in every row, found 63 at pin_id 2"),
+    ("ints", "vec: expected a list of floats or of int8 codes, found list<element: int64>"),
+    ("columns", "columns: expected pin_id and one vector column, found pin_id, vec, other"),
+    ("missing", "vectors: expected a readable Parquet file, found no such file"),
+])
+def test_bad_vector_files_refused(tmp_path, capsys, bad, message):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(2)
+    path = tmp_path / "v.parquet"
+    if bad == "dim":
+        _vector_file(path, [0, 1, 2], rng.normal(size=(3, 32)))
+    elif bad in ("ragged", "ints", "columns"):
+        rows = [list(rng.normal(size=64)) for _ in range(3)]
+        if bad == "ragged":
+            rows[2] = rows[2][:63]
+        cols = {"pin_id": [0, 1, 2], "vec": [[1] * 64] * 3 if bad == "ints" else rows}
+        pq.write_table(pa.table({**cols, **({"other": [1, 2, 3]} if bad == "columns" else {})}), path)
+    assert _publish_cli(tmp_path, "--vectors", str(path), "--name", "v") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert versions(tmp_path, "v") == []
+
+
+def test_list_of_float_vectors_publish(tmp_path):
+    import pyarrow as pa
+
+    from pinclip.vector_source import publish_vectors
+
+    v = np.random.default_rng(3).normal(size=(10, 64))
+    m = publish_vectors(tmp_path, _vector_file(tmp_path / "l.parquet", np.arange(10, 20), v, pa.float64()), "l")
+    assert m["rows"] == 10 and m["kinds"] == ["fusion"] and m["l2_normalized"]
+    np.testing.assert_array_equal(open_embeddings(tmp_path, "l").lookup(np.arange(10, 20)).values,
+                                  quantize(l2_normalize(v)))

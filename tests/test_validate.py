@@ -80,7 +80,8 @@ def test_missing_table_and_images(user_workdir):
     (user_workdir / "world/boards.parquet").unlink()
     shutil.rmtree(user_workdir / "world/images")
     lines = [str(p) for p in validate_workdir(user_workdir)]
-    assert "pinworld validate: world/boards.parquet: expected a Parquet table, found nothing" in lines
+    assert any(line.startswith("pinworld validate: world/boards.parquet: expected a Parquet table (")
+               and line.endswith("rows of pin_board.board_id refer to it), found nothing") for line in lines)
     assert any(line.startswith("pinworld validate: world/pins.parquet: column 'image_uri': expected an image file")
                for line in lines)
 
@@ -136,3 +137,79 @@ def test_undeclared_surface_in_logs(user_workdir, capsys):
     path.write_text(path.read_text().replace("name: related", "name: similar"))
     line = _only_problem(user_workdir, capsys)
     assert "impressions" in line and "homefeed | similar | ads" in line and "'related'" in line
+
+
+def test_an_optional_table_rows_refer_to_is_needed(user_workdir, capsys):
+    (user_workdir / "world/users.parquet").unlink()    # boards and impressions name users
+    line = _only_problem(user_workdir, capsys)
+    assert line.startswith("pinworld validate: world/users.parquet: expected a Parquet table (")
+    assert line.endswith("rows of boards.user_id refer to it), found nothing")
+
+
+def _pins_only(tmp_path, created_day=(0, 0, 0), **columns):
+    """A catalog: pin_id, created_day, image_uri and title only, image files under world/photos/."""
+    from PIL import Image
+
+    work = tmp_path / "catalog"
+    (work / "world/photos").mkdir(parents=True)
+    n = len(created_day)
+    for k in range(n):
+        Image.new("RGBA", (20, 10), (0, 0, 255, 100)).save(work / f"world/photos/{k}.png")
+    pq.write_table(pa.table({"pin_id": pa.array(range(n), pa.int32()), "created_day": list(created_day),
+                             "image_uri": [f"photos/{k}.png" for k in range(n)],
+                             "title": [f"pin {k}" for k in range(n)], **columns}), work / "world/pins.parquet")
+    return work
+
+
+def test_a_pins_only_catalog_validates_and_reads_whole(tmp_path, capsys):
+    from pinlift.core.schema import TABLES
+    from pinworld.world import World
+
+    work = _pins_only(tmp_path, description=pa.nulls(3))        # all-null: Arrow type null
+    assert pq.read_schema(work / "world/pins.parquet").field("description").type == pa.null()
+    assert cli.main(["validate", "--workdir", str(work)]) == 0     # no users, boards, logs or surfaces.yaml
+    pins = World(work).pins()
+    assert [c.name for c in TABLES["pins"].columns if c.name not in pins.columns] == []
+    assert {c: str(pins[c].dtype) for c in ("description", "caption", "language", "is_ad", "advertiser_id")} == \
+        {"description": "String", "caption": "String", "language": "String", "is_ad": "Boolean",
+         "advertiser_id": "Int64"}
+    assert pins["is_ad"].to_list() == [False] * 3 and pins["description"].null_count() == 3
+    assert cli.main(["catalog", "--workdir", str(work)]) == 0
+    assert cli.main(["summary", "--workdir", str(work)]) == 0
+    assert "pins 3 (ads 0)  users 0" in capsys.readouterr().out
+
+
+def test_a_catalogs_cutoff_comes_from_its_pins(tmp_path, tiny_world):
+    from pinworld.world import World
+    from pinlift.core.errors import InputError
+
+    world = World(_pins_only(tmp_path, created_day=(-3, 0, 5)))
+    assert world.is_catalog and not tiny_world.is_catalog
+    assert world.log_window == (-3, 6) and world.default_cutoff() == 6    # every pin known
+    assert world.pins(as_of=world.cutoff()).height == 3 and world.cutoff(1) == 1
+    for day in (-3, 7):
+        with pytest.raises(InputError, match=r"cutoff_day: expected a day inside the catalog's days \(-2 to 6\)"):
+            world.cutoff(day)
+    assert tiny_world.default_cutoff() == 26          # a generated world keeps its log window's
+
+
+def test_a_column_with_no_default_may_not_be_all_null(tmp_path, capsys):
+    work = _pins_only(tmp_path)
+    _rewrite(work / "world/pins.parquet", lambda t: t.set_column(1, "created_day", pa.nulls(3)))
+    line = _only_problem(work, capsys)
+    assert line == "pinworld validate: world/pins.parquet: column 'created_day': expected int, found null"
+
+
+@pytest.mark.parametrize("uri", ["../../../../etc/passwd", "/etc/passwd", "photos/link.png"])
+def test_an_escaping_image_uri_names_the_pin(tmp_path, capsys, uri):
+    work = _pins_only(tmp_path)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes((work / "world/photos/0.png").read_bytes())
+    (work / "world/photos/link.png").symlink_to(outside)
+
+    def repoint(t):
+        return t.set_column(2, "image_uri", pa.array(["photos/0.png", uri, "photos/2.png"]))
+    _rewrite(work / "world/pins.parquet", repoint)
+    line = _only_problem(work, capsys)
+    assert line == ("pinworld validate: world/pins.parquet: column 'image_uri': expected a path inside world/, "
+                    f"found 1 escaping it, e.g. pin 1: {uri!r}")

@@ -5,11 +5,13 @@ Both datasets implement ``__getitems__``, so a ``DataLoader`` reads a whole batc
 ``ImageStore.load`` and normalises it as one tensor. A collate then tokenizes the batch's texts with a
 ``tokenize(list[str]) -> (input_ids, attention_mask)`` callable that the model supplies, and returns a
 small typed batch. A missing text is tokenized as ``""`` and flagged ``False`` in the batch's mask, so
-the loss drops that pair while the image still serves as a negative for the others.
+the loss drops that pair while the image still serves as a negative for the others. ``Augment`` is
+open_clip's training augmentation (random resized crop, horizontal flip) of a normalised batch.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,8 @@ import polars as pl
 import torch
 from timm.data.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from pinworld.images import ImageStore
 from pinworld.world import World
@@ -42,6 +46,50 @@ def normalize_images(images: np.ndarray) -> torch.Tensor:
     std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     return x.to(torch.float32, memory_format=torch.contiguous_format).div_(255).sub_(mean).div_(std)
+
+
+CROP_RATIO = (3 / 4, 4 / 3)   # aspect ratios of the random crop (open_clip's, torchvision's default)
+
+
+def _crop_box(h: int, w: int, scale: tuple[float, float], rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a crop of ``scale`` of the area, torchvision's RandomResizedCrop draw."""
+    log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
+    for _ in range(10):
+        area = h * w * rng.uniform(*scale)
+        ratio = math.exp(rng.uniform(*log_ratio))
+        cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1)), ch, cw
+    return 0, 0, h, w   # square images: the whole image, as torchvision's fallback gives them
+
+
+@dataclass(frozen=True)
+class Augment:
+    """open_clip's training augmentation: per image a random resized crop covering a ``scale`` share of the
+    area (aspect ratio in ``CROP_RATIO``, bicubic back to the input size), then a horizontal flip with
+    probability ``flip``. At scale (1, 1) and flip 0 it returns the batch itself."""
+
+    scale: tuple[float, float] = (1.0, 1.0)
+    flip: float = 0.0
+
+    @property
+    def crops(self) -> bool:
+        return tuple(self.scale) != (1.0, 1.0)
+
+    def __call__(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """``images`` (n, 3, H, W) augmented with draws from ``rng`` (crop, then flip, image by image)."""
+        if not self.crops and self.flip == 0:
+            return images
+        h, w = images.shape[-2:]
+        out = []
+        for image in images:
+            if self.crops:
+                image = TF.resized_crop(image, *_crop_box(h, w, self.scale, rng), size=[h, w],
+                                        interpolation=InterpolationMode.BICUBIC, antialias=True)
+            if self.flip and rng.random() < self.flip:
+                image = image.flip(-1)
+            out.append(image)
+        return torch.stack(out)
 
 
 class _Images:

@@ -21,6 +21,12 @@ are left out of its distractor set: they are not negatives, and a retrieved quer
 A pin's text is its descriptive text only: the keyword source comes from the search log the Search
 pairs are drawn from, so feeding it to the fusion embedding would hand the model the query.
 
+A catalog (a workspace without logs) has none of the engaged pairs: :func:`evaluate_catalog` scores the
+evaluated pins (a supplied split, or the run's held-out pins) against each other instead, with
+:mod:`pinclip.training.catalog_eval`'s metrics at K = 1, 5, 10: ``pintext`` (image -> own descriptive text;
+distractors: the other evaluated pins' texts) and ``board_image`` (image -> the image of one other evaluated
+pin sharing a board, e.g. a category; distractors: the evaluated pins of other boards).
+
 Each task is scored for every Matryoshka prefix (``model.matryoshka``) and, with ``int8``, for the
 published 64-d prefix after int8 quantize -> dequantize (the publish quantization check), and sliced by
 how much user-written text (title + description) the positive pin has: missing, short or long.
@@ -29,6 +35,7 @@ how much user-written text (title + description) the positive pin has: missing, 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -42,7 +49,9 @@ import torch
 from pinclip.embedder import Embedder, PinEmbeddings, pin_texts
 from pinclip.loading import load_run
 from pinclip.quantization import PUBLISHED_DIM, dequantize, quantize
-from pinclip.training.engaged import heldout_split, related_pairs, search_pairs
+from pinclip.training import catalog_eval
+from pinclip.training.engaged import heldout_split, related_pairs, search_pairs, supplied_split
+from pinlift.core.errors import input_error
 from pinlift.core.vocabulary import DECLARATION, RELATED
 from pinworld.files import write_text_atomic
 from pinworld.world import World
@@ -230,10 +239,11 @@ def _score_task(task: Task, rows: pl.DataFrame, positives: pl.DataFrame, queries
 
 
 def evaluate(model, tokenizer, world: World, cutoff_day: int, cfg: EvalConfig | None = None, *,
-             embedder: PinEncoder | None = None) -> dict:
+             embedder: PinEncoder | None = None, heldout: np.ndarray | None = None) -> dict:
     """Recall@K on the five tasks for a model trained with cutoff ``cutoff_day`` (see the module docstring).
 
-    ``embedder`` replaces the model's own :class:`Embedder` (then ``model`` and ``tokenizer`` are unused).
+    ``embedder`` replaces the model's own :class:`Embedder` (then ``model`` and ``tokenizer`` are unused);
+    ``heldout`` (pin ids) replaces the held-out split the config describes.
     Returns a JSON-ready dict: per task the query and distractor counts, ``recall[variant]["R@K"]`` for
     each prefix (and ``64-int8``), and the same per text slice of the positive pin.
     """
@@ -241,9 +251,10 @@ def evaluate(model, tokenizer, world: World, cutoff_day: int, cfg: EvalConfig | 
     if embedder is None:
         embedder = Embedder(model, tokenizer, world, batch_size=cfg.batch_size, progress=cfg.progress)
     rng = np.random.default_rng(cfg.seed)
-    split = heldout_split(world, cutoff_day, random_share=cfg.random_share, seed=cfg.split_seed)
+    if heldout is None:
+        heldout = heldout_split(world, cutoff_day, random_share=cfg.random_share, seed=cfg.split_seed).heldout
     texts = pin_texts(world.pins(as_of=cfg.until), cfg.short_words)
-    held = np.intersect1d(split.heldout, texts["pin_id"].to_numpy())
+    held = np.intersect1d(heldout, texts["pin_id"].to_numpy())
 
     # per surface: its (key, pin_id) rows (the key is the query: a pin, or a search query's text) and every
     # (key, pin_id) that is a positive of the key; PinText's key is the pin itself
@@ -298,14 +309,93 @@ def evaluate(model, tokenizer, world: World, cutoff_day: int, cfg: EvalConfig | 
             "ks": list(cfg.ks), "variants": variants, "tasks": results, "skipped": skipped}
 
 
+CATALOG_TASKS = {"pintext": "PinText image->text (own descriptive text)",
+                 "board_image": "image->image by board (category)"}
+
+
+def evaluate_catalog(model, tokenizer, world: World, pins, cfg: EvalConfig | None = None, *,
+                     embedder: PinEncoder | None = None) -> dict:
+    """Recall@K of a catalog's evaluated ``pins`` against each other (see the module docstring); more than
+    ``cfg.distractors`` pins are sampled down to that many. Returns the dict :func:`evaluate` does."""
+    cfg = cfg or EvalConfig(ks=catalog_eval.KS)
+    if embedder is None:
+        embedder = Embedder(model, tokenizer, world, batch_size=cfg.batch_size, progress=cfg.progress)
+    pins = np.unique(np.asarray(pins, np.int64))
+    if len(pins) > cfg.distractors:
+        pins = np.sort(np.random.default_rng(cfg.seed).choice(pins, cfg.distractors, replace=False))
+    texts = (pl.DataFrame({"pin_id": pins}).join(pin_texts(world.pins(as_of=cfg.until), cfg.short_words),
+                                                 on="pin_id", how="left", maintain_order="left"))
+    emb = embedder.embed_pins(pins, texts["text"].to_list())
+    boards = (world.table("pin_board").filter(pl.col("pin_id").is_in(pl.Series(pins).implode()))
+              .group_by("pin_id").agg("board_id"))
+    board_of = dict(zip(boards["pin_id"].to_list(), boards["board_id"].to_list()))
+    categories = [board_of.get(int(p)) for p in pins]
+    variants = _variants(embedder.prefixes, cfg.int8)
+    results: dict = {name: {"description": description, "query": "image", "target": target, "recall": {},
+                            "slices": {}} for (name, description), target in zip(CATALOG_TASKS.items(),
+                                                                                  ("text", "image"))}
+    for variant in variants:
+        prefix = PUBLISHED_DIM if variant == INT8 else int(variant)
+        image = _variant(emb.get("image", prefix, pins), variant)
+        text = catalog_eval.image_text_recall(image, _variant(emb.get("text", prefix, pins), variant),
+                                              emb.has_text[emb.rows(pins)], cfg.ks)
+        board = catalog_eval.image_image_recall(image, categories, cfg.ks, seed=cfg.seed)
+        for name, r in (("pintext", text), ("board_image", board)):
+            results[name]["queries"] = r.queries
+            results[name]["recall"][variant] = {f"R@{k}": (None if np.isnan(v) else v) for k, v in r.recall.items()}
+    results["pintext"]["distractors"] = max(results["pintext"]["queries"] - 1, 0)
+    results["board_image"]["distractors"] = len(pins)
+    skipped = {name: "a catalog: no logs (logs/impressions) to draw engaged pairs from"
+               for name in (t.name for t in TASKS) if name != "pintext"}
+    if not board_of:
+        skipped["board_image"] = "no Pin–Board edges (boards, e.g. categories) among the evaluated pins"
+        del results["board_image"]
+    return {"mode": "catalog", "config": {**asdict(cfg), "ks": list(cfg.ks)}, "heldout_pins": int(len(pins)),
+            "distractor_pins": int(len(pins)), "ks": list(cfg.ks), "variants": variants, "tasks": results,
+            "skipped": skipped}
+
+
+def split_pins(world: World, spec: str, name: str) -> np.ndarray:
+    """The pins of split ``name`` in ``spec`` (``supplied_split``), or every pin of a plain list of ids."""
+    split = supplied_split(world, spec)
+    if split["split"].null_count() < split.height:
+        split = split.filter(pl.col("split") == name)
+    return split["pin_id"].to_numpy()
+
+
 def evaluate_run(workdir: str | Path, run: str, *, max_queries: int = 5_000, distractors: int = 50_000,
-                 progress: bool = True) -> dict:
-    """Evaluate a trained run on its own held-out split and write ``pinclip/runs/RUN/eval.json``."""
+                 split: str = "", split_name: str = "validation", progress: bool = True) -> dict:
+    """Evaluate a trained run and write ``pinclip/runs/RUN/eval.json``: on the pins of ``split_name`` in
+    ``split`` (a split file or pins column, or a list of pin ids), else in the run's own supplied split, else
+    on its held-out pins. A catalog is scored by :func:`evaluate_catalog`. No query at all is an InputError."""
     model, tokenizer, saved = load_run(workdir, run)
-    cfg = EvalConfig(max_queries=max_queries, distractors=distractors, random_share=saved["train"]["heldout_share"],
-                     split_seed=saved["train"]["seed"], progress=progress)
-    results = evaluate(model, tokenizer, World(workdir), saved["train"]["cutoff_day"], cfg)
-    results["run"] = run
+    train = saved["train"]
+    world = World(workdir)
+    catalog = not world.has("impressions")
+    cfg = EvalConfig(max_queries=max_queries, distractors=distractors, random_share=train["heldout_share"],
+                     split_seed=train["seed"], progress=progress, **({"ks": catalog_eval.KS} if catalog else {}))
+    run_held = heldout_split(world, train["cutoff_day"], random_share=train["heldout_share"], seed=train["seed"],
+                             split=train.get("split", ""))
+    spec = split or train.get("split", "")
+    pins = split_pins(world, spec, split_name) if spec else run_held.heldout
+    where = f"split {spec!r} ({split_name})" if spec else "the run's held-out pins"
+    no_queries = input_error(f"pinclip eval: {run}", "queries", "at least one query (a pin with a text, a board "
+                             "partner or engaged pairs)", f"none among the {len(pins):,} pins of {where}")
+    if not len(pins):
+        raise no_queries
+    if catalog:
+        results = evaluate_catalog(model, tokenizer, world, pins, cfg)
+        results["cutoff_day"] = train["cutoff_day"]
+    else:
+        results = evaluate(model, tokenizer, world, train["cutoff_day"], cfg, heldout=pins if spec else None)
+    trained = world.table("pins", as_of=train["cutoff_day"])["pin_id"].to_numpy()
+    trained_on = int(np.isin(pins, np.setdiff1d(trained, run_held.heldout)).sum())
+    results.update(run=run, evaluated=where, trained_on=trained_on)
+    if not any(task["queries"] for task in results["tasks"].values()):
+        raise no_queries
+    if trained_on and progress:
+        print(f"pinclip eval: note: {trained_on:,} of the {len(pins):,} evaluated pins were trained on by {run}",
+              file=sys.stderr)
     out = Path(workdir) / "pinclip" / "runs" / run / "eval.json"
     write_text_atomic(out, json.dumps(results, indent=2, default=str))
     return results

@@ -121,8 +121,10 @@ def _cache_path(world: World, as_of: int, cfg: WalkConfig, exclude, cache_dir: P
     sources = {}
     for table in ("pins", "pin_board"):
         rel = TABLES[table].path
-        stat = (world.workdir / rel).stat()
-        sources[table] = world.meta.get("checksums", {}).get(rel) or f"{stat.st_size}-{stat.st_mtime_ns}"
+        path = world.workdir / rel
+        stat = path.stat() if path.exists() else None   # a catalog alone has no pin_board table
+        sources[table] = (world.meta.get("checksums", {}).get(rel)
+                          or (f"{stat.st_size}-{stat.st_mtime_ns}" if stat else "absent"))
     key = json.dumps({"version": CACHE_VERSION, "as_of": as_of, "walk": asdict(cfg), "sources": sources,
                       "exclude": hashlib.sha256(excluded.tobytes()).hexdigest()}, sort_keys=True)
     return cache_dir / f"neighbors-T{as_of}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.parquet"

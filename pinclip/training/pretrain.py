@@ -49,6 +49,7 @@ from pinclip.models.text import TextTower, load_tokenizer, tokenize, train_token
 from pinclip.settings import EXTENDS, PretrainConfig
 from pinlift.core.config import dump_settings
 from pinlift.core.curves import TRAIN_LOSS, Curves
+from pinlift.core.errors import input_error
 from pinlift.core.runs import RunDir
 from pinworld.world import World
 
@@ -87,8 +88,9 @@ def annotation_vocab(world: World, as_of: int, n: int) -> list[str]:
     return counts["annotation"].to_list()[:n]
 
 
-def label_matrix(world: World, pins: np.ndarray, vocab: list[str], as_of: int) -> np.ndarray:
-    """Targets (pins, labels): the annotation score of each vocabulary term, from annotations before T."""
+def label_matrix(world: World, pins: np.ndarray, vocab: list[str], as_of: int | None) -> np.ndarray:
+    """Targets (pins, labels): the annotation score of each vocabulary term, from annotations before T
+    (every annotation with ``as_of`` None)."""
     ann = world.table("pin_annotations", as_of=as_of).filter(pl.col("annotation").is_in(vocab) & pl.col("pin_id").is_in(pins))
     rows = np.searchsorted(pins, ann["pin_id"].to_numpy())
     col_of = {a: j for j, a in enumerate(vocab)}
@@ -111,9 +113,12 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, restart: bool = False) 
     world = World(cfg.workdir)
     cfg = cfg.model_copy(update={"cutoff_day": world.cutoff(cfg.cutoff_day)})
     t = cfg.cutoff_day
+    vocab = annotation_vocab(world, t, cfg.labels)
+    if not vocab:
+        raise input_error(world.workdir / "world" / "pin_annotations.parquet", "annotation",
+                          f"annotations before the cutoff day {t} (the labels pretraining learns)", "none")
     run = RunDir(Path(cfg.workdir) / "pinclip" / "pretrain", cfg.run, f"pinclip pretrain-{cfg.tower}", EXTENDS)
     run.start(dump_settings(cfg), restart)
-    vocab = annotation_vocab(world, t, cfg.labels)
     train_pins = np.sort(world.table("pins", as_of=t)["pin_id"].to_numpy())
     later = world.table("pins").filter(pl.col("created_day") >= t)["pin_id"].to_numpy()
     rng = np.random.default_rng(cfg.seed)
@@ -151,7 +156,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, restart: bool = False) 
             return tokenize(tokenizer, [example_text[r] for r in rows])
     eval_pins = np.sort(rng.choice(later, min(cfg.eval_pins, len(later)), replace=False))
     y_train = label_matrix(world, train_pins, vocab, t)
-    y_eval = label_matrix(world, eval_pins, vocab, world.log_window[1] + 10) > 0   # their annotations, for scoring only
+    y_eval = label_matrix(world, eval_pins, vocab, None) > 0   # their annotations, for scoring only
     example_rows = np.searchsorted(train_pins, examples)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, losses = 0, []
@@ -183,20 +188,27 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, restart: bool = False) 
             _save_checkpoint(out_dir, step + 1, model, opt, losses)
     model.eval()
     with torch.no_grad():
-        scores = np.concatenate([torch.sigmoid(model(*eval_inputs(eval_pins[i:i + 256]))).numpy()
-                                 for i in range(0, len(eval_pins), 256)])
+        scores = np.concatenate([np.zeros((0, len(vocab)), np.float32)]
+                                + [torch.sigmoid(model(*eval_inputs(eval_pins[i:i + 256]))).numpy()
+                                   for i in range(0, len(eval_pins), 256)])
     valid = y_eval.any(0) & ~y_eval.all(0)
-    ap = average_precision_score(y_eval[:, valid], scores[:, valid], average=None)
-    prevalence = y_eval[:, valid].mean(0)       # the AP of a scorer that knows nothing
+    # a catalog's default cutoff knows every pin: no later pin to score, so no mAP (null)
+    ap = average_precision_score(y_eval[:, valid], scores[:, valid], average=None) if valid.any() else np.zeros(0)
+    prevalence = y_eval[:, valid].mean(0) if valid.any() else np.zeros(0)   # the AP of a scorer that knows nothing
     top = slice(0, min(cfg.top_labels, int(valid.sum())))   # vocab is by frequency, most frequent first
+
+    def mean(a: np.ndarray) -> float | None:
+        return float(a.mean()) if len(a) else None
+
     torch.save(model.tower.state_dict(), out_dir / f"{cfg.tower}_tower.pt")
     report = {"config": dump_settings(cfg), "tower": cfg.tower, "cutoff_day": t, "labels": len(vocab),
-              "eval_pins": int(len(eval_pins)), "labels_scored": int(valid.sum()), "mAP": float(ap.mean()),
-              "mAP_chance": float(prevalence.mean()), "mAP_top": float(ap[top].mean()),
-              "mAP_top_chance": float(prevalence[top].mean()), "top_labels": top.stop,
+              "eval_pins": int(len(eval_pins)), "labels_scored": int(valid.sum()), "mAP": mean(ap),
+              "mAP_chance": mean(prevalence), "mAP_top": mean(ap[top]),
+              "mAP_top_chance": mean(prevalence[top]), "top_labels": top.stop,
               "final_loss": float(np.mean(losses)) if losses else float("nan"), "generator_version": world.generator_version}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    curves.log(cfg.steps, {f"eval/{k}": report[k] for k in ("mAP", "mAP_chance", "mAP_top", "mAP_top_chance")})
+    curves.log(cfg.steps, {f"eval/{k}": report[k] for k in ("mAP", "mAP_chance", "mAP_top", "mAP_top_chance")
+                           if report[k] is not None})
     curves.close()
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
     return report

@@ -7,10 +7,14 @@ auxiliary annotation loss (not in the paper) on the 64-d fusion prefix of the im
 Lion (timm) with warmup then cosine to 0, the text tower at 10x lower LR with its own weight decay,
 optional partial freezing of the image tower and activation checkpointing. Runs in one process or under
 ``torchrun`` (DDP; the sigmoid loss is chunked across ranks). Only pins, text sources, annotations and
-Pin–Board behaviour from days before the cutoff T are used, and a held-out share of older pins is excluded
-too, so evaluation pins are disjoint from training. A run (``W/pinclip/runs/<run>``) resumes from its latest
-checkpoint only with the settings it was started with (``pinclip.settings.TrainConfig``), except the keys
-that only extend it (``EXTENDS``); ``--restart`` starts it over.
+Pin–Board behaviour from days before the cutoff T are used, and a held-out share of older pins (or every
+pin outside the train rows of a supplied ``split``) is excluded too, so evaluation pins are disjoint from
+training; the run prints and records how many. A pin missing one kind of text keeps its other pair (the
+loss masks the missing one). Without Pin–Board edges (a catalog alone), Pin-to-Pin is skipped with a note;
+without any keyword text, the image–keyword term is. Training images are augmented as ``augment_*`` say.
+A run (``W/pinclip/runs/<run>``) resumes from its latest checkpoint only with the settings it was started
+with (``pinclip.settings.TrainConfig``), except the keys that only extend it (``EXTENDS``); ``--restart``
+starts it over.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pinclip.data.dataset import (CorpusPins, ImageTextCollate, ImageTextDataset, NeighborCollate, NeighborPairDataset,
-                                  neighbor_batch_size)
+from pinclip.data.dataset import (Augment, CorpusPins, ImageTextCollate, ImageTextDataset, NeighborCollate,
+                                  NeighborPairDataset, neighbor_batch_size)
 from pinclip.data.sources import KINDS, drop_misaligned, text_sources
 from pinlift.core.distributed import Env, setup
 from pinclip.loading import read_checkpoint, read_shipped_tower, shipped_towers
@@ -59,16 +63,18 @@ class TrainStep(nn.Module):
     """
 
     def __init__(self, model: PinCLIP, loss: PinCLIPLoss, use_fusion: bool, use_pin_pin: bool,
-                 annotation: AnnotationLoss | None = None, annotation_weight: float = 0.0):
+                 annotation: AnnotationLoss | None = None, annotation_weight: float = 0.0, use_keyword: bool = True):
         super().__init__()
         self.model, self.loss = model, loss
-        self.use_fusion, self.use_pin_pin = use_fusion, use_pin_pin
+        self.use_fusion, self.use_pin_pin, self.use_keyword = use_fusion, use_pin_pin, use_keyword
         self.annotation, self.annotation_weight = annotation, annotation_weight
 
     def forward(self, it, nb, annotations: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         kinds = ["image", "text"] + (["fusion"] if self.annotation is not None else [])
         image = self.model(kinds, it.images, it.descriptive.input_ids, it.descriptive.attention_mask)
-        keyword = self.model(["text"], None, it.keyword.input_ids, it.keyword.attention_mask)["text"]
+        keyword = None
+        if self.use_keyword:
+            keyword = self.model(["text"], None, it.keyword.input_ids, it.keyword.attention_mask)["text"]
         query = positive = negative = None
         if self.use_fusion and self.use_pin_pin:
             query = self.model(["fusion"], nb.query_images, nb.query_text.input_ids,
@@ -78,7 +84,8 @@ class TrainStep(nn.Module):
             if nb.negative_images is not None:
                 negative = self.model(["fusion"], nb.negative_images, nb.negative_text.input_ids,
                                       nb.negative_text.attention_mask)["fusion"]
-        total, parts = self.loss(image["image"], image["text"], keyword, query, positive, negative)
+        total, parts = self.loss(image["image"], image["text"], keyword, query, positive, negative,
+                                 descriptive_mask=it.has_descriptive, keyword_mask=it.has_keyword)
         if self.annotation is not None:
             parts["annotation"] = self.annotation(image["fusion"][self.annotation.dim], annotations)
             total = total + self.annotation_weight * parts["annotation"]
@@ -153,8 +160,12 @@ class Trainer:
         dist.barrier()
         torch.manual_seed(self.cfg.seed)
         t = self.cfg.cutoff_day
-        self.split = heldout_split(self.world, t, random_share=self.cfg.heldout_share, seed=self.cfg.seed)
+        self.split = heldout_split(self.world, t, random_share=self.cfg.heldout_share, seed=self.cfg.seed,
+                                   split=self.cfg.split)
         held = np.asarray(sorted(self.split.heldout), np.int64)
+        self.total_pins = self.world.table("pins").height
+        self.notes: list[str] = []
+        self._note(f"pinclip train: {self.split.describe(self.total_pins)}")
         pins = self.world.pins(as_of=t).filter(~pl.col("pin_id").is_in(held))
         texts = text_sources(pins)
         self.dropped_misaligned = 0
@@ -165,8 +176,6 @@ class Trainer:
             self.dropped_misaligned = sum(texts[k].count() - kept[k].count() for k in KINDS)
             texts = kept
         self.texts = texts
-        # both texts present: every rank's image–text batch has the same size for the chunked loss
-        pairs_texts = texts.filter(pl.col("descriptive").is_not_null() & pl.col("keyword").is_not_null())
         self.tokenizer_path = self.run_dir / "tokenizer.json"
         given = self.cfg.tokenizer or (str(self._pretrained("text", "tokenizer.json")) if self.cfg.pretrained_text else "")
         if self.env.is_main and not self.tokenizer_path.exists() and given:
@@ -198,7 +207,13 @@ class Trainer:
             self.model.matryoshka_heads.dims = tuple(weights)
         size = self.model.cfg.image.img_size
         tok = lambda texts: tokenize(self.tokenizer, texts)  # noqa: E731
-        self.image_text = ImageTextDataset(self.world, pairs_texts, size)
+        # pins with either text; a missing one is masked in the loss, so every rank's batch keeps its size
+        self.image_text = ImageTextDataset(self.world, texts, size)
+        self.use_keyword = any(k is not None for k in self.image_text.keyword)
+        if not self.use_keyword:
+            self._note("pinclip train: image–keyword loss skipped: no training pin has a keyword text "
+                       "(a search query or an annotation)")
+        self.augment = Augment(tuple(self.cfg.augment_scale), self.cfg.augment_flip)
         annotation, self.annotations = None, None
         if self.cfg.annotation_weight:
             if not self.cfg.fusion:
@@ -211,30 +226,47 @@ class Trainer:
             self.annotations = np.empty_like(labels)
             self.annotations[order] = labels
             annotation = AnnotationLoss(min(self.model.matryoshka_heads.dims), torch.from_numpy(labels.mean(0)))
-        self.step_module = TrainStep(self.model, PinCLIPLoss(weights), self.cfg.fusion, self.cfg.pin_pin,
-                                     annotation, self.cfg.annotation_weight).to(self.env.device)
         self.it_collate = ImageTextCollate(tok)
         self.it_batches = EpochBatches(len(self.image_text), self.cfg.batch_size, self.env, self.cfg.seed)
         self.nb_collate = NeighborCollate(tok)
-        uses_negatives = self.cfg.corpus_negatives and self.cfg.fusion and self.cfg.pin_pin
-        self.corpus = CorpusPins(self.world, self.texts, size) if uses_negatives else None
         self.nb_size = self.cfg.neighbor_batch_size or neighbor_batch_size(self.cfg.batch_size)
-        walk = WalkConfig(**{"seed": self.cfg.seed, **self.cfg.walk})
-        self.candidates = neighbor_candidates(self.world, t, walk, exclude=held,
-                                              cache_dir=self.run_dir.parent.parent / "cache")
-        if self.cfg.session_pairs:
-            # co-engagement counts add to walk visits as the sampling weight of a pair
-            sessions = session_pairs(self.world, t, exclude=held).rename({"sessions": "visits"})
-            self.candidates = (pl.concat([self.candidates, sessions], how="vertical_relaxed")
-                               .group_by("pin_id", "neighbor_id").agg(pl.col("visits").sum())
-                               .sort("pin_id", "neighbor_id"))
+        self.pin_pin = self.cfg.fusion and self.cfg.pin_pin
+        self.candidates = self._candidates(t, held) if self.pin_pin else None
+        if self.pin_pin and self.candidates.height == 0:
+            self.pin_pin = False
+            self._note("pinclip train: Pin-to-Pin skipped: no Pin–Board edges between training pins before the "
+                       "cutoff, so no neighbours (boards, e.g. from categories, give them)")
+        self.step_module = TrainStep(self.model, PinCLIPLoss(weights), self.cfg.fusion, self.pin_pin,
+                                     annotation, self.cfg.annotation_weight, self.use_keyword).to(self.env.device)
+        uses_negatives = self.cfg.corpus_negatives and self.pin_pin
+        self.corpus = CorpusPins(self.world, self.texts, size) if uses_negatives else None
         self._nb_epoch, self.neighbors, self.nb_batches = -1, None, None
         if self.env.world_size > 1:
-            self.ddp = DistributedDataParallel(self.step_module, find_unused_parameters=not (self.cfg.fusion and self.cfg.pin_pin))
+            self.ddp = DistributedDataParallel(self.step_module,
+                                               find_unused_parameters=not (self.pin_pin and self.use_keyword))
         else:
             self.ddp = self.step_module
         self.optimizer = Lion(_param_groups(self.step_module, self.cfg))
         self.step = 0
+
+    def _note(self, line: str) -> None:
+        """A one-line note: on stderr (unless quiet) and in the run's config.json."""
+        self.notes.append(line)
+        if self.progress:
+            print(line, file=sys.stderr)
+
+    def _candidates(self, t: int, held: np.ndarray) -> pl.DataFrame:
+        """Pin-to-Pin neighbour candidates: random-walk visits (plus session co-saves with ``session_pairs``)."""
+        walk = WalkConfig(**{"seed": self.cfg.seed, **self.cfg.walk})
+        candidates = neighbor_candidates(self.world, t, walk, exclude=held,
+                                         cache_dir=self.run_dir.parent.parent / "cache")
+        if self.cfg.session_pairs:
+            # co-engagement counts add to walk visits as the sampling weight of a pair
+            sessions = session_pairs(self.world, t, exclude=held).rename({"sessions": "visits"})
+            candidates = (pl.concat([candidates, sessions], how="vertical_relaxed")
+                          .group_by("pin_id", "neighbor_id").agg(pl.col("visits").sum())
+                          .sort("pin_id", "neighbor_id"))
+        return candidates
 
     def _pretrained_image(self) -> dict:
         """The ``pretrained_image`` tower: a pretrain-image run of the workspace, else a tower shipped with pinclip."""
@@ -272,6 +304,11 @@ class Trainer:
             rng = np.random.default_rng([self.cfg.seed + 11, step, self.env.rank])
             avoid = np.concatenate([samples.query_ids.numpy(), samples.positive_ids.numpy()])
             samples.negatives = self.corpus.__getitems__(self.corpus.draw(self.cfg.corpus_negatives, rng, avoid))
+        rng = np.random.default_rng([self.cfg.seed + 17, step, self.env.rank])
+        samples.query_images = self.augment(samples.query_images, rng)
+        samples.positive_images = self.augment(samples.positive_images, rng)
+        if samples.negatives is not None:
+            samples.negatives.images = self.augment(samples.negatives.images, rng)
         return self.nb_collate(samples)
 
     def _build_neighbors(self, epoch: int) -> None:
@@ -314,15 +351,20 @@ class Trainer:
 
     def train_step(self) -> dict:
         rows = self.it_batches.indices(self.step)
-        it = self.it_collate(self.image_text.__getitems__(rows))
+        samples = self.image_text.__getitems__(rows)
+        # augmentation draws depend only on (seed, step, rank): a resumed run draws the same crops
+        samples.images = self.augment(samples.images, np.random.default_rng([self.cfg.seed + 13, self.step,
+                                                                            self.env.rank]))
+        it = self.it_collate(samples)
         annotations = None if self.annotations is None else torch.from_numpy(self.annotations[rows]).to(self.env.device)
-        nb = self._neighbor_batch(self.step)
+        nb = self._neighbor_batch(self.step) if self.pin_pin else None
         factor = lr_factor(self.step, self.cfg.warmup_steps, self.cfg.steps)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         with torch.autocast("cpu" if self.env.device.type == "cpu" else "cuda", dtype=torch.bfloat16,
                             enabled=self.cfg.precision == "bf16"):
-            total, parts = self.ddp(_to(it, self.env.device), _to(nb, self.env.device), annotations)
+            total, parts = self.ddp(_to(it, self.env.device), None if nb is None else _to(nb, self.env.device),
+                                    annotations)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
@@ -351,9 +393,16 @@ class Trainer:
         if self.env.is_main:
             (self.run_dir / "config.json").write_text(json.dumps(
                 {"train": dump_settings(self.cfg), "model": self.model.cfg.to_dict(),
-                 "generator_version": self.world.generator_version, "heldout_pins": len(self.split.heldout),
-                 "image_text_pairs": len(self.image_text), "misaligned_texts_dropped": self.dropped_misaligned,
-                 "neighbor_candidates": self.candidates.height}, indent=2))
+                 "generator_version": self.world.generator_version,
+                 "heldout": {"pins": len(self.split.heldout), "of": self.total_pins,
+                             "share": len(self.split.heldout) / max(self.total_pins, 1),
+                             "split": self.cfg.split or "cutoff+random", "why": self.split.describe(self.total_pins)},
+                 "image_text_pins": len(self.image_text),
+                 "texts": {"descriptive": sum(t is not None for t in self.image_text.descriptive),
+                           "keyword": sum(t is not None for t in self.image_text.keyword)},
+                 "misaligned_texts_dropped": self.dropped_misaligned, "pin_pin": self.pin_pin,
+                 "neighbor_candidates": 0 if self.candidates is None else self.candidates.height,
+                 "notes": self.notes}, indent=2))
         if resumed and self.env.is_main:
             print(f"pinclip: resumed {self.cfg.run} at step {self.step}", file=sys.stderr)
         curves = Curves(self.run_dir, self.step, self.env.is_main)

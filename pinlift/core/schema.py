@@ -23,6 +23,12 @@ class Column:
     kind: str            # int | float | string | bool
     nullable: bool = False
     doc: str = ""
+    default: bool | int | float | str | None = None   # what an absent column holds
+
+    @property
+    def fillable(self) -> bool:
+        """A file may leave the column out (or all-null, Arrow type null): it reads as nulls or the default."""
+        return self.nullable or self.default is not None
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,7 @@ class Table:
     key: tuple[str, ...] = ()
     foreign_keys: dict[str, str] = field(default_factory=dict)   # column -> "table.column"
     doc: str = ""
-    required: bool = True
+    required: bool = True   # an optional table is still needed when a present table's rows refer to it
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
@@ -49,8 +55,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         C("title", "string", True, "title, null when missing"),
         C("description", "string", True, "description, null when missing"),
         C("caption", "string", True, "synthetic caption from a captioning model (English)"),
-        C("language", "string", doc="language of title/description (ISO 639-1)"),
-        C("is_ad", "bool", doc="the pin is an ad creative"),
+        C("language", "string", True, "language of title/description (ISO 639-1), null when unknown"),
+        C("is_ad", "bool", doc="the pin is an ad creative", default=False),
         C("advertiser_id", "int", True, "advertiser of an ad, null for organic pins"),
     ), key=("pin_id",), foreign_keys={"advertiser_id": "advertisers.advertiser_id"},
         doc="Every pin: static content known when it is created."),
@@ -58,7 +64,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         C("user_id", "int", doc="unique user id"),
         C("signup_day", "int", doc="day the user joined"),
         C("language", "string", doc="the user's language (ISO 639-1)"),
-    ), key=("user_id",), doc="Users."),
+    ), key=("user_id",), doc="Users.", required=False),
     Table("advertisers", "world/advertisers.parquet", (
         C("advertiser_id", "int", doc="unique advertiser id"),
         C("name", "string", doc="display name"),
@@ -73,17 +79,18 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         doc="Ad campaigns, one per ad pin.", required=False),
     Table("boards", "world/boards.parquet", (
         C("board_id", "int", doc="unique board id"),
-        C("user_id", "int", doc="owner"),
-        C("name", "string", doc="board name, in the owner's language"),
+        C("user_id", "int", True, "owner; null for a board no user owns (a catalog's category)"),
+        C("name", "string", doc="board name: pinworld's in the owner's language, a catalog's its category path"),
         C("created_day", "int", doc="day of the board's first save"),
-    ), key=("board_id",), foreign_keys={"user_id": "users.user_id"}, doc="Boards (collections of saved pins)."),
+    ), key=("board_id",), foreign_keys={"user_id": "users.user_id"}, doc="Boards (collections of saved pins).",
+        required=False),
     Table("pin_board", "world/pin_board.parquet", (
         C("pin_id", "int", doc="saved pin"),
         C("board_id", "int", doc="board it was saved to"),
-        C("user_id", "int", doc="who saved it"),
+        C("user_id", "int", True, "who saved it; null for an edge no user made (a catalog's category)"),
         C("day", "int", doc="day of the save"),
     ), key=("pin_id", "board_id"), foreign_keys={"pin_id": "pins.pin_id", "board_id": "boards.board_id"},
-        doc="Pin-Board edges from saves, one per (pin, board): the first save."),
+        doc="Pin-Board edges from saves, one per (pin, board): the first save.", required=False),
     Table("pin_search_queries", "world/pin_search_queries.parquet", (
         C("pin_id", "int", doc="saved pin"),
         C("day", "int", doc="day of the save"),
@@ -107,7 +114,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         *(C(a, "bool", doc=ACTION_DOCS[a]) for a in ACTIONS),
     ), key=("request_id", "position"), foreign_keys={"user_id": "users.user_id", "pin_id": "pins.pin_id",
                                                     "query_pin_id": "pins.pin_id"},
-        doc="Organic logs: one row per impression with its labels; Parquet under day=D/surface=S/."),
+        doc="Organic logs: one row per impression with its labels; Parquet under day=D/surface=S/.",
+        required=False),
 )}
 
 # An experiment's logs, under experiments/<name>/ (simulated by `abtest simulate`, or a team's own)
@@ -145,8 +153,9 @@ EMBEDDING_TABLES: dict[str, Table] = {t.name: t for t in (
         C("name", "string", doc="the embedding's name"),
         C("version", "string", doc="`vNNNN`, one more than the last"),
         C("parent", "string", True, "the version an incremental publish extends"),
-        C("source", "mapping", doc="what made it: `kind` (pinclip, oracle, topic, topic_objects), the run, the "
-                                   "generator version"),
+        C("source", "mapping", doc="what made it: `kind` (pinclip, oracle, topic, topic_objects, parquet), the run "
+                                   "and generator version, or a vector file's `file` and `sha256`; `pins` (file, "
+                                   "sha256) when new pins were published from a table"),
         C("created", "string", doc="UTC time, ISO 8601"),
         C("dim", "int", doc="64"),
         C("dtype", "string", doc="`int8`"),
@@ -175,8 +184,14 @@ def markdown_table(table: str) -> str:
     """The documentation table of ``table``'s columns: name, type, null? and meaning."""
     t = table_schema(table)
     rows = ["| name | type | null? | meaning |", "|---|---|---|---|"]
-    rows += [f"| `{c.name}` | {c.kind} | {'yes' if c.nullable else 'no'} | {c.doc} |" for c in t.columns]
+    rows += [f"| `{c.name}` | {c.kind} | {_null_cell(c)} | {c.doc} |" for c in t.columns]
     return "\n".join(rows)
+
+
+def _null_cell(c: Column) -> str:
+    if c.nullable:
+        return "yes"
+    return "no" if c.default is None else f"no (absent: `{str(c.default).lower()}`)"
 
 
 KIND_CHECKS = {

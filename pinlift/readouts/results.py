@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -190,9 +191,21 @@ def main(argv=None) -> int:
     return run_command("pinlift results", lambda: _write(a), a.debug)
 
 
+# a section another command writes into the same file (``<!-- NAME:begin -->`` ... ``<!-- NAME:end -->``, under
+# its heading): kept as it is when the rest is regenerated
+OWNED_SECTION = re.compile(r"^## [^\n]*\n\n<!-- (\w+):begin -->\n.*?<!-- \1:end -->\n", re.S | re.M)
+
+
+def with_owned_sections(new: str, old: str) -> str:
+    """``new`` followed by the sections of ``old`` that other commands write."""
+    kept = [m.group(0) for m in OWNED_SECTION.finditer(old)]
+    return "\n".join([new, *kept]) if kept else new
+
+
 def _write(a) -> int:
     out = Path(a.out) if a.out else Path(a.workdir) / "results.md"
-    write_text_atomic(out, render(a.workdir, a.run))
+    old = out.read_text() if out.is_file() else ""
+    write_text_atomic(out, with_owned_sections(render(a.workdir, a.run), old))
     print(f"pinlift: wrote {out}")
     return 0
 
