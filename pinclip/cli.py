@@ -260,7 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides after an option (`train tiny --run R steps=10`), which argparse does not take as the
+    # settings positional once an option has ended it
+    if extra and hasattr(args, "settings") and all("=" in x and not x.startswith("-") for x in extra):
+        args.settings += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     def command() -> int:
         if getattr(args, "run", None) is not None:

@@ -71,8 +71,10 @@ class TrainConfig(Settings):
     annotation_weight: float = Field(0.0, ge=0, description="weight of the auxiliary annotation loss on the 64-d "
                                                             "fusion prefix (not in the paper; 0: off)")
     annotation_labels: int = Field(256, ge=1, description="its labels: the most frequent annotation terms before T")
-    lr: float = Field(2e-4, gt=0, description="Lion learning rate")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate")
+    optimizer: Literal["lion", "adamw"] = Field("lion", description="timm's optimizer (the paper's Lion, or AdamW)")
     text_lr_scale: float = Field(0.1, ge=0, description="LR multiplier of the text tower")
+    image_lr_scale: float = Field(1.0, ge=0, description="LR multiplier of the image tower")
     loss_lr_scale: float = Field(1.0, ge=0, description="LR multiplier of the losses' temperatures and biases")
     weight_decay: float = Field(5e-4, ge=0, description="weight decay of the image tower, fusion and heads")
     text_weight_decay: float = Field(0.5, ge=0, description="weight decay of the text tower")

@@ -50,7 +50,6 @@ def _mean(values) -> float | None:
 
 def summarize(name: str, results: list[dict]) -> dict:
     """A row of the JSON: its definition, its per-seed values and their means."""
-    row = ROWS.get(name)
     first = results[0]
     mean = {task: {**{f"R@{k}": _mean(r[task][f"R@{k}"] for r in results) for k in KS},
                    "queries": first[task]["queries"]} for task in TASKS}
@@ -60,7 +59,7 @@ def summarize(name: str, results: list[dict]) -> dict:
                  **{task: {f"R@{k}": r[task][f"R@{k}"] for k in KS} for task in TASKS},
                  "machine": r["machine"]} for r in results]
     return {"row": name, "kind": first["kind"], "about": first["about"], "table": first["table"],
-            "needs": row.needs if row else "", "split": first["eval_split"], "seeds": [r["seed"] for r in results],
+            "split": first["eval_split"], "seeds": [r["seed"] for r in results],
             "steps": first["steps"], "pairs": first["pairs"], "batch_size": first["batch_size"],
             "train_wall_s": _mean(r["train_wall_s"] for r in results),
             "s_per_step": _mean(r["s_per_step"] for r in results),
@@ -197,9 +196,7 @@ def markdown(doc: dict) -> str:
         r = rows.get(name)
         about = r["about"] if r else ROWS[name].about
         if r is None:
-            needs = ROWS[name].needs
-            why = f" (needs {needs})" if needs else ""
-            lines.append(f"| `{name}` | {about} | – | – | – | not run{why} | | |")
+            lines.append(f"| `{name}` | {about} | – | – | – | not run | | |")
             continue
         delta = "–"
         if (reference and r["kind"] == "pinclip" and r["mean"]["image_image"]["R@10"] is not None

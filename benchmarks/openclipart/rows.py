@@ -43,7 +43,6 @@ class Row:
     settings: dict = field(default_factory=dict)   # on top of PINCLIP / OPENCLIP (and the chosen lr)
     lr: float | None = None     # None: the one chosen on validation
     table: str = "main"         # main | choice | hypothesis
-    needs: str = ""             # a library setting the row needs that may not exist yet
 
 
 def _lr_name(lr: float) -> str:
@@ -70,9 +69,9 @@ MAIN = [
 ]
 
 
-def _hyp(name: str, about: str, needs: str = "", **settings) -> Row:
+def _hyp(name: str, about: str, **settings) -> Row:
     return Row(f"hyp_{name}", "pinclip", about, split="validation", seeds=(0,), settings=settings,
-               table="hypothesis", needs=needs)
+               table="hypothesis")
 
 
 # one change each to the work-matched PinCLIP row, scored on validation (seed 0)
@@ -90,12 +89,10 @@ HYPOTHESES = [
     _hyp("text_lr_0.1", "text tower at 0.1x the LR", text_lr_scale=0.1),
     _hyp("loss_lr_1", "temperatures and biases at 1x the LR (recipe: 10x)", loss_lr_scale=1.0),
     _hyp("no_matryoshka", "the 256-d loss term only", matryoshka=False),
-    _hyp("no_center", "no BatchNorm centring of the tower embeddings", needs="model key `center`",
-         model_overrides={"center": False}),
-    _hyp("mean_pool", "image tokens mean-pooled instead of the attention pooler", needs="model key `image_pool`",
-         model_overrides={"image_pool": "mean"}),
-    _hyp("image_lr_x5", "image tower at 5x the LR", needs="train key `image_lr_scale`", image_lr_scale=5.0),
-    _hyp("adamw", "AdamW instead of Lion (lr 1e-3)", needs="train key `optimizer`", optimizer="adamw", lr=1e-3),
+    _hyp("no_center", "no BatchNorm centring of the tower embeddings", model_overrides={"center": False}),
+    _hyp("mean_pool", "image tokens mean-pooled instead of the attention pooler", model_overrides={"image_pool": "mean"}),
+    _hyp("image_lr_x5", "image tower at 5x the LR", image_lr_scale=5.0),
+    _hyp("adamw", "AdamW instead of Lion (lr 1e-3)", optimizer="adamw", lr=1e-3),
 ]
 
 ROWS: dict[str, Row] = {r.name: r for r in MAIN + _choice_rows() + HYPOTHESES}

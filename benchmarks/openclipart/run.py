@@ -75,8 +75,7 @@ def main(argv=None) -> int:
 
     if a.list:
         for row in ROWS.values():
-            print(f"{row.name:<24} {row.table:<10} {row.split:<10} seeds {','.join(map(str, row.seeds)):<4} {row.about}"
-                  + (f" [needs {row.needs}]" if row.needs else ""))
+            print(f"{row.name:<24} {row.table:<10} {row.split:<10} seeds {','.join(map(str, row.seeds)):<4} {row.about}")
         return 0
 
     import torch

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
@@ -87,6 +87,8 @@ class PinCLIPConfig:
     embed_dim: int = 256
     pool_heads: int = 4
     matryoshka_dims: tuple[int, ...] = (64, 128, 256)
+    image_pool: Literal["attention", "mean"] = "attention"   # how the image tower's tokens become f(x)
+    center: bool = True          # BatchNorm centring of the image and text embeddings (see PinCLIP)
     image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)

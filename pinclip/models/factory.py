@@ -48,6 +48,17 @@ class MatryoshkaHeads(nn.Module):
         return {k: F.normalize(self.heads[str(k)](emb[:, :k]), dim=-1) for k in self.dims}
 
 
+class MeanPooler(nn.Module):
+    """The tokens' mean, projected to ``embed_dim`` (``image_pool: mean``, the alternative to attention)."""
+
+    def __init__(self, width: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(width, embed_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj(tokens.mean(dim=1))
+
+
 def _project(width: int, shared_width: int) -> nn.Module:
     return nn.Identity() if width == shared_width else nn.Linear(width, shared_width)
 
@@ -63,15 +74,17 @@ class PinCLIP(nn.Module):
         self.image_proj = _project(self.image.width, cfg.width)
         self.text_proj = _project(self.text.width, cfg.width)
         self.missing_text = nn.Parameter(torch.zeros(1, 1, cfg.width))
-        self.image_pool = attention_pooler(cfg.width, cfg.embed_dim, cfg.pool_heads)
+        self.image_pool = (attention_pooler(cfg.width, cfg.embed_dim, cfg.pool_heads) if cfg.image_pool == "attention"
+                           else MeanPooler(cfg.width, cfg.embed_dim))
         self.text_pool = attention_pooler(cfg.width, cfg.embed_dim, cfg.pool_heads)
         # Centering of the tower embeddings (batch statistics in training, running ones in eval). At init
         # every pooled image is nearly the same vector (mean pairwise cosine ~0.87; texts ~0.94): the
         # sigmoid image-text loss then falls straight into its collapsed optimum — one image vector, one
         # text vector, every pair scored alike (loss log B + (B-1) log(1 + 1/(B-1))) — and never leaves it.
         # Centered, the embeddings start near-orthogonal as SigLIP's init (t = 10, b = -10) assumes.
-        self.image_center = nn.BatchNorm1d(cfg.embed_dim, affine=False)
-        self.text_center = nn.BatchNorm1d(cfg.embed_dim, affine=False)
+        # (``center: false`` leaves them uncentred, for comparison.)
+        center = (lambda: nn.BatchNorm1d(cfg.embed_dim, affine=False)) if cfg.center else nn.Identity
+        self.image_center, self.text_center = center(), center()
         self.fusion = FusionEncoder(cfg.width, cfg.embed_dim, cfg.pool_heads, cfg.fusion)
         self.matryoshka_heads = MatryoshkaHeads(cfg.matryoshka_dims)
         trunc_normal_(self.missing_text, std=0.02)

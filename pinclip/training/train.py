@@ -4,7 +4,7 @@ Each step mixes an image–text batch and a neighbor-pair batch (8 : 1, the pape
 optimises the sigmoid image–descriptive and image–keyword losses plus the Pin-to-Pin loss on fusion
 embeddings, each Matryoshka-weighted (``pinclip.losses``); with ``annotation_weight`` > 0, also an
 auxiliary annotation loss (not in the paper) on the 64-d fusion prefix of the image–text batch's pins.
-Lion (timm) with warmup then cosine to 0, the text tower at 10x lower LR with its own weight decay,
+Lion (timm's, or AdamW: ``optimizer``) with warmup then cosine to 0, the text tower at 10x lower LR with its own weight decay,
 optional partial freezing of the image tower and activation checkpointing. Runs in one process or under
 ``torchrun`` (DDP; the sigmoid loss is chunked across ranks). Only pins, text sources, annotations and
 Pin–Board behaviour from days before the cutoff T are used, and a held-out share of older pins (or every
@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 import torch
 import torch.distributed as dist
-from timm.optim import Lion
+from timm.optim import create_optimizer_v2
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -51,6 +51,7 @@ from pinclip.training.neighbors import LocalBatches, WalkConfig, neighbor_candid
 from pinclip.training.pretrain import annotation_vocab, label_matrix
 from pinlift.core.config import dump_settings
 from pinlift.core.curves import TRAIN_LOSS, Curves
+from pinlift.core.errors import input_error
 from pinlift.core.runs import RunDir
 from pinworld.world import World
 
@@ -92,22 +93,31 @@ class TrainStep(nn.Module):
         return total, parts
 
 
+# the optimizer's parameter groups, in order: (name, LR multiplier setting or None, weight decay setting)
+PARAM_GROUPS = (("model", None, "weight_decay"), ("text", "text_lr_scale", "text_weight_decay"),
+                ("loss", "loss_lr_scale", None), ("image", "image_lr_scale", "weight_decay"))
+
+
+def _param_group(name: str) -> str:
+    """The group of a ``TrainStep`` parameter: the losses' temperatures and biases, the text tower, the image
+    tower, or the rest (poolers, fusion, heads)."""
+    for prefix, group in (("loss.", "loss"), ("model.text.", "text"), ("model.image.", "image")):
+        if name.startswith(prefix):
+            return group
+    return "model"
+
+
 def _param_groups(step: TrainStep, cfg: TrainConfig) -> list[dict]:
-    text, rest, no_decay = [], [], []
+    params: dict[str, list] = {name: [] for name, _, _ in PARAM_GROUPS}
     for name, p in step.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.startswith("loss."):
-            no_decay.append(p)
-        elif name.startswith("model.text."):
-            text.append(p)
-        else:
-            rest.append(p)
-    return [{"params": rest, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
-            {"params": text, "lr": cfg.lr * cfg.text_lr_scale, "weight_decay": cfg.text_weight_decay,
-             "base_lr": cfg.lr * cfg.text_lr_scale},
-            {"params": no_decay, "lr": cfg.lr * cfg.loss_lr_scale, "weight_decay": 0.0,
-             "base_lr": cfg.lr * cfg.loss_lr_scale}]
+        if p.requires_grad:
+            params[_param_group(name)].append(p)
+    groups = []
+    for name, scale, decay in PARAM_GROUPS:
+        lr = cfg.lr * (getattr(cfg, scale) if scale else 1.0)
+        groups.append({"params": params[name], "lr": lr, "base_lr": lr,
+                       "weight_decay": getattr(cfg, decay) if decay else 0.0})
+    return groups
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -122,12 +132,13 @@ class EpochBatches:
     """Batch indices for (step, rank): a fresh seeded permutation per epoch, so any step can be
     reproduced exactly on resume without replaying earlier ones."""
 
-    def __init__(self, n: int, batch_size: int, env: Env, seed: int):
+    def __init__(self, n: int, batch_size: int, env: Env, seed: int, what: str = "batch_size: examples"):
         self.n, self.batch, self.env, self.seed = n, batch_size, env, seed
         self.per_epoch = n // (batch_size * env.world_size)
         if self.per_epoch == 0:
-            raise ValueError(f"pinclip train: {n} examples are fewer than one global batch "
-                             f"({batch_size} x {env.world_size} ranks)")
+            key, examples = what.split(": ")
+            raise input_error("pinclip train", key, f"at most {n // env.world_size} ({n} {examples} over "
+                              f"{env.world_size} rank(s))", batch_size)
         self._epoch, self._order = -1, None
 
     def epoch_of(self, step: int) -> int:
@@ -227,7 +238,8 @@ class Trainer:
             self.annotations[order] = labels
             annotation = AnnotationLoss(min(self.model.matryoshka_heads.dims), torch.from_numpy(labels.mean(0)))
         self.it_collate = ImageTextCollate(tok)
-        self.it_batches = EpochBatches(len(self.image_text), self.cfg.batch_size, self.env, self.cfg.seed)
+        self.it_batches = EpochBatches(len(self.image_text), self.cfg.batch_size, self.env, self.cfg.seed,
+                                       "batch_size: image–text pins")
         self.nb_collate = NeighborCollate(tok)
         self.nb_size = self.cfg.neighbor_batch_size or neighbor_batch_size(self.cfg.batch_size)
         self.pin_pin = self.cfg.fusion and self.cfg.pin_pin
@@ -246,7 +258,8 @@ class Trainer:
                                                find_unused_parameters=not (self.pin_pin and self.use_keyword))
         else:
             self.ddp = self.step_module
-        self.optimizer = Lion(_param_groups(self.step_module, self.cfg))
+        self.optimizer = create_optimizer_v2(_param_groups(self.step_module, self.cfg), opt=self.cfg.optimizer,
+                                             lr=self.cfg.lr)
         self.step = 0
 
     def _note(self, line: str) -> None:
@@ -316,7 +329,8 @@ class Trainer:
         self.neighbors = NeighborPairDataset(self.world, pairs, self.texts, self.model.cfg.image.img_size)
         self.local = LocalBatches(pairs, self.candidates, self.cfg.neighbor_group) if self.cfg.neighbor_group else None
         if self.nb_batches is None:   # the pass length is fixed by the first sample
-            self.nb_batches = EpochBatches(len(self.neighbors), self.nb_size, self.env, self.cfg.seed + 7)
+            self.nb_batches = EpochBatches(len(self.neighbors), self.nb_size, self.env, self.cfg.seed + 7,
+                                           "neighbor_batch_size: Pin-to-Pin pairs")
         self._nb_epoch = epoch
 
     # ---- checkpoints ------------------------------------------------------------------------------
@@ -376,7 +390,7 @@ class Trainer:
         """A step's curves: its losses, each parameter group's LR, and the temperature and bias of every loss
         term it trained."""
         out = {TRAIN_LOSS: record["loss"], **{f"lr/{name}": group["lr"] for name, group in
-                                              zip(("model", "text", "loss"), self.optimizer.param_groups)}}
+                                              zip((g[0] for g in PARAM_GROUPS), self.optimizer.param_groups)}}
         if "annotation" in record:
             out["loss/annotation"] = record["annotation"]
         for term, prefixes in self.step_module.loss.terms.items():
