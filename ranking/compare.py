@@ -28,6 +28,7 @@ import numpy as np
 from pinclip.embeddings import latest_version
 from pinlift.core.cli import add_debug_flag, add_quiet_flag, run_command
 from pinlift.core.config import COMMAND_LINE, settings_parser
+from pinlift.core.docs import replace_section
 from pinlift.core.errors import input_error
 from pinlift.core.registry import embedding_sources, publish_source
 from pinlift.core.runs import RunDir
@@ -39,7 +40,7 @@ from ranking.train import EXTENDS, PROG, TrainConfig, Trainer, add_settings_argu
 
 ARM_KEYS = ("embeddings", "shuffle_embeddings", "empty_content", "seed", "surfaces")  # set per arm and seed
 SLICES = ("all", "fresh", "older", "unseen_pins", "new_ads", "older_ads", *IMPRESSION_SLICES)
-RESULTS_BEGIN, RESULTS_END = "<!-- ranking-compare:begin -->", "<!-- ranking-compare:end -->"
+RESULTS_SECTION = "ranking-compare"   # its section of docs/results.md
 
 
 def ensure_embeddings(workdir: str, arms: list[str]) -> list[str]:
@@ -166,13 +167,7 @@ def format_best_epochs(best_epochs: dict[str, list[float]]) -> str:
 def write_results(path: Path, body: str) -> None:
     """Replace the ranking-compare section of docs/results.md (created if absent), atomically."""
     text = path.read_text() if path.is_file() else "# pinlift results\n"
-    block = f"{RESULTS_BEGIN}\n{body}\n{RESULTS_END}"
-    if RESULTS_BEGIN in text:
-        head, rest = text.split(RESULTS_BEGIN, 1)
-        text = head + block + rest.split(RESULTS_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    write_text_atomic(path, text)
+    write_text_atomic(path, replace_section(text, RESULTS_SECTION, body))
 
 
 def build_parser():

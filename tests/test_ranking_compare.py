@@ -34,7 +34,7 @@ def test_results_section_is_replaced_not_duplicated(tmp_path):
     compare.write_results(path, "second")
     text = path.read_text()
     assert "keep me" in text and "second" in text and "first" not in text
-    assert text.count(compare.RESULTS_BEGIN) == 1
+    assert text.count("<!-- ranking-compare:begin -->") == 1
 
 
 def test_compare_runs_arms_on_tiny(tiny_workdir, tmp_path, capsys, monkeypatch):

@@ -4,15 +4,17 @@ heading the first time)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
+from pinlift.core.docs import replace_section, section_markers
+
 from openclipart.rows import BATCH, HYPOTHESES, PAIRS, PINCLIP_RECIPE, ROWS, WORK_STEPS
 
 HEADING = "## PinCLIP on real pictures (Open Clip Art)"
-BEGIN, END = "<!-- openclipart:begin -->", "<!-- openclipart:end -->"
+SECTION = "openclipart"   # its section of docs/results.md
+BEGIN, END = section_markers(SECTION)
 KS = (1, 5, 10)
 TASKS = ("image_text", "image_image")
 COMMAND = "python benchmarks/openclipart/run.py --workdir openclipart-work --write-docs"
@@ -221,16 +223,10 @@ def write_docs(path: Path, section: str) -> None:
     """Put ``section`` between the markers of ``path`` (replacing what was there), or append the heading and
     the markers first if they are missing; a file with a marker but not its pair is refused."""
     text = path.read_text() if path.is_file() else ""
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
-    found = len(pattern.findall(text))
-    if found > 1 or text.count(BEGIN) != found or text.count(END) != found:
-        raise ValueError(f"openclipart: {path}: expected one {BEGIN} ... {END} block, found a broken or repeated one")
-    if found:
-        new = pattern.sub(lambda _: block, text)
-    else:
-        new = text.rstrip("\n") + ("\n\n" if text.strip() else "") + f"{HEADING}\n\n{block}\n"
-    path.write_text(new)
+    try:
+        path.write_text(replace_section(text, SECTION, section, HEADING))
+    except ValueError as err:
+        raise ValueError(f"openclipart: {path}: {err}") from None
 
 
 def hypothesis_rows() -> list[str]:
