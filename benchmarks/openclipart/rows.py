@@ -24,12 +24,12 @@ WARMUP = 20                 # steps of linear warmup, then cosine to 0, both mod
 PINCLIP_RECIPE = "tiny"
 PINCLIP = {"batch_size": BATCH, "pin_pin": False, "heldout_share": 0.0, "warmup_steps": WARMUP,
            "checkpoint_every": 50, **AUGMENT}
-PINCLIP_LRS = (1e-4, 2e-4, 5e-4)        # Lion; the recipe's is 2e-4
+PINCLIP_LRS = (1e-4, 2e-4, 5e-4, 1e-3)  # Lion; the recipe's is 2e-4
 # the open_clip baseline: open_clip_train's AdamW defaults (betas 0.9/0.98, eps 1e-6, weight decay 0.2 on
 # matrices only), SigLIP init (logit scale 10, bias -10, in the model config)
 OPENCLIP = {"model_config": "ViT-T-8-64.json", "batch_size": BATCH, "weight_decay": 0.2, "warmup_steps": WARMUP,
             "checkpoint_every": 50, **AUGMENT}
-OPENCLIP_LRS = (3e-4, 1e-3, 3e-3)       # AdamW
+OPENCLIP_LRS = (3e-4, 1e-3, 3e-3, 1e-2)  # AdamW
 
 
 @dataclass(frozen=True)
