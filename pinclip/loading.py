@@ -73,6 +73,9 @@ def load_run(workdir: str | Path, run: str) -> tuple[PinCLIP, object, dict]:
     if not cfg_path.is_file():
         raise FileNotFoundError(f"pinclip: {cfg_path} not found: no trained run {run!r}")
     saved = json.loads(cfg_path.read_text())
+    if saved["model"]["text"].get("tokenizer") and (run_dir / "tokenizer.json").is_file():
+        # the run's own copy: the path saved at training time may be relative to another working directory
+        saved["model"]["text"]["tokenizer"] = str(run_dir / "tokenizer.json")
     model = create_model(saved["model"])
     train = saved["train"]
     if not train["matryoshka"]:

@@ -52,6 +52,10 @@ def test_the_walkthrough_runs_as_written(tmp_path, monkeypatch, capsys):
     query = json.loads([line for line in out.splitlines() if line.startswith('{"query_pin_id"')][0])
     assert query["query_pin_id"] == 1000000 and len(query["candidates"]) == 5
     assert '"name": "mine", "version": "v0001"' in out
+    monkeypatch.chdir(ROOT)     # a run trained under a relative --workdir loads from anywhere
+    from pinclip.loading import load_run
+
+    assert load_run(tmp_path / "catalog", "first")[2]["train"]["run"] == "first"
 
 
 @pytest.mark.parametrize("name", ["openclipart", "new_pins"])

@@ -230,3 +230,26 @@ def test_pretrain_on_a_catalog(plain, tmp_path, capsys):
     bare = make_catalog(tmp_path, annotations=False)
     assert cli.main(["pretrain-text", "--workdir", str(bare), "--steps", "2", "--quiet"]) != 0
     assert "annotation: expected annotations before the cutoff day 1" in capsys.readouterr().err
+
+
+def test_a_pins_table_alone_trains_evaluates_on_a_split_and_publishes(tmp_path, capsys):
+    """The smallest workspace: one table, world/pins.parquet, with four columns (id, day, image, title)."""
+    from pinworld.cli import main as pinworld_main
+
+    make_catalog(tmp_path, annotations=False)
+    pins = pq.read_table(tmp_path / "world/pins.parquet").select(["pin_id", "created_day", "image_uri", "title"])
+    pq.write_table(pins, tmp_path / "world/pins.parquet")
+    assert sorted(p.name for p in (tmp_path / "world").iterdir()) == ["images", "pins.parquet"]
+    W = str(tmp_path)
+    assert pinworld_main(["validate", "--workdir", W]) == 0
+    split = write_split(tmp_path / "split.csv", lambda i: "test" if i % 3 == 0 else "train")
+    assert cli.main(["train", "tiny", *FAST, f"split={split}", "--workdir", W, "--run", "one_table", "--quiet"]) == 0
+    assert cli.main(["eval", "--workdir", W, "--run", "one_table", "--split", split, "--split-name", "test",
+                     "--quiet"]) == 0
+    report = json.loads((tmp_path / "pinclip/runs/one_table/eval.json").read_text())
+    assert report["tasks"]["pintext"]["queries"] == len(range(0, N, 3)) - sum(i % 6 == 5 for i in range(0, N, 3))
+    assert "board_image" in report["skipped"]          # no boards: the task says why it is not scored
+    assert cli.main(["publish", "--workdir", W, "--source", "run", "--run", "one_table", "--name", "mine",
+                     "--quiet"]) == 0
+    manifest = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (manifest["version"], manifest["rows"]) == ("v0001", N)
