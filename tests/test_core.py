@@ -105,3 +105,17 @@ def test_pinclip_refuses_a_run_name_that_is_a_path(tmp_path, capsys, argv):
     assert main([*argv, "--workdir", str(tmp_path)]) == 2
     assert "run: expected a name of letters, digits" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_marked_section_is_replaced_in_place_appended_once_and_never_doubled():
+    """The sections commands write into a shared page (docs/results.md: ranking.compare's, the Open Clip Art
+    table's)."""
+    from pinlift.core.docs import replace_section
+
+    text = replace_section("# results\n", "bench", "first", heading="## Bench")
+    text = replace_section(text + "\nafter\n", "bench", "second", heading="## Bench")
+    assert text.count("<!-- bench:begin -->") == 1 and text.count("## Bench") == 1
+    assert "second" in text and "first" not in text and text.endswith("after\n")
+    for broken in (text + "\n<!-- bench:begin -->\n", text.replace("<!-- bench:end -->", "")):
+        with pytest.raises(ValueError, match="broken or repeated"):
+            replace_section(broken, "bench", "third")

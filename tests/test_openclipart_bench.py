@@ -140,18 +140,6 @@ def test_custom_hypothesis_row(bench):
     assert row["split"] == "validation" and row["settings"]["augment_flip"] == 0.5
 
 
-def test_docs_markers_are_replaced_not_duplicated(tmp_path):
-    docs = tmp_path / "results.md"
-    docs.write_text("# results\n")
-    report.write_docs(docs, "first")
-    report.write_docs(docs, "second")
-    text = docs.read_text()
-    assert text.count(report.BEGIN) == 1 and "second" in text and "first" not in text
-    docs.write_text(text + f"\n{report.BEGIN}\n")
-    with pytest.raises(ValueError):
-        report.write_docs(docs, "third")
-
-
 def test_retrain_trains_a_row_afresh(bench):
     tmp, args = bench
     result = tmp / "work" / "benchmark" / "results" / "pinclip_init" / "s0.json"
