@@ -23,7 +23,7 @@ from pinclip.quantization import PUBLISHED_DIM, quantize_unit
 from pinlift.core.errors import InputError, input_error
 from pinlift.core.schema import KIND_CHECKS
 from pinworld.files import sha256_file
-from pinworld.images import ImageStore, read_image, resolve_inside
+from pinworld.images import ImageStore, read_image, resolve_inside, split_uri
 
 TEXT_COLUMNS = ("title", "description", "caption")   # a new pin's own text columns (optional, nullable)
 TEXT_FILE_SUFFIXES = (".txt", ".csv", ".jsonl")
@@ -112,7 +112,7 @@ class NewPins:
         if len(dup):
             raise input_error(self.path, "pin_id", "unique ids", f"{dup[0]} twice")
         for pin_id, uri in df.select("pin_id", "image_uri").iter_rows():
-            if resolve_inside(self.root, uri.rsplit("#", 1)[0] if ".npy#" in uri else uri) is None:
+            if resolve_inside(self.root, split_uri(uri)[0]) is None:
                 raise input_error(self.path, "image_uri", f"a path inside {self.root}", f"{uri!r} at pin_id {pin_id}")
         # the columns World.pins has, so the descriptive text is pin_texts' own (a new pin has no queries yet)
         self.pins = (df.with_columns(pl.col("pin_id").cast(pl.Int64),

@@ -23,6 +23,14 @@ def shard_uri(index: int) -> str:
     return f"images/shard-{index // SHARD_SIZE:05d}.npy#{index % SHARD_SIZE}"
 
 
+def split_uri(uri: str) -> tuple[str, str]:
+    """(file, row) of an ``image_uri``: a shard's file and row for ``shard.npy#ROW``, else the file and ""."""
+    if ".npy#" in uri:
+        rel, _, row = uri.rpartition("#")
+        return rel, row
+    return uri, ""
+
+
 def resolve_inside(root: Path | str, uri: str) -> Path | None:
     """``root / uri`` when it stays inside ``root`` (no absolute path, no ``..`` escape, no symlink out);
     None otherwise."""
@@ -86,18 +94,24 @@ class ImageStore:
         self.size = size
         self._shards: dict[str, np.ndarray] = {}
 
+    def _inside(self, rel: str) -> Path:
+        """The file ``rel`` names under the world directory; a path leaving it is one InputError line."""
+        path = resolve_inside(self.root, rel)
+        if path is None:
+            raise input_error(self.root, "image_uri", "a path inside world/", repr(rel))
+        return path
+
     def _shard(self, rel: str) -> np.ndarray:
         arr = self._shards.get(rel)
         if arr is None:
-            with _readable(self.root / rel, "a .npy shard of uint8 images"):
-                arr = np.load(self.root / rel, mmap_mode="r", allow_pickle=False)
+            path = self._inside(rel)
+            with _readable(path, "a .npy shard of uint8 images"):
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
             self._shards[rel] = arr
         return arr
 
     def _file(self, uri: str) -> np.ndarray:
-        path = resolve_inside(self.root, uri)
-        if path is None:
-            raise input_error(self.root, "image_uri", "a path inside world/", repr(uri))
+        path = self._inside(uri)
         if not path.is_file():
             raise FileNotFoundError(f"pinworld: image {uri!r} not found under {self.root}")
         return read_image(path, self.size)
@@ -109,8 +123,8 @@ class ImageStore:
         images: list[np.ndarray | None] = [None] * len(uris)
         by_shard: dict[str, list[tuple[int, int]]] = {}
         for i, uri in enumerate(uris):
-            if ".npy#" in uri:
-                rel, row = uri.rsplit("#", 1)
+            rel, row = split_uri(uri)
+            if row:
                 by_shard.setdefault(rel, []).append((i, int(row)))
             else:
                 images[i] = self._file(uri)

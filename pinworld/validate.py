@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pinworld.images import ImageStore, resolve_inside
+from pinworld.images import ImageStore, resolve_inside, split_uri
 from pinlift.core.errors import InputError
 from pinlift.core.schema import KIND_CHECKS, TABLES, Table
 from pinlift.core.vocabulary import DECLARATION, load_vocabulary
@@ -155,7 +155,7 @@ def _check_images(con, workdir: Path) -> list[Problem]:
     rows = con.execute("SELECT pin_id, image_uri FROM pins WHERE image_uri IS NOT NULL ORDER BY pin_id").fetchall()
     escaping, missing = [], []
     for pin_id, uri in rows:
-        rel, _, row = uri.rpartition("#") if ".npy#" in uri else (uri, "", "")
+        rel, row = split_uri(uri)
         path = resolve_inside(root, rel)
         if path is None:
             escaping.append((pin_id, uri))

@@ -213,3 +213,18 @@ def test_an_escaping_image_uri_names_the_pin(tmp_path, capsys, uri):
     line = _only_problem(work, capsys)
     assert line == ("pinworld validate: world/pins.parquet: column 'image_uri': expected a path inside world/, "
                     f"found 1 escaping it, e.g. pin 1: {uri!r}")
+
+
+@pytest.mark.parametrize("uri", ["../outside.npy#0", "../outside.png"])
+def test_the_image_store_never_reads_outside_world(tmp_path, uri):
+    """Shard rows and files alike: a path leaving world/ is refused where images are read, not only by validate."""
+    import numpy as np
+
+    from pinlift.core.errors import InputError
+    from pinworld.images import ImageStore
+
+    (tmp_path / "world").mkdir()
+    np.save(tmp_path / "outside.npy", np.zeros((1, 4, 4, 3), np.uint8))
+    (tmp_path / "outside.png").write_bytes(b"")
+    with pytest.raises(InputError, match="expected a path inside world/"):
+        ImageStore(tmp_path / "world").load([uri])

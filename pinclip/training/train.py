@@ -4,9 +4,9 @@ Each step mixes an image–text batch and a neighbor-pair batch (8 : 1, the pape
 optimises the sigmoid image–descriptive and image–keyword losses plus the Pin-to-Pin loss on fusion
 embeddings, each Matryoshka-weighted (``pinclip.losses``); with ``annotation_weight`` > 0, also an
 auxiliary annotation loss (not in the paper) on the 64-d fusion prefix of the image–text batch's pins.
-Lion (timm's, or AdamW: ``optimizer``) with warmup then cosine to 0, the text tower at 10x lower LR with its own weight decay,
-optional partial freezing of the image tower and activation checkpointing. Runs in one process or under
-``torchrun`` (DDP; the sigmoid loss is chunked across ranks). Only pins, text sources, annotations and
+Lion (timm's, or AdamW: ``optimizer``) with warmup then cosine to 0, the text tower at 10x lower LR with its
+own weight decay, optional partial freezing of the image tower and activation checkpointing. Runs in one
+process or under ``torchrun`` (DDP; the sigmoid loss is chunked across ranks). Only pins, text sources, annotations and
 Pin–Board behaviour from days before the cutoff T are used, and a held-out share of older pins (or every
 pin outside the train rows of a supplied ``split``) is excluded too, so evaluation pins are disjoint from
 training; the run prints and records how many. A pin missing one kind of text keeps its other pair (the
@@ -132,11 +132,13 @@ class EpochBatches:
     """Batch indices for (step, rank): a fresh seeded permutation per epoch, so any step can be
     reproduced exactly on resume without replaying earlier ones."""
 
-    def __init__(self, n: int, batch_size: int, env: Env, seed: int, what: str = "batch_size: examples"):
+    def __init__(self, n: int, batch_size: int, env: Env, seed: int, key: str = "batch_size",
+                 examples: str = "examples"):
+        """``key`` and ``examples``: the setting that asks for ``batch_size`` and what is batched, for the
+        error when there is less than one global batch."""
         self.n, self.batch, self.env, self.seed = n, batch_size, env, seed
         self.per_epoch = n // (batch_size * env.world_size)
         if self.per_epoch == 0:
-            key, examples = what.split(": ")
             raise input_error("pinclip train", key, f"at most {n // env.world_size} ({n} {examples} over "
                               f"{env.world_size} rank(s))", batch_size)
         self._epoch, self._order = -1, None
@@ -239,7 +241,7 @@ class Trainer:
             annotation = AnnotationLoss(min(self.model.matryoshka_heads.dims), torch.from_numpy(labels.mean(0)))
         self.it_collate = ImageTextCollate(tok)
         self.it_batches = EpochBatches(len(self.image_text), self.cfg.batch_size, self.env, self.cfg.seed,
-                                       "batch_size: image–text pins")
+                                       examples="image–text pins")
         self.nb_collate = NeighborCollate(tok)
         self.nb_size = self.cfg.neighbor_batch_size or neighbor_batch_size(self.cfg.batch_size)
         self.pin_pin = self.cfg.fusion and self.cfg.pin_pin
@@ -330,7 +332,7 @@ class Trainer:
         self.local = LocalBatches(pairs, self.candidates, self.cfg.neighbor_group) if self.cfg.neighbor_group else None
         if self.nb_batches is None:   # the pass length is fixed by the first sample
             self.nb_batches = EpochBatches(len(self.neighbors), self.nb_size, self.env, self.cfg.seed + 7,
-                                           "neighbor_batch_size: Pin-to-Pin pairs")
+                                           key="neighbor_batch_size", examples="Pin-to-Pin pairs")
         self._nb_epoch = epoch
 
     # ---- checkpoints ------------------------------------------------------------------------------
