@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +22,15 @@ from abtest import stats
 from abtest.config import VARIANTS, ExperimentConfig, dump_config
 from pinlift.core.errors import input_error
 from abtest.estimators import CellTest, Estimator
-from abtest.metrics import (Cell, Sources, cells_of, check_exposures, cross_sum_name, open_readonly,
-                            sufficient_stats)
+from abtest.logs import check_covariates, check_logs
+from abtest.metrics import Cell, Sources, cells_of, cross_sum_name, open_readonly, sufficient_stats
 
 
 def pre_window(cfg: ExperimentConfig, src: Sources, con) -> tuple[int, int] | None:
     """Days [lo, hi) of organic logs used as the CUPED covariate, or None when there is none: `cuped` off,
-    no pre-period, no organic logs, or no organic activity in those days. ``con``: ``open_readonly(src)``."""
-    if not cfg.cuped or cfg.pre_period_days == 0 or src.impressions is None:
+    a `covariates:` table instead, no pre-period, no organic logs, or no organic activity in those days.
+    ``con``: ``open_readonly(src)``."""
+    if not cfg.cuped or cfg.covariates is not None or cfg.pre_period_days == 0 or src.impressions is None:
         return None
     window = (cfg.days.start - cfg.pre_period_days, cfg.days.start)
     rows = con.execute("SELECT COUNT(*) FROM pre_events WHERE day >= ? AND day < ?", list(window)).fetchone()[0]
@@ -77,6 +78,11 @@ def analyze_cell(cell: Cell, sums: dict[str, dict[str, float]], cfg: ExperimentC
     res = estimator.run(c, t, alpha=cfg.alpha, metric=cell.key)
     out = {"metric": cell.metric.name, "surface": cell.surface, "key": cell.key, "kind": cell.metric.kind,
            "description": cell.metric.doc, "n": {"control": int(c["n"]), "treatment": int(t["n"])}}
+    if no_data(cell, {k: sums['control'][k] + sums['treatment'][k] for k in sums['control']}):
+        none = {f.name: None for f in fields(stats.Estimate)}
+        out.update(method=res.primary.method, control_mean=None, treatment_mean=None, absolute=none, relative=none,
+                   excluded="no data", p_value=None, cuped=None, mde=None, direction=cell.metric.direction)
+        return out
     if cell.metric.kind == "ratio":
         out.update(numerator_sum={"control": c["sx"], "treatment": t["sx"]},
                    denominator_sum={"control": c["sy"], "treatment": t["sy"]})
@@ -90,6 +96,13 @@ def analyze_cell(cell: Cell, sums: dict[str, dict[str, float]], cfg: ExperimentC
                absolute=_estimate(effect.absolute), relative=_estimate(effect.relative), excluded=_excluded(res),
                p_value=_num(effect.absolute.p_value), cuped=cuped, mde=mde, direction=cell.metric.direction)
     return out
+
+
+def no_data(cell: Cell, totals: dict[str, float]) -> bool:
+    """A cell none of whose counted events carries its metric (its Σ numerator, or a ratio's Σ denominator, is
+    0 over both variants; every per-user value is ≥ 0): it has no test and stays out of the multiple-testing
+    family. ``totals``: sums over all users by ``sufficient_stats`` name (sx{i}, sy{i})."""
+    return totals[f"sx{cell.index}"] == 0 or (cell.metric.kind == "ratio" and totals[f"sy{cell.index}"] == 0)
 
 
 def _excluded(res: CellTest) -> str | None:
@@ -194,13 +207,23 @@ def _generator_version(cfg: ExperimentConfig) -> str | None:
     return None
 
 
+def _covariates(cfg: ExperimentConfig) -> Path | None:
+    """The `covariates:` table when CUPED uses it; it must exist."""
+    if cfg.covariates is None or not cfg.cuped:
+        return None
+    if not Path(cfg.covariates).exists():
+        raise cfg.error(("covariates",), "a Parquet file or folder of per-user covariates", f"no {cfg.covariates}")
+    return Path(cfg.covariates)
+
+
 def analyze(cfg: ExperimentConfig, *, write: bool = True) -> dict:
-    """Analyse ``W/experiments/<name>/``; with ``write``, save analysis.json and the reports there."""
+    """Analyse ``W/experiments/<name>/``; with ``write``, save analysis.json and the reports there. The logs
+    are checked first (``logs.check_logs``): errors raise InputError, exclusions are counted in ``events``."""
     exp_dir = cfg.experiment_dir
     if not exp_dir.is_dir():
         raise input_error(exp_dir, "experiment", "a directory with exposures/ and events/ "
                           "(run `abtest simulate` or write your logs there)", "no such directory")
-    src = Sources.for_experiment(cfg.workdir, exp_dir)
+    src = Sources.for_experiment(cfg.workdir, exp_dir, _covariates(cfg))
     metrics = cfg.metric_list()
     if not metrics:
         raise cfg.error(("metrics",), "a metric on one of the experiment's surfaces", "none")
@@ -211,13 +234,22 @@ def analyze(cfg: ExperimentConfig, *, write: bool = True) -> dict:
     cells = cells_of(metrics)
     pairs = lift_pairs(cells, cfg.surfaces)
     with open_readonly(src) as con:
-        counts = check_exposures(con, src, VARIANTS)
-        lo, hi, n_events = con.execute("SELECT MIN(day), MAX(day), COUNT(*) FROM events").fetchone()
-        window = pre_window(cfg, src, con)
+        logs = check_logs(con, src.exposures, src.events, experiment=cfg.name, variants=VARIANTS,
+                          surfaces=cfg.vocabulary.names, start=cfg.days.start, end=cfg.days.end)
+        lo, hi = con.execute("SELECT MIN(day), MAX(day) FROM events").fetchone()
+        if src.covariates is not None:
+            covered = check_covariates(con, src.covariates, list(dict.fromkeys(m.name for m in metrics)))
+            pre = {"table": str(src.covariates), "users_with_row": covered, "users": sum(logs.users.values())}
+            window = None
+        else:
+            window = pre_window(cfg, src, con)
+            pre = None if window is None else {"first_day": window[0], "last_day": window[1] - 1,
+                                               "source": str(src.impressions)}
         # the one pass over the events: every cell's sums and the cross sums of the lift pairs
-        sums = sufficient_stats(con, cells, window, pairs)
+        sums = sufficient_stats(con, cells, window, pairs, until=cfg.days.end, distinct=logs.distinct,
+                                covariates=src.covariates is not None)
     differences = lift_differences(sums, pairs, cfg)
-    results = [analyze_cell(c, sums, cfg, window is not None) for c in cells]
+    results = [analyze_cell(c, sums, cfg, pre is not None) for c in cells]
     finite = [j for j, r in enumerate(results) if r["p_value"] is not None]
     adj = stats.adjust_p_values([results[j]["p_value"] for j in finite], cfg.multiple_testing, alpha=cfg.alpha)
     for r in results:
@@ -226,15 +258,15 @@ def analyze(cfg: ExperimentConfig, *, write: bool = True) -> dict:
         results[j]["p_adjusted"], results[j]["significant"] = float(p), bool(rej)
     for r in results:
         r["effect"] = _effect(r)
+    counts = logs.users
     srm = stats.srm_test([counts[v] for v in VARIANTS], cfg.traffic.shares(), threshold=cfg.srm_threshold)
     analysis = {
         "experiment": cfg.name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "generator_version": _generator_version(cfg),
         "alpha": cfg.alpha, "power": cfg.power, "multiple_testing": cfg.multiple_testing,
         "users": {v: counts[v] for v in VARIANTS},
-        "events": {"rows": int(n_events), "first_day": lo, "last_day": hi},
-        "pre_period": None if window is None else {"first_day": window[0], "last_day": window[1] - 1,
-                                                   "source": str(src.impressions)},
+        "events": logs.record(cfg.days.start, cfg.days.end, lo, hi),
+        "pre_period": pre,
         "srm": {"observed": srm.observed.tolist(), "expected": srm.expected.tolist(), "shares": list(cfg.traffic.shares()),
                 "chi2": _num(srm.chi2), "p_value": _num(srm.p_value), "threshold": srm.threshold,
                 "mismatch": srm.mismatch},

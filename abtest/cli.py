@@ -8,6 +8,7 @@ import sys
 
 from abtest.analyze import analyze
 from abtest.config import AnnCandidates, Arm, Days, ExperimentConfig, MetricSpec, Traffic, UserSample, load_config
+from abtest.logs import excluded_text
 from abtest.simulate import simulate
 from abtest.validation import render_markdown, run_validation
 from pinlift.core.cli import add_debug_flag, run_command
@@ -30,9 +31,13 @@ def _analyze(a) -> int:
     result = analyze(cfg)
     srm = result["srm"]
     sig = [r["key"] for r in result["results"] if r["significant"]]
+    empty = [r["key"] for r in result["results"] if r["excluded"] == "no data"]
+    ev = result["events"]
     print(f"abtest analyze: {cfg.name}: users control {result['users']['control']:,} / treatment "
           f"{result['users']['treatment']:,}; SRM {'MISMATCH' if srm['mismatch'] else 'ok'} (p = {srm['p_value']:.3g}); "
-          f"significant after {cfg.multiple_testing}: {', '.join(sig) if sig else 'none'}")
+          f"significant after {cfg.multiple_testing}: {', '.join(sig) if sig else 'none'}"
+          + (f"; no data: {', '.join(empty)}" if empty else ""))
+    print(f"abtest analyze: events: {ev['rows']:,} rows, {ev['counted']:,} counted; {excluded_text(ev)}")
     print(f"abtest analyze: report: {cfg.experiment_dir / 'report.html'} (also report.md, analysis.json)")
     return 0
 

@@ -9,6 +9,7 @@ field-by-field reference.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -21,8 +22,8 @@ from pydantic_core import core_schema
 from pinlift.core.errors import InputError, input_error
 from pinlift.core.config import ConfigSource, read_yaml, validation_error
 from pinlift.core.vocabulary import ACTIONS, DECLARATION, EVENTS, Vocabulary, load_vocabulary
-from abtest.metrics import (DEFAULT_METRICS, EVENT_COLUMNS, PIN_FILTERS, Metric, builtin_metrics, cells_of,
-                            metric_from_spec)
+from abtest.metrics import (DEFAULT_METRICS, EVENT_COLUMNS, LOG_METRICS, METRIC_NAME, PIN_FILTERS, Metric,
+                            builtin_metrics, cells_of, metric_from_spec)
 
 Action = Literal[EVENTS]  # type: ignore[valid-type]
 LiftAction = Literal[ACTIONS]  # type: ignore[valid-type]
@@ -117,14 +118,16 @@ class Arms(_Strict):
 
 
 class Days(_Strict):
-    """Experiment days [start, start + count); start must be on or after the rankers' training cutoff."""
+    """Experiment days [start, start + count); start must be on or after the rankers' training cutoff.
+    An analysis may leave out ``count``: every event from ``start`` on counts."""
 
     start: int = Field(ge=0)
-    count: int = Field(ge=1, le=365)
+    count: int | None = Field(None, ge=1, le=365, description="days analysed (simulate: required)")
 
     @property
-    def end(self) -> int:
-        return self.start + self.count
+    def end(self) -> int | None:
+        """The first day after the window (None: open-ended)."""
+        return None if self.count is None else self.start + self.count
 
 
 class UserSample(_Strict):
@@ -138,7 +141,7 @@ class UserSample(_Strict):
 class MetricSpec(_Strict):
     """A built-in metric by name (optionally restricted to some surfaces), or a custom aggregate."""
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")
+    name: str = Field(pattern=METRIC_NAME)
     surfaces: list[Surface] | None = Field(None, description="default: every surface the metric applies to")
     aggregate: Literal["sum", "count", "mean"] | None = None
     column: Literal[EVENT_COLUMNS] | None = None  # type: ignore[valid-type]
@@ -203,7 +206,8 @@ class ExperimentConfig(_Strict):
     seed: int = 0
     aa: bool = Field(False, description="A/A: the treatment is the control arm")
     traffic: Traffic = Traffic()
-    arms: Arms
+    arms: Arms | None = Field(None, description="what each variant serves (simulate, validate); none: an "
+                              "analysis-only config of logged exposures and events")
     surfaces: list[Surface] | None = Field(None, description="served and analysed (default: every surface the "
                                            "workspace declares)")
     days: Days
@@ -218,6 +222,8 @@ class ExperimentConfig(_Strict):
                                   "impressions the run served (a calibration layer follows its own traffic)")
     pre_period_days: int = Field(14, ge=0, le=365)
     cuped: bool = True
+    covariates: str | None = Field(None, description="CUPED covariates: a Parquet table of user_id and one column "
+                                   "per metric (relative to this file; replaces the pre-period logs)")
     metrics: list[MetricSpec] = Field(default_factory=lambda: list(DEFAULT_METRICS), validate_default=True)
     primary: str | None = Field(None, description="the metric/surface cell the verdict is about (default: the "
                                 "first metric on its first surface)")
@@ -232,9 +238,12 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _all_surfaces(cls, data, info: ValidationInfo):
+    def _defaults(cls, data, info: ValidationInfo):
+        """Every surface the workspace declares; the default metrics (analysis-only: those without pins)."""
         if isinstance(data, dict) and data.get("surfaces") is None:
             data = {**data, "surfaces": list(_vocabulary(info).names)}
+        if isinstance(data, dict) and "metrics" not in data:
+            data = {**data, "metrics": list(DEFAULT_METRICS if data.get("arms") is not None else LOG_METRICS)}
         return data
 
     @field_validator("surfaces")
@@ -261,10 +270,13 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _arms(self):
-        if self.aa and self.arms.treatment is not None:
+        if self.arms is None:
+            if self.aa:
+                raise ValueError("expected `arms.control` with `aa: true`, found no arms")
+        elif self.aa and self.arms.treatment is not None:
             raise ValueError("expected no `arms.treatment` with `aa: true` (the control arm serves both), "
                              "found one")
-        if not self.aa and self.arms.treatment is None:
+        elif not self.aa and self.arms.treatment is None:
             raise ValueError("expected `arms.treatment` (or `aa: true`), found none")
         names = [m.name for m in self.metrics]
         dup = next((n for n in names if names.count(n) > 1), None)
@@ -303,8 +315,17 @@ class ExperimentConfig(_Strict):
     @property
     def treatment_label(self) -> str:
         """The treatment's name in the verdict: its `label:`, else its run."""
-        arm = self.arm("treatment")
+        arm = None if self.arms is None else self.arm("treatment")
+        if arm is None:
+            return "The treatment"
         return arm.label or (f"Treatment ({arm.run})" if arm.run else "The treatment")
+
+    def require_simulation(self) -> None:
+        """Raise unless the file says what to simulate: arms and a number of days."""
+        if self.arms is None:
+            raise self.error(("arms",), "`arms:` (what each variant serves) to simulate", "an analysis-only config")
+        if self.days.count is None:
+            raise self.error(("days", "count"), "the number of days to simulate", "none")
 
     @property
     def workdir_path(self) -> Path:
@@ -324,18 +345,47 @@ class ExperimentConfig(_Strict):
         return input_error(f"{self._source.path}:{self._source.line(loc)}", field, expected, found)
 
 
+def _beside(path: Path, value):
+    """A path given in the file, relative to the file's folder (absolute ones and non-strings unchanged)."""
+    if not isinstance(value, str) or Path(value).is_absolute():
+        return value
+    return os.path.normpath(path.parent / value)
+
+
+def _declared_surfaces(path: Path, source: ConfigSource, data: dict) -> tuple[Vocabulary, dict]:
+    """The surfaces: the workspace's ``world/surfaces.yaml``, or, in a workspace without one, ``surfaces:``
+    given in the file as {name, kind} entries (then the file's data with their names)."""
+    declaration = Path(str(data.get("workdir", DEFAULT_WORKDIR))) / DECLARATION
+    given = data.get("surfaces")
+    if not (isinstance(given, list) and given and all(isinstance(s, dict) for s in given)):
+        if not declaration.is_file():
+            raise input_error(declaration, "file", "the workspace's surfaces (docs/data.md, Surfaces), or `surfaces:` "
+                              "in the experiment file as {name, kind} entries", "no file")
+        return load_vocabulary(declaration.parent.parent), data
+    if declaration.is_file():
+        raise input_error(f"{path}:{source.line(('surfaces',))}", "surfaces",
+                          f"surface names (the workspace declares its surfaces in {declaration})", "{name, kind} entries")
+    try:
+        vocab = Vocabulary.model_validate({"surfaces": [{"tasks": [], **s} for s in given]})
+    except ValidationError as exc:
+        raise validation_error(exc, lambda loc: f"{path}:{source.line(loc)}") from None
+    return vocab, {**data, "surfaces": list(vocab.names)}
+
+
 def load_config(path: Path | str, *, workdir: str | None = None) -> ExperimentConfig:
-    """Read and validate an experiment file against the surfaces its workspace declares; ``workdir``
-    overrides the file's. Raises InputError."""
+    """Read and validate an experiment file against the surfaces its workspace (or, without a declaration,
+    the file) declares; ``workdir`` overrides the file's. Paths in the file (``workdir``, ``covariates``) are
+    relative to the file. Raises InputError."""
     path = Path(path)
     if not path.is_file():
         raise input_error(path, "file", "an experiment YAML file", "no such file")
     data, source = read_yaml(path, "a mapping of experiment fields")
     if not data:
         raise input_error(f"{path}:1", "file", "a mapping of experiment fields", "an empty file")
+    data = {**data, **{k: _beside(path, data[k]) for k in ("workdir", "covariates") if k in data}}
     if workdir is not None:
         data = {**data, "workdir": workdir}
-    vocab = load_vocabulary(str(data.get("workdir", DEFAULT_WORKDIR)))
+    vocab, data = _declared_surfaces(path, source, data)
     try:
         cfg = ExperimentConfig.model_validate(data, context={"vocabulary": vocab})
     except ValidationError as exc:

@@ -14,6 +14,7 @@ pasted into SQL except file paths of the workspace, quoted.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -23,7 +24,8 @@ from typing import Iterator, Sequence
 import duckdb
 import numpy as np
 
-from pinlift.core.errors import input_error
+from abtest.logs import (EVENTS_COLUMNS, EXPOSURES_COLUMNS, IMPRESSIONS_COLUMNS, PINS_COLUMNS, check_columns,
+                         events_from, scan)
 from pinlift.core.clock import FRESH_DAYS, NEW_AD_DAYS
 from pinlift.core.vocabulary import ACTIONS, ADS, CLICK, EVENTS, HIDE, IMPRESSION, REPIN, Vocabulary
 
@@ -40,6 +42,7 @@ _PIN_SQL = {
 }
 _PIN_PARAMS = {"fresh": (FRESH_DAYS,), "new_ad": (NEW_AD_DAYS,)}
 PIN_FILTERS_NEEDING_PINS = ("fresh", "new_ad", "organic", "ad")
+METRIC_NAME = r"^[a-z][a-z0-9_]{0,47}$"   # metric names: labels, and the covariates' column names
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ def builtin_metrics(vocab: Vocabulary) -> dict[str, Metric]:
 
 
 DEFAULT_METRICS = ("repins", "fresh_repins", "new_ad_clicks", "ctr", "cpc", "hides")
+LOG_METRICS = ("repins", "clicks", "ctr", "cpc", "hides")    # analysis-only configs: none needs the pins table
 
 
 def metric_from_spec(vocab: Vocabulary, name: str, surfaces, aggregate: str | None, column: str | None,
@@ -151,99 +155,67 @@ def cells_of(metrics: list[Metric]) -> list[Cell]:
 @dataclass(frozen=True)
 class Sources:
     """Where the tables are: experiment ``exposures``/``events`` (Parquet directories), the world's
-    ``pins`` table and the organic ``impressions`` logs (for the pre-period; optional)."""
+    ``pins`` table, the organic ``impressions`` logs (for the pre-period) and a per-user ``covariates``
+    table (a column per metric; replaces the pre-period), the last three optional."""
 
     exposures: Path
     events: Path
     pins: Path | None = None
     impressions: Path | None = None
+    covariates: Path | None = None
 
     @classmethod
-    def for_experiment(cls, workdir: Path | str, experiment_dir: Path | str) -> "Sources":
+    def for_experiment(cls, workdir: Path | str, experiment_dir: Path | str,
+                       covariates: Path | str | None = None) -> "Sources":
         w, e = Path(workdir), Path(experiment_dir)
         pins = w / "world" / "pins.parquet"
         imp = w / "logs" / "impressions"
         return cls(e / "exposures", e / "events", pins if pins.is_file() else None,
-                   imp if imp.is_dir() and any(imp.rglob("*.parquet")) else None)
-
-
-_TYPE_FAMILIES = {
-    "int": ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "HUGEINT"),
-    "string": ("VARCHAR",),
-    "float": ("FLOAT", "DOUBLE", "REAL", "DECIMAL", "TINYINT", "SMALLINT", "INTEGER", "BIGINT"),
-    "bool": ("BOOLEAN",),
-}
-EVENTS_COLUMNS = {"day": "int", "user_id": "int", "surface": "string", "request_id": "int", "pin_id": "int",
-                  "position": "int", "action": "string", "value": "float"}
-EXPOSURES_COLUMNS = {"experiment": "string", "user_id": "int", "variant": "string", "first_exposure_day": "int"}
-PINS_COLUMNS = {"pin_id": "int", "created_day": "int", "is_ad": "bool"}
-IMPRESSIONS_COLUMNS = {"day": "int", "user_id": "int", "surface": "string", "request_id": "int",
-                       "pin_id": "int", "position": "int", **dict.fromkeys(ACTIONS, "bool")}
-
-
-def _q(path: Path) -> str:
-    return str(path.resolve()).replace("'", "''")
-
-
-def _scan(path: Path) -> str:
-    if path.suffix == ".parquet":
-        return f"read_parquet('{_q(path)}')"
-    return f"read_parquet('{_q(path)}/**/*.parquet', hive_partitioning = false)"
-
-
-def _check_dataset(con, path: Path, table: str, columns: dict[str, str]) -> None:
-    if path.suffix != ".parquet" and (not path.is_dir() or not any(path.rglob("*.parquet"))):
-        raise input_error(path, table, "Parquet files", "none" if path.is_dir() else "no such directory")
-    try:
-        described = con.execute(f"DESCRIBE SELECT * FROM {_scan(path)}").fetchall()
-    except duckdb.Error as exc:
-        raise input_error(path, table, "readable Parquet", str(exc).splitlines()[0]) from None
-    types = {row[0]: row[1] for row in described}
-    for name, kind in columns.items():
-        if name not in types:
-            raise input_error(path, f"column {name!r}", f"a {kind} column", "no such column")
-        base = types[name].split("(")[0]
-        if base not in _TYPE_FAMILIES[kind]:
-            raise input_error(path, f"column {name!r}", kind, types[name])
+                   imp if imp.is_dir() and any(imp.rglob("*.parquet")) else None,
+                   None if covariates is None else Path(covariates))
 
 
 def _create_views(con, src: Sources) -> None:
-    _check_dataset(con, src.exposures, "exposures", EXPOSURES_COLUMNS)
-    _check_dataset(con, src.events, "events", EVENTS_COLUMNS)
+    check_columns(con, src.exposures, "exposures", EXPOSURES_COLUMNS)
+    check_columns(con, src.events, "events", EVENTS_COLUMNS)
     con.execute(f"""CREATE VIEW exposures AS SELECT CAST(experiment AS VARCHAR) AS experiment,
         CAST(user_id AS BIGINT) AS user_id, CAST(variant AS VARCHAR) AS variant,
-        CAST(first_exposure_day AS INTEGER) AS first_exposure_day FROM {_scan(src.exposures)}""")
+        CAST(first_exposure_day AS INTEGER) AS first_exposure_day FROM {scan(src.exposures)}""")
     con.execute(f"""CREATE VIEW events AS SELECT CAST(day AS INTEGER) AS day, CAST(user_id AS BIGINT) AS user_id,
         CAST(surface AS VARCHAR) AS surface, CAST(request_id AS BIGINT) AS request_id,
         CAST(pin_id AS BIGINT) AS pin_id, CAST(position AS INTEGER) AS position,
-        CAST(action AS VARCHAR) AS action, CAST(value AS DOUBLE) AS value FROM {_scan(src.events)}""")
+        CAST(action AS VARCHAR) AS action, CAST(value AS DOUBLE) AS value FROM {scan(src.events)}""")
     if src.pins is not None:
-        _check_dataset(con, src.pins, "pins", PINS_COLUMNS)
+        check_columns(con, src.pins, "pins", PINS_COLUMNS)
         con.execute(f"""CREATE VIEW pins AS SELECT CAST(pin_id AS BIGINT) AS pin_id,
-            CAST(created_day AS INTEGER) AS created_day, CAST(is_ad AS BOOLEAN) AS is_ad FROM {_scan(src.pins)}""")
+            CAST(created_day AS INTEGER) AS created_day, CAST(is_ad AS BOOLEAN) AS is_ad FROM {scan(src.pins)}""")
     else:
         con.execute("CREATE VIEW pins AS SELECT CAST(NULL AS BIGINT) AS pin_id, CAST(NULL AS INTEGER) AS created_day, "
                     "CAST(NULL AS BOOLEAN) AS is_ad WHERE FALSE")
     if src.impressions is not None:
-        _check_dataset(con, src.impressions, "impressions", IMPRESSIONS_COLUMNS)
+        check_columns(con, src.impressions, "impressions", IMPRESSIONS_COLUMNS)
         # organic logs in the events schema: one impression row per slot plus one row per action
         actions = ", ".join(ACTIONS)
         con.execute(f"""CREATE VIEW pre_events AS
             WITH imp AS (SELECT CAST(day AS INTEGER) AS day, CAST(user_id AS BIGINT) AS user_id,
                                 CAST(surface AS VARCHAR) AS surface, CAST(request_id AS BIGINT) AS request_id,
                                 CAST(pin_id AS BIGINT) AS pin_id, CAST(position AS INTEGER) AS position,
-                                {actions} FROM {_scan(src.impressions)})
+                                {actions} FROM {scan(src.impressions)})
             SELECT day, user_id, surface, request_id, pin_id, position, '{IMPRESSION}' AS action,
                    CAST(NULL AS DOUBLE) AS value FROM imp
             UNION ALL
             SELECT day, user_id, surface, request_id, pin_id, position, action, CAST(NULL AS DOUBLE) AS value
             FROM imp UNPIVOT (happened FOR action IN ({actions})) WHERE happened""")
+    if src.covariates is not None:
+        check_columns(con, src.covariates, "covariates", {"user_id": "int"})
+        con.execute("CREATE VIEW covariates AS SELECT * REPLACE (CAST(user_id AS BIGINT) AS user_id) "
+                    f"FROM {scan(src.covariates)}")
 
 
 @contextmanager
 def open_readonly(src: Sources) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only DuckDB connection with views ``exposures``, ``events``, ``pins`` and (when organic
-    logs exist) ``pre_events``. The views live in a scratch database file, written once and reopened
+    """A read-only DuckDB connection with views ``exposures``, ``events``, ``pins``, (when organic
+    logs exist) ``pre_events`` and (when given) ``covariates``. The views live in a scratch database file, written once and reopened
     read-only, so no metric query can write anything."""
     with tempfile.TemporaryDirectory(prefix="abtest-duckdb-") as tmp:
         db = str(Path(tmp) / "views.duckdb")
@@ -257,26 +229,6 @@ def open_readonly(src: Sources) -> Iterator[duckdb.DuckDBPyConnection]:
             yield con
         finally:
             con.close()
-
-
-def check_exposures(con, src: Sources, variants=("control", "treatment"), min_users: int = 2) -> dict[str, int]:
-    """Users per variant; errors on unknown variants, duplicate users, empty or missing arms."""
-    rows = con.execute("SELECT variant, COUNT(*), COUNT(DISTINCT user_id) FROM exposures GROUP BY variant").fetchall()
-    counts = {v: 0 for v in variants}
-    for variant, n, distinct in rows:
-        if variant not in counts:
-            raise input_error(src.exposures, "column 'variant'", f"one of {', '.join(variants)}", repr(variant))
-        counts[variant] = int(n)
-    dup = con.execute("SELECT user_id FROM exposures GROUP BY user_id HAVING COUNT(*) > 1 LIMIT 1").fetchone()
-    if dup:
-        raise input_error(src.exposures, "column 'user_id'", "one row per user", f"user {dup[0]} twice")
-    for v, n in counts.items():
-        if n < min_users:
-            raise input_error(src.exposures, f"variant {v!r}", f"at least {min_users} users", n)
-    n_events = con.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-    if n_events == 0:
-        raise input_error(src.events, "events", "event rows", "none")
-    return counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,19 +290,35 @@ def value_columns(cells: list[Cell], covariate: bool) -> list[str]:
     return cols
 
 
-def per_user_query(cells: list[Cell], pre_window: tuple[int, int] | None) -> tuple[str, list]:
+def _covariate_columns(q: _Sql, cells: list[Cell]) -> None:
+    """c{i} of every cell from the ``covariates`` view's column named after its metric (cy{i} = 1: a ratio's
+    covariate is that per-user value itself)."""
+    for c in cells:
+        if not re.fullmatch(METRIC_NAME, c.metric.name):     # validated by the config; it becomes an identifier
+            raise ValueError(f"abtest: invalid metric name {c.metric.name!r}")
+        q.add(f', CAST(cv."{c.metric.name}" AS DOUBLE) AS c{c.index}')
+
+
+def per_user_query(cells: list[Cell], pre_window: tuple[int, int] | None, *, until: int | None = None,
+                   distinct: bool = False, covariates: bool = False) -> tuple[str, list]:
     """SQL for one row per exposed user: user_id, variant, first_exposure_day and the value columns.
 
-    Events count from the user's first exposure day on; ``pre_window`` [lo, hi) adds the CUPED
-    covariates c{i} from the organic logs of those days (0 for users with no organic activity)."""
+    Events count from the user's first exposure day on and, with ``until``, before that day; ``distinct``
+    reads each distinct event row once (``logs.check_logs`` found exact duplicates). The CUPED covariates
+    c{i}: with ``pre_window`` [lo, hi), the same metrics over the organic logs of those days; with
+    ``covariates``, the ``covariates`` view's column of each metric (0 for users without a row in either)."""
     q = _Sql()
     q.add("WITH ev AS (SELECT e.day, e.user_id, e.surface, e.action, e.value, e.position, "
-          "p.created_day AS pin_created_day, p.is_ad AS pin_is_ad FROM events e "
-          "JOIN exposures x ON e.user_id = x.user_id AND e.day >= x.first_exposure_day "
-          "LEFT JOIN pins p ON e.pin_id = p.pin_id), ")
+          f"p.created_day AS pin_created_day, p.is_ad AS pin_is_ad FROM {events_from(distinct)} e "
+          "JOIN exposures x ON e.user_id = x.user_id AND e.day >= x.first_exposure_day ")
+    if until is not None:
+        q.add("AND e.day < ? ", int(until))
+    q.add("LEFT JOIN pins p ON e.pin_id = p.pin_id), ")
     q.add("during AS (SELECT e.user_id, ")
     _select_cells(q, cells, covariate=False)
     q.add(" FROM ev e GROUP BY e.user_id)")
+    if pre_window is not None and covariates:
+        raise ValueError("abtest: covariates from the pre-period or from the covariates table, not both")
     if pre_window is not None:
         q.add(", pre AS (SELECT e.user_id, ")
         _select_cells(q, cells, covariate=True)
@@ -358,19 +326,25 @@ def per_user_query(cells: list[Cell], pre_window: tuple[int, int] | None) -> tup
               "p.created_day AS pin_created_day, p.is_ad AS pin_is_ad FROM pre_events pe "
               "LEFT JOIN pins p ON pe.pin_id = p.pin_id WHERE pe.day >= ? AND pe.day < ?) e "
               "GROUP BY e.user_id)", int(pre_window[0]), int(pre_window[1]))
-    cols = value_columns(cells, covariate=pre_window is not None)
-    select = ", ".join(f"COALESCE({'pr' if c[0] == 'c' else 'd'}.{c}, 0.0) AS {c}" for c in cols)
+    if covariates:
+        q.add(", pre AS (SELECT cv.user_id")
+        _covariate_columns(q, cells)
+        q.add(" FROM covariates cv)")
+    cols = value_columns(cells, covariate=pre_window is not None or covariates)
+    select = ", ".join(("1.0" if covariates and c[:2] == "cy" else f"COALESCE({'pr' if c[0] == 'c' else 'd'}.{c}, 0.0)")
+                       + f" AS {c}" for c in cols)
     q.add(f" SELECT x.user_id, x.variant, x.first_exposure_day, {select} FROM exposures x "
           "LEFT JOIN during d ON d.user_id = x.user_id")
-    if pre_window is not None:
+    if pre_window is not None or covariates:
         q.add(" LEFT JOIN pre pr ON pr.user_id = x.user_id")
     q.add(" ORDER BY x.user_id")
     return q.text, q.params
 
 
-def per_user_values(con, cells: list[Cell], pre_window: tuple[int, int] | None) -> dict[str, np.ndarray]:
-    """Per-user values as numpy arrays (user_id, variant, first_exposure_day, x*, y*, c*)."""
-    sql, params = per_user_query(cells, pre_window)
+def per_user_values(con, cells: list[Cell], pre_window: tuple[int, int] | None, **scope) -> dict[str, np.ndarray]:
+    """Per-user values as numpy arrays (user_id, variant, first_exposure_day, x*, y*, c*); ``scope``: the
+    keywords of ``per_user_query``."""
+    sql, params = per_user_query(cells, pre_window, **scope)
     out = con.execute(sql, params).fetchnumpy()
     return {k: (np.asarray(v) if k == "variant" else np.asarray(v, dtype=np.float64 if k[0] in "xyc" else np.int64))
             for k, v in out.items()}
@@ -382,14 +356,16 @@ def cross_sum_name(a: Cell, b: Cell) -> str:
 
 
 def sufficient_stats(con, cells: list[Cell], pre_window: tuple[int, int] | None,
-                     pairs: Sequence[tuple[Cell, Cell]] = ()) -> dict[str, dict[str, float]]:
+                     pairs: Sequence[tuple[Cell, Cell]] = (), **scope) -> dict[str, dict[str, float]]:
     """Per variant: n and, per cell, Σx, Σx² (+ Σy, Σy², Σxy for ratios; + Σc, Σc², Σxc with covariates, and
     for ratios also the pre-period denominator d: Σd, Σd², Σcd, Σxd, Σyc, Σyd);
     per (a, b) in ``pairs``, Σ x_a·x_b (``cross_sum_name``), for statistics of two cells on the same users.
 
     One pass over the events whatever ``pairs`` holds: the cross sums are extra columns of the same
-    aggregate, so paired statistics never re-run the per-user query."""
-    sql, params = per_user_query(cells, pre_window)
+    aggregate, so paired statistics never re-run the per-user query. ``scope``: the keywords of
+    ``per_user_query``."""
+    sql, params = per_user_query(cells, pre_window, **scope)
+    covariate = pre_window is not None or scope.get("covariates", False)
     known = set(cells)
     sums = ["COUNT(*) AS n"]
     for c in cells:
@@ -397,7 +373,7 @@ def sufficient_stats(con, cells: list[Cell], pre_window: tuple[int, int] | None,
         sums += [f"SUM(x{i}) AS sx{i}", f"SUM(x{i} * x{i}) AS sxx{i}"]
         if c.metric.kind == "ratio":
             sums += [f"SUM(y{i}) AS sy{i}", f"SUM(y{i} * y{i}) AS syy{i}", f"SUM(x{i} * y{i}) AS sxy{i}"]
-        if pre_window is not None:
+        if covariate:
             sums += [f"SUM(c{i}) AS sc{i}", f"SUM(c{i} * c{i}) AS scc{i}", f"SUM(x{i} * c{i}) AS sxc{i}"]
             if c.metric.kind == "ratio":
                 sums += [f"SUM(cy{i}) AS sd{i}", f"SUM(cy{i} * cy{i}) AS sdd{i}", f"SUM(c{i} * cy{i}) AS scd{i}",

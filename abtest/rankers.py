@@ -44,11 +44,7 @@ class RunRanker:
 
     def set_embeddings(self, emb: PublishedEmbeddings) -> None:
         if self.uses_content:
-            from ranking.features import ContentFeatures, content_shuffle_seed
-
-            cfg = self.scorer.cfg
-            self.scorer.content = ContentFeatures(
-                emb, shuffle_seed=content_shuffle_seed(cfg["seed"], bool(cfg.get("shuffle_embeddings"))))
+            self.scorer.set_embeddings(emb)   # refuses vectors other than the run's
 
     def scores(self, req: Requests, rows: np.ndarray, pool: np.ndarray, day: int, rng_key) -> np.ndarray:
         out = np.full(pool.shape, -np.inf)

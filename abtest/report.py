@@ -16,6 +16,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from abtest.logs import excluded_text  # noqa: E402
 from abtest.storage import atomic_files  # noqa: E402
 
 REPORT_FILES = ["analysis.json", "report.md", "report.html", "forest.png"]
@@ -157,6 +158,25 @@ def _srm_line(a: dict) -> str:
             f"expected split {' / '.join(f'{x:g}' for x in s['shares'])})")
 
 
+def _events_line(a: dict) -> str:
+    """'events: 52,310 rows, days 18–26, 48,120 counted (window days 20–24); excluded: ...'."""
+    e = a["events"]
+    lo, hi = e["window"]
+    window = f"days {lo}–{hi}" if hi is not None else f"day {lo} on"
+    return (f"events: {e['rows']:,} rows, days {e['first_day']}–{e['last_day']}, {e['counted']:,} counted "
+            f"(window {window}); {excluded_text(e)}")
+
+
+def _covariate_line(a: dict) -> str:
+    pre = a["pre_period"]
+    if pre is None:
+        return "CUPED covariates: none"
+    if "table" in pre:
+        return (f"CUPED covariates: the table {pre['table']}, a row for {pre['users_with_row']:,} of "
+                f"{pre['users']:,} exposed users (the others 0)")
+    return f"CUPED covariates: organic logs, days {pre['first_day']}–{pre['last_day']}"
+
+
 def _notes(a: dict) -> list[str]:
     """What the lifts are, what "significant" means and which cells have no relative lift."""
     excluded = [f"{r['key']} ({r['excluded']})" for r in a["results"] if r["excluded"]]
@@ -186,13 +206,11 @@ def _md_table(header, rows) -> list[str]:
 
 
 def render_markdown(a: dict) -> str:
-    pre = a["pre_period"]
     lines = [f"# A/B experiment `{a['experiment']}`", "", "## Verdict", "", f"**{a['verdict']['sentence']}**", ""]
     lines += _md_table(VERDICT_HEADER, [cells for _, cells in _verdict_rows(a)])
     lines += ["", f"- {_srm_line(a)}",
-              f"- events: {a['events']['rows']:,} rows, days {a['events']['first_day']}–{a['events']['last_day']}",
-              "- CUPED pre-period: "
-              + ("none" if pre is None else f"organic logs, days {pre['first_day']}–{pre['last_day']}"),
+              f"- {_events_line(a)}",
+              f"- {_covariate_line(a)}",
               f"- alpha {a['alpha']}, multiple testing: {a['multiple_testing']} across {len(a['results'])} tests, "
               f"MDE at power {a['power']}",
               f"- generator version: {a['generator_version']}", "",
@@ -215,7 +233,6 @@ def render_html(a: dict, png: bytes) -> str:
     esc = html.escape
     img = base64.b64encode(png).decode()
     srm_class = "bad" if a["srm"]["mismatch"] else ""
-    pre = a["pre_period"]
     colours = " ".join(f"tr.{k} td {{ color: {c}; }}" for k, c in COLOURS.items())
     notes = "".join(f"<p class=note>{esc(n)}</p>" for n in _notes(a))
     diffs = (f"<h2>Cold-start lift vs overall lift (unadjusted)</h2>"
@@ -241,8 +258,8 @@ th {{ background: #f3f3f3; }} td:first-child, td:nth-child(2), td:nth-child(3) {
 {_html_table(VERDICT_HEADER, _verdict_rows(a))}
 <p class="{srm_class}">{esc(_srm_line(a))}</p>
 </section>
-<p>Events: {a['events']['rows']:,} rows, days {a['events']['first_day']}–{a['events']['last_day']}.
-CUPED pre-period: {esc('none' if pre is None else f"organic logs, days {pre['first_day']}–{pre['last_day']}")}.
+<p>{esc(_events_line(a)[0].upper() + _events_line(a)[1:])}.
+{esc(_covariate_line(a))}.
 Alpha {a['alpha']}, multiple testing {esc(a['multiple_testing'])} across {len(a['results'])} tests.</p>
 <h2>All metrics</h2>
 <img alt="forest plot of relative lifts" src="data:image/png;base64,{img}">

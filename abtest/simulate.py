@@ -291,6 +291,7 @@ class Simulator:
 
 
 def _world(cfg: ExperimentConfig) -> World:
+    cfg.require_simulation()
     try:
         world = World(cfg.workdir)
         world.truth  # noqa: B018 - fail now, not after the first day

@@ -31,12 +31,12 @@ import numpy as np
 from scipy import stats as sps
 
 from abtest import stats
-from abtest.analyze import pre_window
+from abtest.analyze import no_data, pre_window
 from abtest.assign import buckets, variant_of_buckets
 from abtest.config import ExperimentConfig, dump_config
 from pinlift.core.errors import InputError
 from abtest.estimators import CellTest, Estimator
-from abtest.metrics import Cell, Metric, Sources, cells_of, open_readonly, per_user_values
+from abtest.metrics import Cell, Metric, Sources, cells_of, open_readonly, per_user_values, value_columns
 from abtest.simulate import simulate_potential_outcomes
 from abtest.storage import atomic_files
 from pinlift.core.vocabulary import CLICK, REPIN
@@ -136,7 +136,9 @@ def resalt_study(cfg: ExperimentConfig, cells: list[Cell], base: dict, lifted: d
                 "observed_variance_ratio": cup_var / raw_var if raw_var > 0 else None}})
         rec = {"key": cell.key, "kind": cell.metric.kind, "primary": aa.primary.method, "expected_lift": target,
                "tests": tests}
-        aa_p_primary.append(np.asarray(aa.primary.absolute.p_value, float))
+        empty = no_data(cell, {f"s{col}": base[col].sum() for col in value_columns([cell], covariate=False)})
+        rec["no_data"] = bool(empty)      # as in analyze: no test, not in the family
+        aa_p_primary.append(np.full(resalts, np.nan) if empty else np.asarray(aa.primary.absolute.p_value, float))
         if cell.metric.name == "ctr":
             i = cell.index
             imp, clk = base[f"y{i}"], base[f"x{i}"]
@@ -188,7 +190,7 @@ def checks(study: dict) -> list[dict]:
     for c in study["cells"]:
         for t in c["tests"]:
             aa, key, method = t["aa"], c["key"], t["method"]
-            if aa["fpr"] is None:
+            if c.get("no_data") or aa["fpr"] is None:
                 continue
             add(f"A/A FPR {key} ({method})", aa["fpr"], lo <= aa["fpr"] <= hi, list(FPR_BAND))
             add(f"A/A p-values uniform {key} ({method}, KS p)", aa["ks_p"], aa["ks_p"] > KS_MIN_P, f"> {KS_MIN_P}")
@@ -248,6 +250,7 @@ def run_validation(cfg: ExperimentConfig, *, resalts: int = 2000, lift: float = 
     """The whole study; returns the report (also written to ``out_dir``)."""
     if resalts < 100:
         raise InputError(f"abtest validate: --resalts: expected at least 100, found {resalts}")
+    cfg.require_simulation()
     start = time.time()
     out_dir = Path(out_dir) if out_dir else Path(cfg.workdir) / "experiments" / f"{cfg.name}-validation"
     base_arm = cfg.arms.control.model_copy(update={"lift": {}})

@@ -15,6 +15,7 @@ from pinclip.embeddings import open_embeddings
 from pinclip.loading import load_run
 from pinclip.publish import EmbeddingBatch, PublishError, latest_version, publish
 from pinclip.quantization import PUBLISHED_DIM
+from pinlift.core.runs import RunDir
 from pinworld.world import World
 
 
@@ -27,6 +28,7 @@ class RunEmbedder:
         self.world = world or World(workdir)
         self.run = run
         model, tokenizer, self.saved = load_run(workdir, run)
+        self.config_hash = (RunDir(Path(workdir) / "pinclip" / "runs", run, "pinclip").saved() or {}).get("hash")
         self.embedder = Embedder(model, tokenizer, images or self.world, batch_size=batch_size,
                                  prefixes=(PUBLISHED_DIM,), progress=progress)
 
@@ -34,7 +36,7 @@ class RunEmbedder:
     def source(self) -> dict:
         return {"kind": "pinclip", "run": self.run, "model": self.saved["train"]["model"],
                 "generator_version": self.world.generator_version,
-                "train_cutoff_day": self.saved["train"]["cutoff_day"]}
+                "train_cutoff_day": self.saved["train"]["cutoff_day"], "config_hash": self.config_hash}
 
     def batch(self, pins: pl.DataFrame) -> EmbeddingBatch:
         """Embeddings of ``pins`` (rows of ``World.pins(as_of=...)``, so texts known by then, or

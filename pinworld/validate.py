@@ -116,16 +116,22 @@ def validate_workdir(workdir: Path | str, check_images: bool = True) -> list[Pro
     surfaces = None
     if "impressions" in present or (workdir / DECLARATION).is_file():   # a catalog declares no surfaces
         try:
-            surfaces = load_vocabulary(workdir).names
+            vocab = load_vocabulary(workdir)
+            surfaces = vocab.names
         except InputError as err:
             problems.append(DeclarationProblem(str(err)))
     if "impressions" in readable and surfaces:
+        for surface, task in vocab.tasks:   # an action column may be left out unless a surface ranks it
+            if task in filled["impressions"]:
+                filled["impressions"].discard(task)
+                problems.append(Problem("impressions", task, f"a bool column (a task of surface {surface!r} in "
+                                        f"{DECLARATION})", "no such column or only nulls"))
         bad = con.execute('SELECT count(*), min(surface) FROM impressions WHERE surface NOT IN '
                           '(SELECT unnest($s))', {"s": list(surfaces)}).fetchone()
         if bad[0]:
             problems.append(Problem("impressions", "surface", f"a surface declared in {DECLARATION} "
                                     f"({' | '.join(surfaces)})", f"{bad[0]} rows like {bad[1]!r}"))
-    if check_images and "pins" in readable:
+    if check_images and "pins" in readable and "image_uri" not in filled["pins"]:
         problems += _check_images(con, workdir)
     return problems
 

@@ -32,6 +32,10 @@ DAY_COLUMNS = {"pins": "created_day", ADS_TABLE: "created_day", "users": "signup
                "pin_board": "day", "pin_search_queries": "day", "pin_annotations": "day", "impressions": "day"}
 
 
+class NoGroundTruth(FileNotFoundError):
+    """What needs pinworld's hidden state was asked of a workspace without it (a team's own data)."""
+
+
 class World:
     """A workspace's tables (``world/``, ``logs/``) and, for pinworld's own worlds, its ground truth."""
 
@@ -96,23 +100,35 @@ class World:
         t = TABLES[table]
         if not t.required and not self.has(table):
             return pl.LazyFrame(schema={c.name: KIND_POLARS[c.kind] for c in t.columns})
-        path = self.workdir / t.path
-        lf = (pl.scan_parquet(path) if t.path.endswith(".parquet")
-              else pl.scan_parquet(path / "**" / "*.parquet", hive_partitioning=False))
-        found = lf.collect_schema()
-        fills = [pl.lit(c.default, KIND_POLARS[c.kind]).alias(c.name) for c in t.columns
-                 if c.fillable and found.get(c.name, pl.Null) == pl.Null]
-        return lf.with_columns(fills) if fills else lf
+        filled = self.filled_columns(table)
+        lf = self._files(table)
+        return lf.with_columns([pl.lit(c.default, KIND_POLARS[c.kind]).alias(c.name) for c in t.columns
+                                if c.name in filled]) if filled else lf
+
+    def _files(self, table: str) -> pl.LazyFrame:
+        path = self.workdir / TABLES[table].path
+        return (pl.scan_parquet(path) if TABLES[table].path.endswith(".parquet")
+                else pl.scan_parquet(path / "**" / "*.parquet", hive_partitioning=False))
+
+    def filled_columns(self, table: str) -> set[str]:
+        """The fillable columns of ``table`` that its files leave out or hold only nulls in (all of them
+        for an absent optional table): they read as typed nulls or their default."""
+        t = TABLES[table]
+        if not t.required and not self.has(table):
+            return {c.name for c in t.columns if c.fillable}
+        found = self._files(table).collect_schema()
+        return {c.name for c in t.columns if c.fillable and found.get(c.name, pl.Null) == pl.Null}
 
     def has(self, table: str) -> bool:
         path = self.workdir / TABLES[table].path
         return path.is_file() or (path.is_dir() and any(path.rglob("*.parquet")))
 
     def table(self, table: str, as_of: int | None = None) -> pl.DataFrame:
-        """Rows of ``table`` from before day ``as_of`` (all rows when None), filled as ``scan`` says."""
+        """Rows of ``table`` from before day ``as_of`` (all rows when None; a null day, a user's unknown signup
+        day, counts as before), filled as ``scan`` says."""
         lf = self.scan(table)
         if as_of is not None:
-            lf = lf.filter(pl.col(DAY_COLUMNS[table]) < as_of)
+            lf = lf.filter((pl.col(DAY_COLUMNS[table]) < as_of).fill_null(True))
         return lf.collect()
 
     def pins(self, as_of: int | None = None) -> pl.DataFrame:
@@ -161,7 +177,7 @@ class World:
         """The hidden state and engagement model (pinworld worlds only)."""
         tdir = self.dir / "truth"
         if not tdir.is_dir():
-            raise FileNotFoundError(f"pinworld: {tdir} not found: this world has no ground truth")
+            raise NoGroundTruth(f"pinworld: {tdir} not found: this world has no ground truth")
         p = pq.read_table(tdir / "pins.parquet")
         u = pq.read_table(tdir / "users.parquet")
 

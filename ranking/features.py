@@ -18,6 +18,7 @@ concatenated vectors would otherwise have to learn as a product.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,9 @@ import torch
 from torchrec import KeyedJaggedTensor
 from torchrec.datasets.utils import Batch
 
-from pinclip.embeddings import PublishedEmbeddings, open_embeddings
+from pinclip.embeddings import PublishedEmbeddings, embeddings_dir, open_embeddings
+from pinlift.core.errors import input_error
+from pinlift.core.schema import TABLES
 from pinlift.core.vocabulary import CLICK, REPIN, Vocabulary
 from pinworld.world import World
 from ranking.coengagement import CoEngagement
@@ -81,6 +84,10 @@ class FeatureSource:
         self.world = world
         self.vocab = vocab or world.vocabulary
         self.max_boards, self.max_history = max_boards, max_history
+        unlabelled = sorted({t for _, t in self.vocab.tasks} & world.filled_columns("impressions"))
+        if unlabelled and world.has("impressions"):
+            raise input_error(world.workdir / TABLES["impressions"].path, unlabelled[0],
+                              "a bool column (a task of a declared surface)", "no such column (or only nulls)")
         imp = world.impressions().select("day", "user_id", "pin_id", REPIN, CLICK)
         pins = world.table("pins").select("pin_id", "created_day", "is_ad", "advertiser_id")
         self.pins = pins.sort("pin_id")
@@ -152,6 +159,7 @@ class ContentFeatures:
 
     def __init__(self, emb: PublishedEmbeddings, shuffle_seed: int | None = None):
         look = emb.lookup(emb.pin_ids, "fusion", dequantize_values=True)
+        self.embedding = embedding_record(emb)
         self.ids = emb.pin_ids
         vectors = look.values.astype(np.float32)
         self.present = look.found
@@ -170,6 +178,7 @@ class ContentFeatures:
     def empty(cls) -> "ContentFeatures":
         """No pin has a vector: the content inputs of an IDs-only arm whose widths equal the content arms'."""
         self = cls.__new__(cls)
+        self.embedding = None
         self.ids, self.present = np.zeros(0, np.int64), np.zeros(0, bool)
         self.missing_row = 0
         self.table = np.zeros((1, CONTENT_DIM), np.float32)
@@ -196,13 +205,50 @@ def content_shuffle_seed(seed: int, shuffled: bool) -> int | None:
     return seed + 1 if shuffled else None
 
 
+# keys of a manifest's source that say which pins a version adds, not how they were embedded
+ADDED_PINS = ("pins", "lag_days")
+
+
+def embedding_record(emb: PublishedEmbeddings) -> dict:
+    """What a run records of the vectors it is trained on: ``name@version``, the manifest's source and, for a
+    PinCLIP run's vectors, that run and its config hash (``pinclip publish`` records them in the source)."""
+    source = emb.manifest["source"]
+    run = ({"run": source["run"], "config_hash": source.get("config_hash")} if source.get("kind") == "pinclip"
+           else None)
+    return {"ref": emb.ref, "source": source, "pinclip_run": run}
+
+
+def check_same_space(trained: dict, emb: PublishedEmbeddings, workdir) -> None:
+    """Refuse, in one line, vectors other than those a run was trained on: the same version, or one with the
+    same name and source (the same PinCLIP run and config hash, the same file, ...) that, beside the trained
+    version, descends from it through incremental publishes (a copy published elsewhere, as the A/B
+    simulator's daily versions, is judged by its name and source alone)."""
+    name, version = trained["ref"].split("@")
+    space = lambda source: {k: v for k, v in source.items() if k not in ADDED_PINS}  # noqa: E731
+    same = emb.name == name and space(emb.manifest["source"]) == space(trained["source"])
+    root = embeddings_dir(workdir, name)
+    if same and emb.directory.parent.resolve() == root.resolve():
+        v = emb.version
+        while v not in (version, None):
+            v = json.loads((root / v / "manifest.json").read_text()).get("parent")
+        same = v == version
+    if not same:
+        raise input_error(emb.directory, "embeddings", f"{trained['ref']} or an incremental version of it from "
+                          f"the same source (the run was trained on it)", f"{emb.ref} ({emb.manifest['source']})")
+
+
 def load_content(workdir, embeddings: str | None, *, seed: int = 0, shuffled: bool = False,
                  empty: bool = False) -> ContentFeatures | None:
     """The content feature of a run: a published embedding (``NAME[@VERSION]``, permuted across pins when
     ``shuffled``), the empty one (``empty``: IDs only, same widths) or none at all."""
     if embeddings:
-        return ContentFeatures(open_embeddings(workdir, embeddings), shuffle_seed=content_shuffle_seed(seed, shuffled))
+        return content_of(open_embeddings(workdir, embeddings), seed=seed, shuffled=shuffled)
     return ContentFeatures.empty() if empty else None
+
+
+def content_of(emb: PublishedEmbeddings, *, seed: int = 0, shuffled: bool = False) -> ContentFeatures:
+    """The content feature of a run's seed from a published version (permuted across pins when ``shuffled``)."""
+    return ContentFeatures(emb, shuffle_seed=content_shuffle_seed(seed, shuffled))
 
 
 @dataclass

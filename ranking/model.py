@@ -1,10 +1,13 @@
 """The ranking model: TorchRec's DLRM with a DCN interaction over dense features and sparse IDs, with
-one output head per (surface, task) — a shared bottom and surface-specific heads."""
+one output head per (surface, task) — a shared bottom and surface-specific heads. Its served weights are
+plain tensors (``served_state``: sharded tables gathered whole), written as safetensors, which cannot run
+code when read, and loaded into a sharded model of any world size (``load_served_state``)."""
 
 from __future__ import annotations
 
 import torch
 from pydantic import ConfigDict, Field, field_validator
+from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.models.dlrm import DLRM_DCN
 
@@ -58,3 +61,40 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     mask = ~torch.isnan(labels)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[mask], labels[mask], reduction="sum")
     return loss / mask.sum().clamp(min=1)
+
+
+def served_state(model: torch.nn.Module, rank: int, device: torch.device) -> dict[str, torch.Tensor] | None:
+    """The model's state as whole, contiguous CPU tensors on rank 0 (None on the others): each sharded table
+    gathered from its shards onto ``device`` (a collective: every rank calls it)."""
+    out = {}
+    for key, value in model.state_dict().items():
+        if isinstance(value, ShardedTensor):
+            whole = torch.empty(value.size(), dtype=value.dtype, device=device) if rank == 0 else None
+            value.gather(0, whole)
+            value = whole
+        if rank == 0:
+            out[key] = value.detach().cpu().contiguous()
+    return out if rank == 0 else None
+
+
+def load_served_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy whole tensors (``served_state``'s) into the model, each shard of a sharded table its own block;
+    a missing, extra or misshapen tensor is refused."""
+    state = model.state_dict()
+    if set(state) != set(tensors):
+        diff = sorted(set(state) ^ set(tensors))
+        raise ValueError(f"ranking: served weights: expected the model's {len(state)} tensors, found "
+                         f"{len(tensors)} (e.g. {diff[0]!r} differs)")
+    with torch.no_grad():
+        for key, value in state.items():
+            whole = tensors[key]
+            if tuple(whole.shape) != tuple(value.size()):
+                raise ValueError(f"ranking: served weights: {key}: expected shape {tuple(value.size())}, "
+                                 f"found {tuple(whole.shape)}")
+            if isinstance(value, ShardedTensor):
+                for shard in value.local_shards():
+                    block = tuple(slice(o, o + n) for o, n in zip(shard.metadata.shard_offsets,
+                                                                  shard.metadata.shard_sizes))
+                    shard.tensor.copy_(whole[block])
+            else:
+                value.copy_(whole)

@@ -2,7 +2,9 @@
 
 Serving uses the same feature code as training: counts and histories strictly before the request day,
 IDs through the run's vocabularies (unknown -> the unknown row), the published embedding the run was
-trained with. Position is not known before ranking, so every candidate is scored at position 0.
+trained with (or an incremental version of it from the same source; other vectors are refused). The
+weights served are the run's ``weights.safetensors``, checked against the sha256 its config.json records;
+nothing served is unpickled (the DCP checkpoints are only for resuming training). Position is not known before ranking, so every candidate is scored at position 0.
 Features and heads follow the surfaces the run was trained with (its recorded vocabulary), not the
 serving workspace's. Ads pCTR (the click task of surfaces of kind ads) can be recalibrated per segment
 (``fit_ads_calibration``) on logged days the run never saw and on the impressions it has served since.
@@ -16,18 +18,22 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file
 
+from pinclip.embeddings import PublishedEmbeddings, open_embeddings
+from pinlift.core.errors import input_error
 from pinlift.core.vocabulary import ACTIONS, ADS, CLICK, Vocabulary
+from pinworld.files import sha256_file
 from pinworld.world import World
 from ranking import distributed
 from ranking.calibration import SegmentCalibration, ad_segments
-from ranking.features import Examples, FeatureSource, Vocabs, dense_width, load_content, make_batch
-from ranking.model import ModelConfig, build_model
-from ranking.train import read_progress
+from ranking.features import (Examples, FeatureSource, Vocabs, check_same_space, content_of, dense_width, load_content,
+                               make_batch)
+from ranking.model import ModelConfig, build_model, load_served_state
 
 # keys of config.json that runs trained before them lack
-RECORDED = {"coengagement_dim": "the co-engagement features", "vocabulary": "a record of its surfaces"}
+RECORDED = {"coengagement_dim": "the co-engagement features", "vocabulary": "a record of its surfaces",
+            "embedding": "a record of its vectors' version and source", "served": "weights that load without pickle"}
 
 
 class Scorer:
@@ -35,7 +41,9 @@ class Scorer:
 
     def __init__(self, workdir: Path | str, run: str, embeddings: str | None = None,
                  env: distributed.Env | None = None, world: World | None = None):
-        run_dir = Path(workdir) / "ranking" / "runs" / run
+        """``embeddings``: ``NAME@VERSION`` to serve with (default: the version the run was trained on)."""
+        self.workdir = Path(workdir)
+        run_dir = self.workdir / "ranking" / "runs" / run
         cfg_path = run_dir / "config.json"
         if not cfg_path.is_file():
             raise FileNotFoundError(f"ranking: {cfg_path} not found: no trained run {run!r}")
@@ -51,22 +59,28 @@ class Scorer:
                                     self.cfg["coengagement_dim"], self.cfg["coengagement_every"], self.vocab)
         with np.load(run_dir / "vocab.npz", allow_pickle=False) as z:
             self.vocabs = Vocabs.from_arrays(dict(z))
-        # the simulator may pass a newer version of the same embedding (incremental publishes)
-        ref = embeddings or self.cfg["embeddings"]
-        self.content = load_content(workdir, ref, seed=self.cfg["seed"], shuffled=self.cfg["shuffle_embeddings"],
-                                    empty=self.cfg.get("empty_content", False))
+        self.content = load_content(workdir, None, empty=self.cfg["empty_content"])
+        if self.cfg["embedding"] is not None:
+            self.set_embeddings(open_embeddings(workdir, embeddings or self.cfg["embedding"]["ref"]))
         model = build_model(self.vocabs.sizes(), dense_width(self.vocab, self.content is not None),
                             ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.cfg["model"].items()}),
                             len(self.vocab.tasks), dense_device=self.env.device)
         self.model = distributed.wrap(model, self.env)
-        progress = read_progress(run_dir)
-        if progress is None:
-            raise FileNotFoundError(f"ranking: {run_dir / 'checkpoints'}: no checkpoint of run {run!r}")
-        state = {"model": self.model.state_dict()}
-        dcp.load(state, checkpoint_id=str(run_dir / "checkpoints" / progress["best"]))
-        self.model.load_state_dict(state["model"])
+        weights = run_dir / self.cfg["served"]["file"]
+        digest = sha256_file(weights) if weights.is_file() else "no such file"
+        if digest != self.cfg["served"]["sha256"]:
+            raise input_error(weights, "sha256", f"{self.cfg['served']['sha256']} (as {cfg_path.name} records)", digest)
+        load_served_state(self.model, load_file(weights))
         self.model.eval()
         self.ads_calibration: SegmentCalibration | None = None
+
+    def set_embeddings(self, emb: PublishedEmbeddings) -> None:
+        """Serve with ``emb`` from now on: the version the run was trained on, or an incremental version of it
+        from the same source (the A/B simulator's daily publishes); other vectors are refused in one line."""
+        if self.cfg["embedding"] is None:
+            raise input_error(emb.directory, "embeddings", f"none: run {self.cfg['run']!r} is IDs only", emb.ref)
+        check_same_space(self.cfg["embedding"], emb, self.workdir)
+        self.content = content_of(emb, seed=self.cfg["seed"], shuffled=self.cfg["shuffle_embeddings"])
 
     @torch.no_grad()
     def score(self, user_ids, surface: str, candidates, day: int, query_pin_ids=None,

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from pydantic import Field, ValidationInfo, field_validator
+from safetensors.torch import save_file
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -40,14 +41,17 @@ from pinlift.core.config import (COMMAND_LINE, add_field_options, dump_settings,
 from pinlift.core.curves import TRAIN_LOSS, Curves
 from pinlift.core.errors import input_error
 from pinlift.core.runs import RunDir, check_name
-from pinworld.files import write_text_atomic
+from pinclip.embeddings import resolve
+from pinworld.files import sha256_file, write_text_atomic
 from pinworld.world import World
 from ranking import distributed
 from ranking.features import Examples, FeatureSource, Vocabs, dense_width, load_content, make_batch
-from ranking.metrics import binary_metrics, slice_masks
-from ranking.model import ModelConfig, build_model, masked_bce
+from ranking.metrics import (BOOTSTRAP, format_ci, rows_digest, save_resamples, slice_masks, slice_metrics,
+                             validation_warning)
+from ranking.model import ModelConfig, build_model, masked_bce, served_state
 
 PROGRESS = "progress.json"   # in a run's checkpoints/: every check, the latest and the best
+SERVED_WEIGHTS = "weights.safetensors"   # in a run's directory: the model the scorer serves
 
 
 def read_progress(run_dir: Path | str) -> dict | None:
@@ -98,12 +102,13 @@ class TrainConfig(ModelConfig):
         return ModelConfig(**self.model_dump(include=set(ModelConfig.model_fields)))
 
     def resolved(self, world: World) -> "TrainConfig":
-        """The settings with the default cutoff and surfaces made explicit; a surface the workspace does not
-        declare is refused."""
+        """The settings with the default cutoff, surfaces and embedding version (LATEST's) made explicit; a
+        surface the workspace does not declare is refused."""
         cutoff = world.cutoff(self.cutoff_day)
         vocab = world.vocabulary
         surfaces = [vocab.surface(s).name for s in self.surfaces] if self.surfaces else list(vocab.names)
-        return self.model_copy(update={"cutoff_day": cutoff, "surfaces": surfaces})
+        embeddings = "@".join(resolve(world.workdir, self.embeddings)) if self.embeddings else None
+        return self.model_copy(update={"cutoff_day": cutoff, "surfaces": surfaces, "embeddings": embeddings})
 
 
 def run_settings(cfg: TrainConfig, world: World) -> dict:
@@ -213,6 +218,19 @@ class Trainer:
         dist.barrier()
         return path
 
+    def write_served(self) -> None:
+        """The model as it now is (the best check), as ``weights.safetensors`` beside ``config.json``, whose
+        ``served`` records the file, its sha256 and the check: what the scorer loads (never the checkpoints,
+        which DCP unpickles and which serve only to resume one's own training)."""
+        state = served_state(self.model, self.env.rank, self.env.device)
+        if self.env.is_main:
+            path, tmp = self.run_dir / SERVED_WEIGHTS, self.run_dir / (SERVED_WEIGHTS + ".tmp")
+            save_file(state, str(tmp))
+            tmp.replace(path)
+            served = {"file": SERVED_WEIGHTS, "sha256": sha256_file(path), "check": self.progress["best"]}
+            write_text_atomic(self.run_dir / "config.json", json.dumps({**self.run_config(), "served": served}, indent=2))
+        dist.barrier()
+
     def _load(self, name: str) -> None:
         self.dense_optimizer.init_state()   # Adam creates its state lazily: make the keys to load into
         state = self._state()
@@ -321,32 +339,47 @@ class Trainer:
             out[rows] = preds
         return out
 
-    def evaluate(self) -> dict:
+    def evaluate(self) -> tuple[dict, np.ndarray, dict]:
+        """The report (per task and slice: rows, positives, users, AUC and its user-bootstrap interval, NE,
+        calibration; a warning on too small validation days), the predictions, and per (task, slice) the
+        resampled AUCs with the digest of the rows they are computed on."""
         preds = self.predict(self.eval_ex)
         ex = self.eval_ex
         seen_ids, seen_counts = np.unique(self.train_ex.pin_id, return_counts=True)
         pos = np.minimum(np.searchsorted(seen_ids, ex.pin_id), len(seen_ids) - 1)
         train_impressions = np.where(seen_ids[pos] == ex.pin_id, seen_counts[pos], 0)
         masks = slice_masks(ex.day, ex.created_day, ex.is_ad, train_impressions)
-        results = {}
+        results, resampled = {}, {}
         for j, (surface, task) in enumerate(self.vocab.tasks):
             on = ~np.isnan(ex.labels[:, j])
             if not on.any():
                 continue
-            results[f"{surface}/{task}"] = {name: binary_metrics(preds[on & m, j], ex.labels[on & m, j])
-                                            for name, m in masks.items()}
+            key = f"{surface}/{task}"
+            results[key] = {}
+            for name, m in masks.items():
+                rows = on & m
+                got = slice_metrics(preds[rows, j], ex.labels[rows, j], ex.user_id[rows])
+                results[key][name] = got[0] if got else None
+                if got:
+                    resampled[key, name] = got[1], rows_digest(ex.user_id[rows], ex.pin_id[rows], ex.day[rows],
+                                                               ex.labels[rows, j])
+        val = self.val_ex
+        val_positives = int(np.nansum(val.labels)) if val is not None else 0
         return {"run": self.run, "embeddings": self.content.ref if self.content else None,
                 "cutoff_day": self.cfg.cutoff_day, "generator_version": self.world.generator_version,
                 "train_examples": len(self.train_ex),
-                "validation_examples": len(self.val_ex) if self.val_ex is not None else 0,
-                "eval_examples": len(ex), "metrics": results}, preds
+                "validation_examples": len(val) if val is not None else 0, "validation_positives": val_positives,
+                "validation_warning": validation_warning(len(val), val_positives) if val is not None else None,
+                "eval_examples": len(ex), "bootstrap": BOOTSTRAP, "metrics": results}, preds, resampled
 
     def run_config(self) -> dict:
         """``config.json``: the run's settings as the scorer reads them (the model's shape under ``model``, the
-        surfaces and tasks under ``vocabulary``)."""
+        surfaces and tasks under ``vocabulary``, the vectors it is trained on under ``embedding``:
+        ``features.embedding_record``); ``write_served`` adds the served weights under ``served``."""
         keys = self.cfg.model_dump(mode="json", exclude=set(ModelConfig.model_fields))
         return {"workdir": self.workdir, "run": self.run, **keys, "model": self.cfg.shape.model_dump(mode="json"),
-                "vocabulary": self.vocab.model_dump(mode="json")}
+                "vocabulary": self.vocab.model_dump(mode="json"),
+                "embedding": self.content.embedding if self.content else None}
 
     def fit(self) -> dict:
         """Train (resuming from the latest check, unless ``restart``), then evaluate the best check."""
@@ -365,7 +398,8 @@ class Trainer:
         seconds = time.time() - start
         if self.progress["best"] != self.progress["latest"]:
             self._load(self.progress["best"])
-        report, preds = self.evaluate()
+        self.write_served()
+        report, preds, resampled = self.evaluate()
         report.update(best_check=self.best_check(), stopped_early=self.progress["stopped"], checks=self.progress["checks"],
                       train_seconds=round(seconds, 2))
         aucs = {f"eval_auc/{task}/{name}": m["auc"] for task, slices in report["metrics"].items()
@@ -373,8 +407,11 @@ class Trainer:
         self.curves.log(self.steps_done(), aucs)
         self.curves.close()
         if self.env.is_main:
+            if report["validation_warning"]:
+                print(report["validation_warning"], file=sys.stderr)
             (self.run_dir / "eval.json").write_text(json.dumps(report, indent=2))
             np.save(self.run_dir / "eval_predictions.npy", preds, allow_pickle=False)
+            save_resamples(self.run_dir, resampled)
         return report
 
 
@@ -383,22 +420,29 @@ def _selection_line(report: dict) -> str:
     if best["validation_loss"] is None:
         return f"  model: the last check, after {best['epochs']:g} epochs (no validation days)"
     how = "stopped early" if report["stopped_early"] else "ran every epoch"
-    return (f"  model: the best check, after {best['epochs']:g} epochs (validation loss {best['validation_loss']:.5f}; "
+    few = "; too few to pick on" if report["validation_warning"] else ""
+    return (f"  model: the best check, after {best['epochs']:g} epochs (validation loss {best['validation_loss']:.5f} "
+            f"on {report['validation_examples']:,} rows, {report['validation_positives']:,} positives{few}; "
             f"{how} at {last['epochs']:g})")
 
 
 def format_report(report: dict) -> str:
-    """The printed evaluation table: AUC / NE / calibration per surface and task, with slices."""
+    """The printed evaluation table per surface and task, with slices: rows, positives, users, AUC and its
+    interval (a bootstrap of users), NE, calibration."""
+    boot = report["bootstrap"]
     lines = [f"ranking run {report['run']}  (embeddings: {report['embeddings']}, cutoff day {report['cutoff_day']}, "
              f"{report['train_examples']:,} train / {report['validation_examples']:,} validation / "
              f"{report['eval_examples']:,} eval examples)",
              _selection_line(report),
-             f"  {'task':<18}{'slice':<24}{'n':>9}{'AUC':>8}{'NE':>8}{'calib':>8}"]
+             f"  AUC interval: {boot['level']:.0%}, {boot['resamples']} resamples of users (Poisson bootstrap)",
+             f"  {'task':<18}{'slice':<24}{'n':>11}{'positives':>11}{'users':>8}{'AUC':>8}  {'interval':<18}"
+             f"{'NE':>8}{'calib':>8}"]
     for task, slices in report["metrics"].items():
         for name, m in slices.items():
             if m is None:
                 continue
-            lines.append(f"  {task:<18}{name:<24}{m['n']:>9,}{m['auc']:>8.4f}{m['ne']:>8.4f}{m['calibration']:>8.3f}")
+            lines.append(f"  {task:<18}{name:<24}{m['n']:>11,}{m['positives']:>11,}{m['users']:>8,}{m['auc']:>8.4f}  "
+                         f"{format_ci(m['auc_ci']):<18}{m['ne']:>8.4f}{m['calibration']:>8.3f}")
     return "\n".join(lines)
 
 

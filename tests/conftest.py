@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pytest
 import yaml
+from scipy.stats import ortho_group
 
 from pinworld.config import preset
 from pinworld.generate import generate_world
@@ -89,3 +92,50 @@ def loop_workdir(tmp_path_factory):
     exp_path.write_text(yaml.safe_dump(exp))
     assert abtest_cli.main(["simulate", str(exp_path), "--workdir", W, "--analyze", "--quiet"]) == 0
     return w
+
+
+TEAM_SURFACES = "surfaces:\n  - {name: discover, kind: feed, tasks: [click]}\n"
+
+
+def write_team_logs(workdir: Path, seed: int = 0, users: int = 120, topics: int = 6, pins: int = 900,
+                    days: int = 36, requests: int = 100, slate: int = 8) -> None:
+    """pins (pin_id, created_day), users (user_id), surfaces.yaml and clicks-only impressions on one surface;
+    and beside them, ``vectors.parquet``: the team's 64-d vectors (topic and quality, noisy, rotated)."""
+    rng = np.random.default_rng(seed)
+    (workdir / "world").mkdir(parents=True)
+    (workdir / "world/surfaces.yaml").write_text(TEAM_SURFACES)
+    created = np.sort(rng.integers(-30, days, pins))
+    topic, quality = rng.integers(0, topics, pins), rng.normal(0, 1, pins)
+    taste = rng.integers(0, topics, users)
+    pl.DataFrame({"pin_id": np.arange(pins), "created_day": created}).write_parquet(workdir / "world/pins.parquet")
+    pl.DataFrame({"user_id": np.arange(users)}).write_parquet(workdir / "world/users.parquet")
+    rows = []
+    for day in range(days):
+        live = np.flatnonzero(created <= day)
+        recent = live[created[live] > day - 28]
+        for r in range(requests):
+            user = int(rng.integers(users))
+            shown = np.concatenate([rng.choice(live, slate // 2, replace=False), rng.choice(recent, slate // 2, replace=False)])
+            logit = -2.0 + 2.0 * (topic[shown] == taste[user]) + 1.0 * quality[shown]
+            rows.append(pl.DataFrame({"request_id": day * requests + r, "day": day, "surface": "discover",
+                                      "user_id": user, "pin_id": shown, "position": np.arange(slate),
+                                      "click": rng.random(slate) < 1 / (1 + np.exp(-logit))}))
+    logs = workdir / "logs/impressions"
+    logs.mkdir(parents=True)
+    pl.concat(rows).write_parquet(logs / "part-0.parquet")
+    signal = np.zeros((pins, 64))
+    signal[np.arange(pins), topic] = 1.0
+    signal[:, topics] = quality
+    vectors = (signal + rng.normal(0, 0.2, (pins, 64))) @ ortho_group.rvs(64, random_state=seed)
+    pl.DataFrame({"pin_id": np.arange(pins), "vector": vectors.astype(np.float32)}).write_parquet(workdir / "vectors.parquet")
+
+
+@pytest.fixture(scope="session")
+def team_workdir(tmp_path_factory) -> Path:
+    """A team's own workspace (``write_team_logs``, seed 0) with its vectors published as ``teamvec@v0001``."""
+    from pinclip.vector_source import publish_vectors
+
+    workdir = tmp_path_factory.mktemp("team")
+    write_team_logs(workdir)
+    publish_vectors(workdir, workdir / "vectors.parquet", "teamvec")
+    return workdir

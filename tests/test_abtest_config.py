@@ -64,7 +64,8 @@ def test_defaults_and_resolution(tmp_path):
 
 @pytest.mark.parametrize("patch, line, field, words", [
     ("days: {start: -1, count: 2}", 8, "days.start", "greater than or equal to 0"),
-    ("days: {start: 3}", 8, "days.count", "expected a value, found nothing"),
+    ("days: {start: 3, count: 0}", 8, "days.count", "greater than or equal to 1"),
+    ("days: {count: 3}", 8, "days.start", "expected a value, found nothing"),
     ("surfaces: [homefeed, search]", 9, "surfaces.1", "'search'"),
     ("metrics: [repins, bogus]", 9, "metrics.1", "unknown metric 'bogus'"),
     ("metrics:\n  - repins\n  - {name: cpc, surfaces: [homefeed]}", 11, "metrics.1",
@@ -178,7 +179,8 @@ def test_the_workspace_must_declare_its_surfaces(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text(BASE.format(workdir=tmp_path / "ws"))
     assert _error(path) == (f"{tmp_path / 'ws' / 'world' / 'surfaces.yaml'}: file: expected the workspace's "
-                            "surfaces (see docs/data.md, Surfaces), found no file")
+                            "surfaces (docs/data.md, Surfaces), or `surfaces:` in the experiment file as {name, kind} "
+                            "entries, found no file")
 
 
 def test_help_lists_every_key_with_type_and_default(capsys):

@@ -7,24 +7,46 @@ import json
 import numpy as np
 import pytest
 
+from pinlift.core.errors import InputError
 from ranking import compare
+from ranking.metrics import load_resamples, save_resamples
 
 
-def _report(auc_all, auc_fresh):
-    m = lambda a: {"auc": a, "n": 100, "ne": 0.9, "calibration": 1.0}  # noqa: E731
-    return {"metrics": {"homefeed/repin": {"all": m(auc_all), "fresh": m(auc_fresh)}}, "cutoff_day": 20,
+def _report(auc_all, auc_fresh, run="run"):
+    m = lambda a: {"auc": a, "n": 100, "positives": 20, "users": 30, "ne": 0.9, "calibration": 1.0}  # noqa: E731
+    return {"run": run, "metrics": {"homefeed/repin": {"all": m(auc_all), "fresh": m(auc_fresh)}}, "cutoff_day": 20,
             "generator_version": "x"}
 
 
-def test_summary_pairs_lifts_by_seed():
-    reports = {"ids": [_report(0.70, 0.60), _report(0.72, 0.62)],
-               "oracle": [_report(0.71, 0.65), _report(0.74, 0.66)]}
-    s = compare.summarize(reports)
+def _resampled(reports, wobble):
+    """Each run's resampled AUCs: its AUC plus ``wobble[arm]`` times the sway of the users drawn in each
+    resample, the same users for every run (evaluated on the same rows)."""
+    sway = np.linspace(-0.02, 0.02, 201)
+    return {r["run"]: {("homefeed/repin", sl): (m["auc"] + wobble[arm] * sway, "100:rows")
+                       for sl, m in r["metrics"]["homefeed/repin"].items()} for arm, runs in reports.items() for r in runs}
+
+
+def test_summary_pairs_lifts_by_seed_and_by_resampled_users():
+    reports = {"ids": [_report(0.70, 0.60, "ids_s0"), _report(0.72, 0.62, "ids_s1")],
+               "oracle": [_report(0.71, 0.65, "oracle_s0"), _report(0.74, 0.66, "oracle_s1")]}
+    resampled = _resampled(reports, {"ids": 1.0, "oracle": 1.5})
+    s = compare.summarize(reports, resampled)
     o = s["homefeed/repin"]["fresh"]["oracle"]
     assert o["lift_mean"] == pytest.approx(0.045) and o["lift_sd"] == pytest.approx(0.00707, abs=1e-4)
-    assert s["homefeed/repin"]["all"]["ids"]["lift_mean"] == 0
+    # the users drawn sway both arms: the paired lift sways 0.5x, though the oracle's AUC sways 1.5x
+    np.testing.assert_allclose(o["lift_ci"], [0.045 - 0.5 * 0.019, 0.045 + 0.5 * 0.019])
+    np.testing.assert_allclose(o["auc_ci"], [0.655 - 1.5 * 0.019, 0.655 + 1.5 * 0.019])
+    assert (o["n"], o["positives"], o["users"]) == (100, 20, 30)
+    assert s["homefeed/repin"]["all"]["ids"]["lift_mean"] == 0 and s["homefeed/repin"]["all"]["ids"]["lift_ci"] == [0, 0]
     table = compare.format_table(s, ["ids", "oracle"])
-    assert "| homefeed/repin | fresh | 100 | 0.6100 ± 0.0141 | 0.6550 (+0.0450 ± 0.0071) |" in table
+    assert ("| homefeed/repin | fresh | 100 | 20 | 30 | 0.6100 ± 0.0141 [0.5910, 0.6290] | "
+            "0.6550 (+0.0450 ± 0.0071 [+0.0355, +0.0545]) |") in table
+    # runs evaluated on other rows are not paired
+    cells = resampled["oracle_s1"]
+    cells["homefeed/repin", "all"] = (cells["homefeed/repin", "all"][0], "99:other")
+    with pytest.raises(InputError, match=r"^ranking runs 'ids_s0' and 'oracle_s1': homefeed/repin all: expected the "
+                                         r"same evaluation rows, to pair them .*found other rows"):
+        compare.summarize(reports, resampled)
 
 
 def test_results_section_is_replaced_not_duplicated(tmp_path):
@@ -52,8 +74,14 @@ def test_compare_runs_arms_on_tiny(tiny_workdir, tmp_path, capsys, monkeypatch):
     ads_cfg = json.loads((tiny_workdir / "ranking/runs/ids_ads_s0/config.json").read_text())
     assert ads_cfg["surfaces"] == ["ads"]
     r = per[("ads/click", "all")]
-    assert r["diff_mean"] == pytest.approx(r["separate"] - r["joint"])
-    assert "skipping arm 'pinclip'" in capsys.readouterr().err
+    assert r["diff_mean"] == pytest.approx(r["separate"] - r["joint"]) and r["diff_ci"][0] < r["diff_ci"][1]
+    # every slice with its rows, positives, users and intervals; the lift's paired on the same users
+    e = out["summary"]["homefeed/repin"]["fresh"]["oracle"]
+    assert e["n"] > e["positives"] > 0 and e["users"] > 0 and e["lift_ci"][0] < e["lift_ci"][1]
+    assert out["bootstrap"]["unit"] == "user"
+    printed = capsys.readouterr()
+    assert "| task | slice | n | positives | users | ids | oracle |" in printed.out
+    assert "skipping 'pinclip': nothing published under 'pinclip' yet" in printed.err
     assert out["summary"]["homefeed/repin"]["all"]["oracle"]["seeds"] == 1
     assert "ranking-compare:begin" in results.read_text()
     # run again, the runs are reused; with other settings they are refused, not silently reused
@@ -71,6 +99,18 @@ def test_compare_runs_arms_on_tiny(tiny_workdir, tmp_path, capsys, monkeypatch):
     (tmp_path / "docs").mkdir()
     assert compare.main(again) == 0
     assert ids_eval.stat().st_mtime_ns == stamp and not (tmp_path / "docs" / "results.md").exists()
+    # two runs evaluated on other rows are refused, not paired
+    oracle = tiny_workdir / "ranking/runs/oracle_s0"
+    kept = load_resamples(oracle)
+    cells = {**kept, ("homefeed/repin", "fresh"): (kept["homefeed/repin", "fresh"][0], "1:0")}
+    save_resamples(oracle, cells)
+    try:
+        assert compare.main(["--workdir", str(tiny_workdir), "--arms", "ids,oracle", "--seeds", "0", "--epochs", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ranking runs 'ids_s0' and 'oracle_s0': homefeed/repin fresh: expected the same "
+                              "evaluation rows") and err.endswith("and 1:0)\n") and err.count("\n") == 1
+    finally:
+        save_resamples(oracle, kept)
     with pytest.raises(SystemExit):
         compare.main(["--workdir", str(tiny_workdir), "--arms", "bogus"])
     with pytest.raises(SystemExit):
@@ -142,7 +182,7 @@ def test_one_registration_adds_an_arm(tmp_path, capsys):
                    for arm, (a, f) in {"ids": (0.70, 0.60), "pinclip": (0.72, 0.66), "captions": (0.71, 0.62)}.items()}
         claims = {c["claim"]: c for c in claim_checks(reports, PINWORLD)}
         np.testing.assert_allclose(claims["homefeed/repin: pinclip beats a caption bag of words on fresh"]["mean"], 0.04)
-        assert compare.ensure_embeddings(str(tmp_path), ["ids", "captions"]) == ["ids"]
-        assert "skipping arm 'captions': nothing published under 'captions'" in capsys.readouterr().err
+        assert compare.ensure_embeddings(str(tmp_path), [ARMS["ids"], ARMS["captions"]]) == [ARMS["ids"]]
+        assert "skipping 'captions': nothing published under 'captions'" in capsys.readouterr().err
     finally:
         del ARMS["captions"]

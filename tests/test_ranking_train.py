@@ -13,6 +13,7 @@ import pytest
 from pinlift.core.vocabulary import PINWORLD
 from ranking import distributed, train
 from ranking.features import dense_width
+from ranking.metrics import interval, load_resamples
 from ranking.model import ModelConfig, build_model
 from ranking.score import Scorer
 
@@ -39,6 +40,14 @@ def test_resume_equals_uninterrupted(tiny_workdir):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     m = straight["metrics"]["ads/click"]["all"]
     assert 0.5 < m["auc"] < 1 and m["n"] == straight["eval_examples"]
+    # each slice with its rows, positives, users and the AUC's interval from resampled users, seeded
+    assert m["auc_ci"][0] < m["auc"] < m["auc_ci"][1] and 0 < m["positives"] < m["n"] and 0 < m["users"] < m["n"]
+    a, b = load_resamples(runs / "straight"), load_resamples(runs / "resumed")
+    assert a.keys() == b.keys() and ("ads/click", "all") in a
+    for k in a:
+        assert a[k][1] == b[k][1]   # the same rows
+        np.testing.assert_allclose(a[k][0], b[k][0], atol=1e-4)
+    np.testing.assert_allclose(interval(a["ads/click", "all"][0]), m["auc_ci"])
     saved = json.loads((runs / "straight" / "config.json").read_text())
     assert saved["surfaces"] == ["ads"] and saved["cutoff_day"] == 26
     # only the latest and the best checks are kept on disk
@@ -46,7 +55,7 @@ def test_resume_equals_uninterrupted(tiny_workdir):
     assert kept == {straight["checks"][-1]["checkpoint"], straight["best_check"]["checkpoint"]}
 
 
-def test_early_stopping_evaluates_the_best_check(tiny_workdir):
+def test_early_stopping_evaluates_the_best_check(tiny_workdir, capsys):
     """Training that overfits stops ``patience`` checks after the best one, and the evaluated (and served)
     model is that best check, not the last."""
     trainer = _trainer(tiny_workdir, "early", epochs=6, patience=1, lr_dense=0.03, lr_sparse=0.5)
@@ -57,6 +66,12 @@ def test_early_stopping_evaluates_the_best_check(tiny_workdir):
     assert report["stopped_early"] and len(losses) - 1 - best == 1 and len(losses) < 6 * 4
     assert trainer.validation_loss() == pytest.approx(losses[best], rel=1e-6)
     assert report["validation_examples"] > 0 and "after" in train.format_report(report)
+    # one validation day of the tiny world's ads: too small to pick a check on, and said so
+    assert report["validation_warning"].startswith("ranking: warning: the validation days hold 216 rows and ")
+    assert capsys.readouterr().err.count(report["validation_warning"] + "\n") == 1
+    printed = train.format_report(report)
+    assert "on 216 rows" in printed and "too few to pick on" in printed
+    assert "ads/click         all" in printed and f"{report['metrics']['ads/click']['all']['auc_ci'][0]:.4f}, " in printed
 
 
 def test_two_process_gloo_run(tiny_workdir, tmp_path):

@@ -50,8 +50,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("pins", "world/pins.parquet", (
         C("pin_id", "int", doc="unique pin id"),
         C("created_day", "int", doc="day the pin was created (negative: before the log window)"),
-        C("image_uri", "string", doc="image location: `images/shard-K.npy#ROW` or a file path relative to `world/` "
-          "(see [Images](#images))"),
+        C("image_uri", "string", True, "image location: `images/shard-K.npy#ROW` or a file path relative to `world/` "
+          "(see [Images](#images)); null for a pin without an image (PinCLIP trains only on pins with one)"),
         C("title", "string", True, "title, null when missing"),
         C("description", "string", True, "description, null when missing"),
         C("caption", "string", True, "synthetic caption from a captioning model (English)"),
@@ -62,8 +62,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         doc="Every pin: static content known when it is created."),
     Table("users", "world/users.parquet", (
         C("user_id", "int", doc="unique user id"),
-        C("signup_day", "int", doc="day the user joined"),
-        C("language", "string", doc="the user's language (ISO 639-1)"),
+        C("signup_day", "int", True, "day the user joined, null when unknown"),
+        C("language", "string", True, "the user's language (ISO 639-1), null when unknown"),
     ), key=("user_id",), doc="Users.", required=False),
     Table("advertisers", "world/advertisers.parquet", (
         C("advertiser_id", "int", doc="unique advertiser id"),
@@ -111,7 +111,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         C("query_pin_id", "int", True, "Related Pins: the query pin; null elsewhere"),
         C("pin_id", "int", doc="pin shown"),
         C("position", "int", doc="0-based slot in the slate"),
-        *(C(a, "bool", doc=ACTION_DOCS[a]) for a in ACTIONS),
+        *(C(a, "bool", doc=ACTION_DOCS[a] + " (a column a declared task needs)", default=False) for a in ACTIONS),
     ), key=("request_id", "position"), foreign_keys={"user_id": "users.user_id", "pin_id": "pins.pin_id",
                                                     "query_pin_id": "pins.pin_id"},
         doc="Organic logs: one row per impression with its labels; Parquet under day=D/surface=S/.",
@@ -125,7 +125,7 @@ EXPERIMENT_TABLES: dict[str, Table] = {t.name: t for t in (
         C("user_id", "int", doc="the randomisation unit (→ `users.user_id`)"),
         C("variant", "string", doc="`control` \\| `treatment`"),
         C("first_exposure_day", "int",
-          doc="day of the user's first request in the experiment; events before it are ignored"),
+          doc="day of the user's first request in the experiment; events before it are excluded and counted"),
     ), key=("user_id",), doc="One row per exposed user."),
     Table("events", "experiments/<name>/events", (
         C("day", "int", doc="day of the request"),
@@ -153,8 +153,8 @@ EMBEDDING_TABLES: dict[str, Table] = {t.name: t for t in (
         C("name", "string", doc="the embedding's name"),
         C("version", "string", doc="`vNNNN`, one more than the last"),
         C("parent", "string", True, "the version an incremental publish extends"),
-        C("source", "mapping", doc="what made it: `kind` (pinclip, oracle, topic, topic_objects, parquet), the run "
-                                   "and generator version, or a vector file's `file` and `sha256`; `pins` (file, "
+        C("source", "mapping", doc="what made it: `kind` (pinclip, oracle, topic, topic_objects, parquet), the run, "
+                                   "its config hash (`config_hash`) and generator version, or a vector file's `file` and `sha256`; `pins` (file, "
                                    "sha256) when new pins were published from a table"),
         C("created", "string", doc="UTC time, ISO 8601"),
         C("dim", "int", doc="64"),

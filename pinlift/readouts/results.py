@@ -113,7 +113,8 @@ def ranking_section(w: Path) -> list[str]:
     return ["## Ranking arms", "", f"AUC on the evaluation days, mean ± sd over seeds {cmp_['seeds']} "
             f"(at most {cmp_['epochs']} epochs, each run's model the check with the lowest loss on a held-out "
             f"validation day; epochs at that check, mean over seeds: {format_best_epochs(cmp_['best_epochs'])}); "
-            "in brackets the lift over IDs-only, paired by seed.", "",
+            "in brackets the lift over IDs-only, paired by seed; in square brackets 95% intervals from a bootstrap "
+            "of users, paired between arms on the same resampled users.", "",
             format_table(cmp_["summary"], cmp_["arms"]), "",
             *(["The cold-start claims (`ranking.claims`): differences paired by seed, mean ± standard error; a "
                "claim holds when the difference is positive on every seed and more than twice its standard "
