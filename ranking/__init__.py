@@ -15,6 +15,9 @@ _WARNINGS = (
     "HeuristicalStorageReservation is known to cause issues",
     # TorchRec's own DistributedDataParallel wrapping passes the deprecated argument, not our code
     "`broadcast_buffers` is deprecated. Use `forward_sync_buffers` instead.",
+    # TorchRec's sharded tables are ShardedTensors in every state dict (checkpoints, served weights): torch's notice
+    # of their deprecation is about TorchRec's storage, not something our code can change
+    "Please use DTensor instead and we are deprecating ShardedTensor.",
 )
 # logging records: logger -> the starts of its known messages
 _RECORDS = {
