@@ -1,4 +1,4 @@
-"""``abtest analyze exp.yaml``: per-variant sufficient statistics in SQL, statistics on top, a report.
+"""``abtest analyze exp.yaml``: per-variant sufficient statistics on DuckDB or Spark, statistics on top, a report.
 
 Per (metric, surface) cell, the tests ``estimators.Estimator`` picks: Welch's t-test on per-user means or
 the delta method for ratio metrics (CTR, CPC), CUPED-adjusted when there is a pre-period covariate
@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
+import ibis
 import numpy as np
 
 from abtest import stats
@@ -23,18 +24,21 @@ from abtest.config import VARIANTS, ExperimentConfig, dump_config
 from pinlift.core.errors import input_error
 from abtest.estimators import CellTest, Estimator
 from abtest.logs import check_covariates, check_logs
-from abtest.metrics import Cell, Sources, cells_of, cross_sum_name, open_readonly, sufficient_stats
+from abtest.engines import as_engine
+from abtest.metrics import Cell, Sources, cells_of, cross_sum_name, open_engine, open_readonly, sufficient_stats
 
 
 def pre_window(cfg: ExperimentConfig, src: Sources, con) -> tuple[int, int] | None:
     """Days [lo, hi) of organic logs used as the CUPED covariate, or None when there is none: `cuped` off,
     a `covariates:` table instead, no pre-period, no organic logs, or no organic activity in those days.
-    ``con``: ``open_readonly(src)``."""
+    ``con``: an engine (``metrics.open_engine``) or an ``open_readonly(src)`` connection."""
     if not cfg.cuped or cfg.covariates is not None or cfg.pre_period_days == 0 or src.impressions is None:
         return None
     window = (cfg.days.start - cfg.pre_period_days, cfg.days.start)
-    rows = con.execute("SELECT COUNT(*) FROM pre_events WHERE day >= ? AND day < ?", list(window)).fetchone()[0]
-    return window if rows else None
+    pre = ibis.table({"day": "int32"}, name="pre_events")
+    days = pre.filter((pre.day >= window[0]) & (pre.day < window[1]))
+    rows = as_engine(con).run(days.aggregate(n=days.count()))
+    return window if rows["n"][0].as_py() else None
 
 
 def _num(x):
@@ -236,18 +240,21 @@ def analyze(cfg: ExperimentConfig, *, write: bool = True) -> dict:
     with open_readonly(src) as con:
         logs = check_logs(con, src.exposures, src.events, experiment=cfg.name, variants=VARIANTS,
                           surfaces=cfg.vocabulary.names, start=cfg.days.start, end=cfg.days.end)
-        lo, hi = con.execute("SELECT MIN(day), MAX(day) FROM events").fetchone()
         if src.covariates is not None:
             covered = check_covariates(con, src.covariates, list(dict.fromkeys(m.name for m in metrics)))
-            pre = {"table": str(src.covariates), "users_with_row": covered, "users": sum(logs.users.values())}
-            window = None
-        else:
-            window = pre_window(cfg, src, con)
-            pre = None if window is None else {"first_day": window[0], "last_day": window[1] - 1,
-                                               "source": str(src.impressions)}
-        # the one pass over the events: every cell's sums and the cross sums of the lift pairs
-        sums = sufficient_stats(con, cells, window, pairs, until=cfg.days.end, distinct=logs.distinct,
-                                covariates=src.covariates is not None)
+        with open_engine(cfg.engine, src, con) as engine:
+            events = ibis.table({"day": "int32"}, name="events")
+            lo, hi = engine.run(events.aggregate(lo=events.day.min(), hi=events.day.max())).to_pylist()[0].values()
+            if src.covariates is not None:
+                pre = {"table": str(src.covariates), "users_with_row": covered, "users": sum(logs.users.values())}
+                window = None
+            else:
+                window = pre_window(cfg, src, engine)
+                pre = None if window is None else {"first_day": window[0], "last_day": window[1] - 1,
+                                                   "source": str(src.impressions)}
+            # the one pass over the events: every cell's sums and the cross sums of the lift pairs
+            sums = sufficient_stats(engine, cells, window, pairs, until=cfg.days.end, distinct=logs.distinct,
+                                    covariates=src.covariates is not None)
     differences = lift_differences(sums, pairs, cfg)
     results = [analyze_cell(c, sums, cfg, pre is not None) for c in cells]
     finite = [j for j, r in enumerate(results) if r["p_value"] is not None]

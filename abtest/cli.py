@@ -8,6 +8,7 @@ import sys
 
 from abtest.analyze import analyze
 from abtest.config import AnnCandidates, Arm, Days, ExperimentConfig, MetricSpec, Traffic, UserSample, load_config
+from abtest.engines import ENGINES
 from abtest.logs import excluded_text
 from abtest.simulate import simulate
 from abtest.validation import render_markdown, run_validation
@@ -28,6 +29,8 @@ def _simulate(a) -> int:
 
 def _analyze(a) -> int:
     cfg = load_config(a.config, workdir=a.workdir)
+    if a.engine is not None:
+        cfg = cfg.model_copy(update={"engine": a.engine})
     result = analyze(cfg)
     srm = result["srm"]
     sig = [r["key"] for r in result["results"] if r["significant"]]
@@ -69,10 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", default=None, help="override the file's workdir")
     s.add_argument("--analyze", action="store_true", help="analyse right after simulating")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=_simulate)
+    s.set_defaults(func=_simulate, engine=None)   # --analyze: on the file's engine
     z = sub.add_parser("analyze", help="analyse an experiment's exposures and events", **EXP_HELP)
     z.add_argument("config", help="experiment YAML")
     z.add_argument("--workdir", default=None, help="override the file's workdir")
+    z.add_argument("--engine", choices=ENGINES, default=None, help="where the metric queries run (default: the "
+                   "file's `engine:`, else duckdb)")
     z.add_argument("--quiet", action="store_true", help="no notes on stderr")
     z.set_defaults(func=_analyze)
     v = sub.add_parser("validate", help="A/A and injected-lift validation study by re-salting the assignment", **EXP_HELP)

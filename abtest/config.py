@@ -19,6 +19,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
                       model_validator)
 from pydantic_core import core_schema
 
+from abtest.engines import ENGINES
 from pinlift.core.errors import InputError, input_error
 from pinlift.core.config import ConfigSource, read_yaml, validation_error
 from pinlift.core.vocabulary import ACTIONS, DECLARATION, EVENTS, Vocabulary, load_vocabulary
@@ -232,6 +233,8 @@ class ExperimentConfig(_Strict):
     power: float = Field(0.8, gt=0, lt=1)
     multiple_testing: Literal["bh", "holm", "bonferroni", "none"] = "bh"
     srm_threshold: float = Field(0.001, gt=0, lt=1)
+    engine: Literal[ENGINES] = Field("duckdb", description="where analyze runs the metric queries: duckdb "  # type: ignore[valid-type]
+                                     "(embedded) or spark (the active or a new SparkSession)")
 
     _source: "ConfigSource | None" = PrivateAttr(None)
     _vocabulary: Vocabulary = PrivateAttr()

@@ -1,4 +1,5 @@
-"""Metrics in SQL on DuckDB: per-user values, and per-variant sufficient statistics.
+"""Metrics as ibis expressions, run on DuckDB or Spark (``engines``): per-user values, and per-variant
+sufficient statistics.
 
 A metric is an aggregate of event rows per user: the number (``count``) or the sum of a column
 (``sum``) of the rows with a given action on a surface, optionally only for some pins (fresh content,
@@ -6,10 +7,10 @@ new ads, ...). A *mean* metric compares per-user values (Welch, CUPED); a *ratio
 Σ numerator / Σ denominator over users (CTR = clicks / impressions, CPC = spend / clicks) with the
 delta method. Each (metric, surface) pair is one test, a *cell*.
 
-SQL safety: the query text is assembled only from this module's fixed fragments, chosen by values
-the config schema has already restricted to closed vocabularies; surfaces, actions and day bounds go
-in as bound parameters; the connection is read-only (``open_readonly``). No user string is ever
-pasted into SQL except file paths of the workspace, quoted.
+Query safety: the queries are ibis expressions (ibis quotes identifiers and literals), built from values
+the config schema has already restricted to closed vocabularies; metric names become identifiers only after
+matching ``METRIC_NAME``. On DuckDB the connection is read-only (``open_readonly``); the raw Parquet tables
+are the workspace's files, their paths quoted.
 """
 
 from __future__ import annotations
@@ -22,25 +23,18 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import duckdb
+import ibis
 import numpy as np
+import pyarrow.parquet as pq
 
-from abtest.logs import (EVENTS_COLUMNS, EXPOSURES_COLUMNS, IMPRESSIONS_COLUMNS, PINS_COLUMNS, check_columns,
-                         events_from, scan)
+from abtest.engines import DuckDB, Spark, as_engine, open_spark
+from abtest.logs import EVENTS_COLUMNS, EXPOSURES_COLUMNS, IMPRESSIONS_COLUMNS, PINS_COLUMNS, check_columns, scan
 from pinlift.core.clock import FRESH_DAYS, NEW_AD_DAYS
 from pinlift.core.vocabulary import ACTIONS, ADS, CLICK, EVENTS, HIDE, IMPRESSION, REPIN, Vocabulary
 
 EVENT_COLUMNS = ("value", "position")
 PIN_FILTERS = ("any", "fresh", "new_ad", "organic", "ad")
 
-_COLUMN_SQL = {"value": "e.value", "position": "CAST(e.position AS DOUBLE)"}
-_PIN_SQL = {
-    "any": "TRUE",
-    "fresh": "(e.day - e.pin_created_day) < ?",
-    "new_ad": "(e.pin_is_ad AND (e.day - e.pin_created_day) < ?)",
-    "organic": "(NOT e.pin_is_ad)",
-    "ad": "e.pin_is_ad",
-}
-_PIN_PARAMS = {"fresh": (FRESH_DAYS,), "new_ad": (NEW_AD_DAYS,)}
 PIN_FILTERS_NEEDING_PINS = ("fresh", "new_ad", "organic", "ad")
 METRIC_NAME = r"^[a-z][a-z0-9_]{0,47}$"   # metric names: labels, and the covariates' column names
 
@@ -54,7 +48,7 @@ class Aggregate:
     pins: str = "any"
 
     def __post_init__(self):
-        # the vocabularies are what make the SQL fragments safe; enforce them here as well
+        # closed vocabularies: enforce them here as well
         if self.action not in EVENTS or self.pins not in PIN_FILTERS or (
                 self.column is not None and self.column not in EVENT_COLUMNS):
             raise ValueError(f"abtest: invalid aggregate {self}")
@@ -129,7 +123,7 @@ def metric_from_spec(vocab: Vocabulary, name: str, surfaces, aggregate: str | No
 
 @dataclass(frozen=True)
 class Cell:
-    """One (metric, surface) pair: one test. Its SQL columns are x{i}, y{i} (ratio), c{i} (covariate)."""
+    """One (metric, surface) pair: one test. Its per-user columns are x{i}, y{i} (ratio), c{i} (covariate)."""
 
     index: int
     metric: Metric
@@ -175,53 +169,78 @@ class Sources:
                    None if covariates is None else Path(covariates))
 
 
-def _create_views(con, src: Sources) -> None:
+RAW = "_parquet"      # the suffix of the raw Parquet tables the views read
+_SCHEMAS = {
+    "exposures": {"experiment": "string", "user_id": "int64", "variant": "string", "first_exposure_day": "int32"},
+    "events": {"day": "int32", "user_id": "int64", "surface": "string", "request_id": "int64", "pin_id": "int64",
+               "position": "int32", "action": "string", "value": "float64"},
+    "pins": {"pin_id": "int64", "created_day": "int32", "is_ad": "boolean"},
+}
+_IMPRESSIONS = {**{c: t for c, t in _SCHEMAS["events"].items() if c not in ("action", "value")},
+                **dict.fromkeys(ACTIONS, "boolean")}
+
+
+def raw_tables(src: Sources) -> dict[str, Path]:
+    """The Parquet tables the views read, by name (``<view>_parquet``)."""
+    paths = {"exposures": src.exposures, "events": src.events, "pins": src.pins, "impressions": src.impressions,
+             "covariates": src.covariates}
+    return {name + RAW: path for name, path in paths.items() if path is not None}
+
+
+def _raw(name: str, path: Path) -> ibis.Table:
+    """The Parquet table ``name`` with the Arrow schema of its (first) file."""
+    path = Path(path)
+    first = path if path.suffix == ".parquet" else min(path.rglob("*.parquet"))
+    return ibis.table(ibis.Schema.from_pyarrow(pq.read_schema(first)), name=name)
+
+
+def _typed(raw: ibis.Table, schema: dict[str, str]) -> ibis.Table:
+    return raw.select(**{c: raw[c].cast(t) for c, t in schema.items()})
+
+
+def views(src: Sources) -> dict[str, ibis.Table]:
+    """The views metrics read, over ``raw_tables``: ``exposures``, ``events``, ``pins`` in their documented
+    types, ``pre_events`` (the organic impressions logs in the events schema: one impression row per slot plus
+    one row per action) and ``covariates``, each where its table is given."""
+    raw = {name[:-len(RAW)]: _raw(name, path) for name, path in raw_tables(src).items()}
+    out = {name: _typed(raw[name], schema) for name, schema in _SCHEMAS.items() if name in raw}
+    if "impressions" in raw:
+        imp = _typed(raw["impressions"], _IMPRESSIONS)
+        slot = [c for c in _IMPRESSIONS if c not in ACTIONS]
+        shown = imp.select(*slot, action=ibis.literal(IMPRESSION), value=ibis.null("float64"))
+        acted = (imp.pivot_longer(list(ACTIONS), names_to="action", values_to="happened").filter(ibis._.happened)
+                 .select(*slot, "action", value=ibis.null("float64")))
+        out["pre_events"] = shown.union(acted)
+    if "covariates" in raw:
+        out["covariates"] = raw["covariates"].mutate(user_id=raw["covariates"].user_id.cast("int64"))
+    return out
+
+
+def _check_columns(con, src: Sources) -> None:
     check_columns(con, src.exposures, "exposures", EXPOSURES_COLUMNS)
     check_columns(con, src.events, "events", EVENTS_COLUMNS)
-    con.execute(f"""CREATE VIEW exposures AS SELECT CAST(experiment AS VARCHAR) AS experiment,
-        CAST(user_id AS BIGINT) AS user_id, CAST(variant AS VARCHAR) AS variant,
-        CAST(first_exposure_day AS INTEGER) AS first_exposure_day FROM {scan(src.exposures)}""")
-    con.execute(f"""CREATE VIEW events AS SELECT CAST(day AS INTEGER) AS day, CAST(user_id AS BIGINT) AS user_id,
-        CAST(surface AS VARCHAR) AS surface, CAST(request_id AS BIGINT) AS request_id,
-        CAST(pin_id AS BIGINT) AS pin_id, CAST(position AS INTEGER) AS position,
-        CAST(action AS VARCHAR) AS action, CAST(value AS DOUBLE) AS value FROM {scan(src.events)}""")
     if src.pins is not None:
         check_columns(con, src.pins, "pins", PINS_COLUMNS)
-        con.execute(f"""CREATE VIEW pins AS SELECT CAST(pin_id AS BIGINT) AS pin_id,
-            CAST(created_day AS INTEGER) AS created_day, CAST(is_ad AS BOOLEAN) AS is_ad FROM {scan(src.pins)}""")
-    else:
-        con.execute("CREATE VIEW pins AS SELECT CAST(NULL AS BIGINT) AS pin_id, CAST(NULL AS INTEGER) AS created_day, "
-                    "CAST(NULL AS BOOLEAN) AS is_ad WHERE FALSE")
     if src.impressions is not None:
         check_columns(con, src.impressions, "impressions", IMPRESSIONS_COLUMNS)
-        # organic logs in the events schema: one impression row per slot plus one row per action
-        actions = ", ".join(ACTIONS)
-        con.execute(f"""CREATE VIEW pre_events AS
-            WITH imp AS (SELECT CAST(day AS INTEGER) AS day, CAST(user_id AS BIGINT) AS user_id,
-                                CAST(surface AS VARCHAR) AS surface, CAST(request_id AS BIGINT) AS request_id,
-                                CAST(pin_id AS BIGINT) AS pin_id, CAST(position AS INTEGER) AS position,
-                                {actions} FROM {scan(src.impressions)})
-            SELECT day, user_id, surface, request_id, pin_id, position, '{IMPRESSION}' AS action,
-                   CAST(NULL AS DOUBLE) AS value FROM imp
-            UNION ALL
-            SELECT day, user_id, surface, request_id, pin_id, position, action, CAST(NULL AS DOUBLE) AS value
-            FROM imp UNPIVOT (happened FOR action IN ({actions})) WHERE happened""")
     if src.covariates is not None:
         check_columns(con, src.covariates, "covariates", {"user_id": "int"})
-        con.execute("CREATE VIEW covariates AS SELECT * REPLACE (CAST(user_id AS BIGINT) AS user_id) "
-                    f"FROM {scan(src.covariates)}")
 
 
 @contextmanager
 def open_readonly(src: Sources) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only DuckDB connection with views ``exposures``, ``events``, ``pins``, (when organic
-    logs exist) ``pre_events`` and (when given) ``covariates``. The views live in a scratch database file, written once and reopened
-    read-only, so no metric query can write anything."""
+    """A read-only DuckDB connection with the ``views`` (``exposures``, ``events``, and ``pins``, ``pre_events``,
+    ``covariates`` where given), their columns checked first. The views live in a scratch database file,
+    written once and reopened read-only, so no metric query can write anything."""
     with tempfile.TemporaryDirectory(prefix="abtest-duckdb-") as tmp:
         db = str(Path(tmp) / "views.duckdb")
         con = duckdb.connect(db)
         try:
-            _create_views(con, src)
+            _check_columns(con, src)
+            for name, path in raw_tables(src).items():
+                con.execute(f"CREATE VIEW {name} AS SELECT * FROM {scan(path)}")
+            for name, expr in views(src).items():
+                con.execute(f"CREATE VIEW {name} AS {ibis.to_sql(expr, dialect='duckdb')}")
         finally:
             con.close()
         con = duckdb.connect(db, read_only=True, config={"threads": 2})
@@ -231,47 +250,52 @@ def open_readonly(src: Sources) -> Iterator[duckdb.DuckDBPyConnection]:
             con.close()
 
 
+@contextmanager
+def open_engine(engine: str, src: Sources, con=None) -> Iterator[DuckDB | Spark]:
+    """The metric queries' engine: ``duckdb`` on ``con`` (``open_readonly(src)``), or ``spark``."""
+    if engine == "duckdb":
+        yield DuckDB(con)
+    else:
+        with open_spark(raw_tables(src), views(src)) as spark:
+            yield spark
+
+
 # ---------------------------------------------------------------------------------------------
-# SQL
+# The metric queries, as ibis expressions over the views
 
 
-class _Sql:
-    """Query text and its positional parameters, assembled left to right."""
-
-    def __init__(self):
-        self.parts: list[str] = []
-        self.params: list = []
-
-    def add(self, text: str, *params) -> "_Sql":
-        self.parts.append(text)
-        self.params.extend(params)
-        return self
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
+_COLUMN = {"value": lambda e: e.value, "position": lambda e: e.position.cast("float64")}
+_PIN = {
+    "any": lambda e: ibis.literal(True),
+    "fresh": lambda e: (e.day - e.pin_created_day) < FRESH_DAYS,
+    "new_ad": lambda e: e.pin_is_ad & ((e.day - e.pin_created_day) < NEW_AD_DAYS),
+    "organic": lambda e: ~e.pin_is_ad,
+    "ad": lambda e: e.pin_is_ad,
+}
 
 
-def _aggregate(q: _Sql, agg: Aggregate, surface: str, alias: str) -> None:
-    value = "1.0" if agg.column is None else _COLUMN_SQL[agg.column]
-    q.add("SUM(CASE WHEN e.surface = ? AND e.action = ? AND ", surface, agg.action)
-    q.add(_PIN_SQL[agg.pins], *_PIN_PARAMS.get(agg.pins, ()))
-    q.add(f" THEN {value} ELSE 0.0 END) AS {alias}")
+def _aggregate(e: ibis.Table, agg: Aggregate, surface: str):
+    value = ibis.literal(1.0) if agg.column is None else _COLUMN[agg.column](e)
+    return ibis.ifelse((e.surface == surface) & (e.action == agg.action) & _PIN[agg.pins](e), value, 0.0).sum()
 
 
-def _select_cells(q: _Sql, cells: list[Cell], covariate: bool) -> None:
-    first = True
+def _cell_sums(e: ibis.Table, cells: list[Cell], covariate: bool) -> dict:
+    """Per cell, the metric (x{i}, y{i}) or, with ``covariate``, the same metric over the pre-period (c, cy)."""
+    num, den = ("c", "cy") if covariate else ("x", "y")
+    out = {}
     for c in cells:
-        # the metric (x, y) or, with ``covariate``, the same metric over the pre-period (c, cy)
-        num, den = ("c", "cy") if covariate else ("x", "y")
-        pairs = [(c.metric.numerator, f"{num}{c.index}")] + (
-            [(c.metric.denominator, f"{den}{c.index}")] if c.metric.kind == "ratio" else [])
-        for agg, alias in pairs:
-            q.add("" if first else ", ")
-            _aggregate(q, agg, c.surface, alias)
-            first = False
-    if first:
-        q.add("0.0 AS no_cells")
+        out[f"{num}{c.index}"] = _aggregate(e, c.metric.numerator, c.surface)
+        if c.metric.kind == "ratio":
+            out[f"{den}{c.index}"] = _aggregate(e, c.metric.denominator, c.surface)
+    return out or {"no_cells": e.count()}
+
+
+def _with_pins(e: ibis.Table, pins: ibis.Table | None) -> ibis.Table:
+    """``e`` with its pin's created_day and is_ad (null without a pins table)."""
+    if pins is None:
+        return e.mutate(pin_created_day=ibis.null("int32"), pin_is_ad=ibis.null("boolean"))
+    joined = e.left_join(pins, e.pin_id == pins.pin_id)
+    return joined.select(*e.columns, pin_created_day=pins.created_day, pin_is_ad=pins.is_ad)
 
 
 def value_columns(cells: list[Cell], covariate: bool) -> list[str]:
@@ -290,64 +314,54 @@ def value_columns(cells: list[Cell], covariate: bool) -> list[str]:
     return cols
 
 
-def _covariate_columns(q: _Sql, cells: list[Cell]) -> None:
-    """c{i} of every cell from the ``covariates`` view's column named after its metric (cy{i} = 1: a ratio's
-    covariate is that per-user value itself)."""
-    for c in cells:
-        if not re.fullmatch(METRIC_NAME, c.metric.name):     # validated by the config; it becomes an identifier
-            raise ValueError(f"abtest: invalid metric name {c.metric.name!r}")
-        q.add(f', CAST(cv."{c.metric.name}" AS DOUBLE) AS c{c.index}')
-
-
-def per_user_query(cells: list[Cell], pre_window: tuple[int, int] | None, *, until: int | None = None,
-                   distinct: bool = False, covariates: bool = False) -> tuple[str, list]:
-    """SQL for one row per exposed user: user_id, variant, first_exposure_day and the value columns.
+def per_user_table(engine, cells: list[Cell], pre_window: tuple[int, int] | None, *, until: int | None = None,
+                   distinct: bool = False, covariates: bool = False) -> ibis.Table:
+    """One row per exposed user, by user_id: user_id, variant, first_exposure_day and the value columns.
 
     Events count from the user's first exposure day on and, with ``until``, before that day; ``distinct``
     reads each distinct event row once (``logs.check_logs`` found exact duplicates). The CUPED covariates
     c{i}: with ``pre_window`` [lo, hi), the same metrics over the organic logs of those days; with
     ``covariates``, the ``covariates`` view's column of each metric (0 for users without a row in either)."""
-    q = _Sql()
-    q.add("WITH ev AS (SELECT e.day, e.user_id, e.surface, e.action, e.value, e.position, "
-          f"p.created_day AS pin_created_day, p.is_ad AS pin_is_ad FROM {events_from(distinct)} e "
-          "JOIN exposures x ON e.user_id = x.user_id AND e.day >= x.first_exposure_day ")
-    if until is not None:
-        q.add("AND e.day < ? ", int(until))
-    q.add("LEFT JOIN pins p ON e.pin_id = p.pin_id), ")
-    q.add("during AS (SELECT e.user_id, ")
-    _select_cells(q, cells, covariate=False)
-    q.add(" FROM ev e GROUP BY e.user_id)")
     if pre_window is not None and covariates:
         raise ValueError("abtest: covariates from the pre-period or from the covariates table, not both")
+    x = ibis.table(_SCHEMAS["exposures"], name="exposures")
+    events = ibis.table(_SCHEMAS["events"], name="events")
+    pins = ibis.table(_SCHEMAS["pins"], name="pins") if "pins" in engine.tables else None
+    events = events.distinct() if distinct else events
+    on = (events.user_id == x.user_id) & (events.day >= x.first_exposure_day)
+    if until is not None:
+        on &= events.day < int(until)
+    ev = _with_pins(events.join(x, on).select(*events.columns), pins)
+    during = ev.group_by("user_id").aggregate(**_cell_sums(ev, cells, covariate=False))
+    pre = None
     if pre_window is not None:
-        q.add(", pre AS (SELECT e.user_id, ")
-        _select_cells(q, cells, covariate=True)
-        q.add(" FROM (SELECT pe.day, pe.user_id, pe.surface, pe.action, pe.value, pe.position, "
-              "p.created_day AS pin_created_day, p.is_ad AS pin_is_ad FROM pre_events pe "
-              "LEFT JOIN pins p ON pe.pin_id = p.pin_id WHERE pe.day >= ? AND pe.day < ?) e "
-              "GROUP BY e.user_id)", int(pre_window[0]), int(pre_window[1]))
+        pe = ibis.table(_SCHEMAS["events"], name="pre_events")
+        pe = _with_pins(pe.filter((pe.day >= int(pre_window[0])) & (pe.day < int(pre_window[1]))), pins)
+        pre = pe.group_by("user_id").aggregate(**_cell_sums(pe, cells, covariate=True))
     if covariates:
-        q.add(", pre AS (SELECT cv.user_id")
-        _covariate_columns(q, cells)
-        q.add(" FROM covariates cv)")
-    cols = value_columns(cells, covariate=pre_window is not None or covariates)
-    select = ", ".join(("1.0" if covariates and c[:2] == "cy" else f"COALESCE({'pr' if c[0] == 'c' else 'd'}.{c}, 0.0)")
-                       + f" AS {c}" for c in cols)
-    q.add(f" SELECT x.user_id, x.variant, x.first_exposure_day, {select} FROM exposures x "
-          "LEFT JOIN during d ON d.user_id = x.user_id")
-    if pre_window is not None or covariates:
-        q.add(" LEFT JOIN pre pr ON pr.user_id = x.user_id")
-    q.add(" ORDER BY x.user_id")
-    return q.text, q.params
+        for c in cells:
+            if not re.fullmatch(METRIC_NAME, c.metric.name):     # validated by the config; it becomes an identifier
+                raise ValueError(f"abtest: invalid metric name {c.metric.name!r}")
+        cv = ibis.table({"user_id": "int64", **{c.metric.name: "float64" for c in cells}}, name="covariates")
+        pre = cv.select("user_id", **{f"c{c.index}": cv[c.metric.name].cast("float64") for c in cells})
+    u = x.left_join(during, x.user_id == during.user_id)
+    if pre is not None:
+        u = u.left_join(pre, x.user_id == pre.user_id)
+    cols = value_columns(cells, covariate=pre is not None)
+    side = {c: (pre if c[0] == "c" else during) for c in cols}
+    return u.select(x.user_id, x.variant, x.first_exposure_day, **{
+        c: ibis.literal(1.0) if covariates and c[:2] == "cy" else side[c][c].coalesce(0.0) for c in cols}
+    ).order_by("user_id")
 
 
 def per_user_values(con, cells: list[Cell], pre_window: tuple[int, int] | None, **scope) -> dict[str, np.ndarray]:
-    """Per-user values as numpy arrays (user_id, variant, first_exposure_day, x*, y*, c*); ``scope``: the
-    keywords of ``per_user_query``."""
-    sql, params = per_user_query(cells, pre_window, **scope)
-    out = con.execute(sql, params).fetchnumpy()
-    return {k: (np.asarray(v) if k == "variant" else np.asarray(v, dtype=np.float64 if k[0] in "xyc" else np.int64))
-            for k, v in out.items()}
+    """Per-user values as numpy arrays (user_id, variant, first_exposure_day, x*, y*, c*), by user_id; ``con``: an
+    engine (``open_engine``) or an ``open_readonly`` connection; ``scope``: the keywords of ``per_user_table``."""
+    engine = as_engine(con)
+    out = engine.run(per_user_table(engine, cells, pre_window, **scope))
+    return {k: (np.asarray(v.to_pylist()) if k == "variant" else
+                v.to_numpy().astype(np.float64 if k[0] in "xyc" else np.int64))
+            for k, v in zip(out.column_names, out.columns)}
 
 
 def cross_sum_name(a: Cell, b: Cell) -> str:
@@ -362,27 +376,30 @@ def sufficient_stats(con, cells: list[Cell], pre_window: tuple[int, int] | None,
     per (a, b) in ``pairs``, Σ x_a·x_b (``cross_sum_name``), for statistics of two cells on the same users.
 
     One pass over the events whatever ``pairs`` holds: the cross sums are extra columns of the same
-    aggregate, so paired statistics never re-run the per-user query. ``scope``: the keywords of
-    ``per_user_query``."""
-    sql, params = per_user_query(cells, pre_window, **scope)
+    aggregate, so paired statistics never re-run the per-user query. ``con``: as for ``per_user_values``;
+    ``scope``: the keywords of ``per_user_table``."""
+    engine = as_engine(con)
+    u = per_user_table(engine, cells, pre_window, **scope)
     covariate = pre_window is not None or scope.get("covariates", False)
     known = set(cells)
-    sums = ["COUNT(*) AS n"]
+    sums = {"n": u.count()}
+
+    def add(name, a, b=None):
+        sums[name] = (u[a] if b is None else u[a] * u[b]).sum()
+
     for c in cells:
         i = c.index
-        sums += [f"SUM(x{i}) AS sx{i}", f"SUM(x{i} * x{i}) AS sxx{i}"]
+        add(f"sx{i}", f"x{i}"), add(f"sxx{i}", f"x{i}", f"x{i}")
         if c.metric.kind == "ratio":
-            sums += [f"SUM(y{i}) AS sy{i}", f"SUM(y{i} * y{i}) AS syy{i}", f"SUM(x{i} * y{i}) AS sxy{i}"]
+            add(f"sy{i}", f"y{i}"), add(f"syy{i}", f"y{i}", f"y{i}"), add(f"sxy{i}", f"x{i}", f"y{i}")
         if covariate:
-            sums += [f"SUM(c{i}) AS sc{i}", f"SUM(c{i} * c{i}) AS scc{i}", f"SUM(x{i} * c{i}) AS sxc{i}"]
+            add(f"sc{i}", f"c{i}"), add(f"scc{i}", f"c{i}", f"c{i}"), add(f"sxc{i}", f"x{i}", f"c{i}")
             if c.metric.kind == "ratio":
-                sums += [f"SUM(cy{i}) AS sd{i}", f"SUM(cy{i} * cy{i}) AS sdd{i}", f"SUM(c{i} * cy{i}) AS scd{i}",
-                         f"SUM(x{i} * cy{i}) AS sxd{i}", f"SUM(y{i} * c{i}) AS syc{i}", f"SUM(y{i} * cy{i}) AS syd{i}"]
+                add(f"sd{i}", f"cy{i}"), add(f"sdd{i}", f"cy{i}", f"cy{i}"), add(f"scd{i}", f"c{i}", f"cy{i}")
+                add(f"sxd{i}", f"x{i}", f"cy{i}"), add(f"syc{i}", f"y{i}", f"c{i}"), add(f"syd{i}", f"y{i}", f"cy{i}")
     for a, b in dict.fromkeys((a, b) for a, b in pairs):
         if a not in known or b not in known:
             raise ValueError(f"abtest: pair ({a.key}, {b.key}) is not among the cells")
-        sums.append(f"SUM(x{int(a.index)} * x{int(b.index)}) AS {cross_sum_name(a, b)}")
-    rows = con.execute(f"WITH u AS ({sql}) SELECT variant, {', '.join(sums)} FROM u GROUP BY variant",
-                       params).fetchall()
-    names = ["variant"] + [s.rsplit(" AS ", 1)[1] for s in sums]
-    return {r[0]: {k: float(v) for k, v in zip(names[1:], r[1:])} for r in rows}
+        add(cross_sum_name(a, b), f"x{int(a.index)}", f"x{int(b.index)}")
+    rows = engine.run(u.group_by("variant").aggregate(**sums)).to_pylist()
+    return {r["variant"]: {k: float(r[k]) for k in sums} for r in rows}

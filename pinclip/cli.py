@@ -13,6 +13,7 @@ from tqdm import tqdm
 from pinclip.settings import EXTENDS, TOWERS, PretrainConfig, TrainConfig, load_recipe, load_train_config
 from pinlift.core.cli import add_debug_flag, add_quiet_flag, run_command
 from pinlift.core.config import add_field_options, fields_help, given_fields
+from pinlift.core.errors import input_error
 from pinlift.core.runs import check_name, removed_on_error
 
 # Each command imports what it runs when it runs: the index commands and publishing an oracle load no torch,
@@ -29,13 +30,19 @@ def _publish(args) -> int:
     for flag, value, source in (("--pins", args.pins, "run"), ("--vectors", args.vectors, "parquet")):
         if value and args.source != source:
             raise ValueError(f"pinclip publish: {flag}: expected --source {source}, found --source {args.source}")
-    if args.source == "run" and not args.run:
+    if args.source == "run" and not args.run and args.commit is None:
         raise ValueError("pinclip publish: --source run: expected --run RUN (a trained run under pinclip/runs/)")
     if args.source == "parquet" and not (args.vectors and args.name):
         raise ValueError("pinclip publish: --source parquet: expected --vectors FILE.parquet and --name NAME")
     if (args.pins or args.source == "parquet") and (args.as_of_day is not None or args.since_day is not None):
         raise ValueError(f"pinclip publish: {'--pins' if args.pins else '--source parquet'}: expected no "
                          "--as-of-day or --since-day")
+    if args.shard and (args.source != "run" or args.pins):
+        raise input_error("pinclip publish", "--shard", "--source run publishing a full version (a catalog worth "
+                          "splitting)", f"--source {args.source}" + (" --pins" if args.pins else ""))
+    if args.commit is not None and args.shard:
+        raise input_error("pinclip publish", "--commit", "no --shard (run once, after every shard)",
+                          f"--shard {args.shard}")
     name = args.name or "pinclip"
     bar = tqdm(desc=f"publish {name}", unit="part", disable=args.quiet)
 
@@ -43,7 +50,20 @@ def _publish(args) -> int:
         bar.total = n
         bar.update(1)
 
-    if args.source == "run" and args.pins:
+    if args.commit is not None:
+        from pinclip.publish import commit_shards
+
+        manifest = commit_shards(args.workdir, name, args.commit or None)
+    elif args.shard:
+        from pinclip.publish import Shard
+        from pinclip.run_source import publish_run
+
+        record = publish_run(args.workdir, args.run, name, as_of_day=args.as_of_day, since_day=args.since_day,
+                             shard=Shard.parse(args.shard), progress=not args.quiet, on_part=on_part)
+        bar.close()
+        print(json.dumps({k: record[k] for k in ("name", "key", "shard", "shards", "rows", "total_rows")}))
+        return 0
+    elif args.source == "run" and args.pins:
         from pinclip.run_source import publish_new_pins
 
         manifest = publish_new_pins(args.workdir, args.run, args.pins, name, progress=not args.quiet, on_part=on_part)
@@ -220,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of-day", type=int, default=None, help="only pins created before this day")
     p.add_argument("--since-day", type=int, default=None,
                    help="incremental: add the pins created since this day that LATEST lacks")
+    p.add_argument("--shard", default=None, metavar="I/N", help="with --source run: embed only share I of N (a "
+                   "contiguous range of the sorted pin ids) and stage it; `env` takes torchrun's $RANK/$WORLD_SIZE. "
+                   "Run every share (any machines sharing the workdir), then --commit")
+    p.add_argument("--commit", nargs="?", const="", default=None, metavar="KEY",
+                   help="publish the version the --shard processes staged, once every share is complete (KEY: the "
+                        "build each shard printed, when several are staged)")
     add_quiet_flag(p)
     p.set_defaults(func=_publish)
     m = sub.add_parser("embed", help="embed image files (and texts) or a table of new pins with a trained run: "

@@ -3,11 +3,14 @@
 A version is written to a hidden temporary directory, fsynced, renamed into place, and only then is
 ``LATEST`` replaced (write-then-rename), so a reader never sees half a version and a publish killed
 midway leaves the previous version and ``LATEST`` as they were. An incremental publish hard-links the
-previous version's parts and adds parts for the new pins only.
+previous version's parts and adds parts for the new pins only. Processes publishing in parallel each stage
+a shard (a contiguous range of the sorted pin ids) under ``.staging/``; one commit checks every shard and
+publishes them as one version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -26,6 +29,7 @@ from pinclip.quantization import (
     MAX_CLAMPED_SHARE, PUBLISHED_DIM, QMAX, QMIN, SCALE, UNIT_NORM_TOLERANCE, clamped, l2_normalize, max_clamped,
     quantization_spec, quantize_unit,
 )
+from pinlift.core.errors import input_error
 from pinworld.files import sha256_file as sha256
 
 PART_ROWS = 131_072
@@ -165,6 +169,61 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _next_version(root: Path) -> str:
+    """The version after the newest complete one under ``root``."""
+    existing = versions(root.parent.parent, root.name)
+    return f"v{int(VERSION_RE.match(existing[-1]).group(1)) + 1 if existing else 1:04d}"
+
+
+def _write_parts(batch: EmbeddingBatch, order: np.ndarray, directory: Path, first: int,
+                 on_part: Callable[[int, int], None] | None) -> list[dict]:
+    """The rows of ``batch`` in ``order`` as fsynced parts ``part-<first + i>.parquet`` of ``PART_ROWS``
+    rows each in ``directory``; returns their manifest entries."""
+    chunks = [order[i:i + PART_ROWS] for i in range(0, len(order), PART_ROWS)] or [order]
+
+    def write_part(i: int) -> dict:
+        rows = chunks[i]
+        fname = f"part-{first + i:05d}.parquet"
+        # statistics on pin_id only: min/max of embedding components help no reader and cost time
+        pq.write_table(_part_table(batch, rows), directory / fname, write_statistics=["pin_id"])
+        _fsync(directory / fname)
+        ids = np.asarray(batch.pin_ids)[rows]
+        return {"file": fname, "rows": int(len(rows)), "sha256": sha256(directory / fname),
+                "min_pin_id": int(ids.min()) if len(ids) else None,
+                "max_pin_id": int(ids.max()) if len(ids) else None, "reused_from": None}
+
+    parts = []
+    # Arrow releases the GIL while encoding and writing: parts are written on every core
+    with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 1)) as pool:
+        for i, part in enumerate(pool.map(write_part, range(len(chunks)))):
+            parts.append(part)
+            if on_part is not None:
+                on_part(i, len(chunks))
+    return parts
+
+
+def _install(root: Path, tmp: Path, manifest: dict) -> None:
+    """Write ``manifest`` into the finished ``tmp``, rename it to its version and move ``LATEST`` to it."""
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    _fsync(tmp / "manifest.json")
+    os.rename(tmp, root / manifest["version"])
+    latest_tmp = root / f".tmp-LATEST-{os.getpid()}"
+    latest_tmp.write_text(manifest["version"] + "\n")
+    _fsync(latest_tmp)
+    os.replace(latest_tmp, root / "LATEST")
+
+
+def _manifest(name: str, version: str, parent: str | None, source: dict, kinds: list[str],
+              as_of_day: int | None, parts: list[dict]) -> dict:
+    return {   # the fields of pinlift.core.schema's manifest, in its order
+        "name": name, "version": version, "parent": parent, "source": source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dim": PUBLISHED_DIM, "dtype": "int8", "kinds": kinds, "l2_normalized": True,
+        "quantization": quantization_spec(), "as_of_day": as_of_day,
+        "rows": int(sum(p["rows"] for p in parts)), "parts": parts,
+    }
+
+
 def publish(workdir: Path | str, name: str, batch: EmbeddingBatch, *, source: dict,
             incremental: bool = False, as_of_day: int | None = None,
             on_part: Callable[[int, int], None] | None = None) -> dict:
@@ -178,9 +237,7 @@ def publish(workdir: Path | str, name: str, batch: EmbeddingBatch, *, source: di
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    existing = versions(workdir, name)
-    number = int(VERSION_RE.match(existing[-1]).group(1)) + 1 if existing else 1
-    version = f"v{number:04d}"
+    version = _next_version(root)
     parent = latest_version(workdir, name) if incremental else None
     if incremental and parent is None:
         raise PublishError(f"pinclip publish: {root}: --since-day needs a previous version, found none")
@@ -201,44 +258,159 @@ def publish(workdir: Path | str, name: str, batch: EmbeddingBatch, *, source: di
             raise PublishError(f"pinclip publish: incremental batch: expected only pins missing from {parent}, "
                                f"found {len(overlap)} already published, e.g. pin_id {int(overlap[0])}")
         for p in prev["parts"]:
-            src = root / parent / p["file"]
-            try:
-                os.link(src, tmp / p["file"])
-            except OSError:
-                shutil.copy2(src, tmp / p["file"])
+            _link(root / parent / p["file"], tmp / p["file"])
             parts.append({**p, "reused_from": p.get("reused_from") or parent})
-    chunks = [order[i:i + PART_ROWS] for i in range(0, len(order), PART_ROWS)] or [order]
-    first = len(parts)
+    parts += _write_parts(batch, order, tmp, len(parts), on_part)
+    manifest = _manifest(name, version, parent, source, kinds, as_of_day, parts)
+    _install(root, tmp, manifest)
+    return manifest
 
-    def write_part(i: int) -> dict:
-        rows = chunks[i]
-        fname = f"part-{first + i:05d}.parquet"
-        # statistics on pin_id only: min/max of embedding components help no reader and cost time
-        pq.write_table(_part_table(batch, rows), tmp / fname, write_statistics=["pin_id"])
-        _fsync(tmp / fname)
-        ids = np.asarray(batch.pin_ids)[rows]
-        return {"file": fname, "rows": int(len(rows)), "sha256": sha256(tmp / fname),
-                "min_pin_id": int(ids.min()) if len(ids) else None,
-                "max_pin_id": int(ids.max()) if len(ids) else None, "reused_from": None}
 
-    # Arrow releases the GIL while encoding and writing: parts are written on every core
-    with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 1)) as pool:
-        for i, part in enumerate(pool.map(write_part, range(len(chunks)))):
-            parts.append(part)
-            if on_part is not None:
-                on_part(i, len(chunks))
-    manifest = {   # the fields of pinlift.core.schema's manifest, in its order
-        "name": name, "version": version, "parent": parent, "source": source,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "dim": PUBLISHED_DIM, "dtype": "int8", "kinds": kinds, "l2_normalized": True,
-        "quantization": quantization_spec(), "as_of_day": as_of_day,
-        "rows": int(sum(p["rows"] for p in parts)), "parts": parts,
-    }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    _fsync(tmp / "manifest.json")
-    os.rename(tmp, root / version)
-    latest_tmp = root / f".tmp-LATEST-{os.getpid()}"
-    latest_tmp.write_text(version + "\n")
-    _fsync(latest_tmp)
-    os.replace(latest_tmp, root / "LATEST")
+def _link(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` as ``dst`` (a copy across file systems)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+# ---- publishing in parallel: shards staged by independent processes, then one commit ----
+
+STAGING = ".staging"   # embeddings/<name>/.staging/<build key>/shard-<i>-of-<n>/: parts and shard.json
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Share ``index`` of ``count`` of a catalog: a contiguous range of its sorted pin ids."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"i/n"`` with 0 <= i < n, or ``"env"``: ``$RANK/$WORLD_SIZE`` (as torchrun sets them)."""
+        given = f"{os.environ.get('RANK')}/{os.environ.get('WORLD_SIZE')}" if text == "env" else text
+        i, _, n = given.partition("/")
+        if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+            raise input_error("pinclip publish", "--shard", "I/N with 0 <= I < N (e.g. 0/2), or env "
+                              "($RANK/$WORLD_SIZE)", repr(given))
+        return cls(int(i), int(n))
+
+    @property
+    def label(self) -> str:
+        return f"shard-{self.index:05d}-of-{self.count:05d}"
+
+    def rows(self, total: int, align: int = 1) -> slice:
+        """This share of ``total`` sorted rows; boundaries fall on multiples of ``align`` (the embedder's
+        batch size, so every shard embeds exactly the batches a one-process publish does)."""
+        blocks = -(-total // align)
+        lo, hi = (min(total, blocks * k // self.count * align) for k in (self.index, self.index + 1))
+        return slice(lo, hi)
+
+
+def staging_key(source: dict, kinds: list[str], as_of_day: int | None, count: int) -> str:
+    """The build every shard of the same publish stages into: a hash of what it publishes."""
+    what = {"source": source, "kinds": kinds, "as_of_day": as_of_day, "shards": count}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def stage_shard(workdir: Path | str, name: str, batch: EmbeddingBatch, shard: Shard, *, total_rows: int,
+                source: dict, as_of_day: int | None = None,
+                on_part: Callable[[int, int], None] | None = None) -> dict:
+    """Check and write one shard's parts (``batch``: its share of ``total_rows`` pins) into the staging area
+    of the version being built, atomically (a rerun replaces it); returns its record (``shard.json``)."""
+    order = _check(batch)
+    kinds = [k for k in KINDS if k in batch.vectors]
+    key = staging_key(source, kinds, as_of_day, shard.count)
+    build = embeddings_dir(workdir, name) / STAGING / key
+    build.mkdir(parents=True, exist_ok=True)
+    tmp = build / f".tmp-{shard.label}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    parts = _write_parts(batch, order, tmp, 0, on_part)
+    record = {"name": name, "key": key, "shard": shard.index, "shards": shard.count, "total_rows": total_rows,
+              "source": source, "kinds": kinds, "as_of_day": as_of_day,
+              "rows": int(sum(p["rows"] for p in parts)), "parts": parts}
+    (tmp / "shard.json").write_text(json.dumps(record, indent=2))
+    _fsync(tmp / "shard.json")
+    shutil.rmtree(build / shard.label, ignore_errors=True)
+    os.rename(tmp, build / shard.label)
+    return record
+
+
+def _staged_build(root: Path, key: str | None) -> Path:
+    """The build to commit: ``key``, or the only one staged."""
+    builds = sorted(p.name for p in (root / STAGING).glob("*") if p.is_dir()) if (root / STAGING).is_dir() else []
+    if key:
+        if key not in builds:
+            raise input_error(root / STAGING, "--commit", f"a staged build ({', '.join(builds) or 'none staged'})",
+                              repr(key))
+        return root / STAGING / key
+    if len(builds) != 1:
+        raise input_error(root / STAGING, "--commit", "one build staged by `pinclip publish --shard I/N` "
+                          "(else --commit KEY)", ", ".join(builds) or "none")
+    return root / STAGING / builds[0]
+
+
+def _complete_shards(build: Path) -> list[dict]:
+    """Every shard's record, in order, each part present with its rows and sha256; else one line naming
+    the first shard or part that is missing, half-written or different."""
+    records = [json.loads(p.read_text()) for p in sorted(build.glob("shard-*/shard.json"))]
+    if not records:
+        raise input_error(build, "shards", "complete shards (shard-I-of-N/shard.json)", "none")
+    first = records[0]
+    by_index = {r["shard"]: r for r in records}
+    for i in range(first["shards"]):
+        label = Shard(i, first["shards"]).label
+        if i not in by_index:
+            writing = any(build.glob(f".tmp-{label}-*"))
+            raise input_error(build / label, f"shard {i}/{first['shards']}", "complete (shard.json written last)",
+                              "half-written" if writing else "missing")
+        r = by_index[i]
+        for field in ("key", "shards", "total_rows", "source", "kinds", "as_of_day"):
+            if r[field] != first[field]:
+                raise input_error(build / label / "shard.json", field, first[field], r[field])
+        for p in r["parts"]:
+            path = build / label / p["file"]
+            if not path.is_file():
+                raise input_error(path, "file", "present", "missing")
+            digest = sha256(path)
+            if digest != p["sha256"]:
+                raise input_error(path, "sha256", p["sha256"], digest)
+            rows = pq.ParquetFile(path).metadata.num_rows
+            if rows != p["rows"]:
+                raise input_error(path, "rows", p["rows"], rows)
+    records = [by_index[i] for i in range(first["shards"])]
+    bounds = [(p["min_pin_id"], p["max_pin_id"]) for r in records for p in r["parts"] if p["rows"]]
+    for (_, hi), (lo, _) in zip(bounds, bounds[1:]):
+        if lo <= hi:
+            raise input_error(build, "pin_id ranges", "disjoint and ascending across shards", f"{lo} after {hi}")
+    rows = sum(r["rows"] for r in records)
+    if rows != first["total_rows"]:
+        raise input_error(build, "rows", f"{first['total_rows']} over all shards", rows)
+    return records
+
+
+def commit_shards(workdir: Path | str, name: str, key: str | None = None) -> dict:
+    """Publish the version staged by every shard of build ``key`` (default: the only one staged) exactly as a
+    one-process publish would (same manifest, parts and ``LATEST``), once every shard is complete; returns
+    its manifest and removes the staging area. Nothing is published when a shard or part is missing."""
+    root = embeddings_dir(workdir, name)
+    build = _staged_build(root, key)
+    records = _complete_shards(build)
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    version = _next_version(root)
+    tmp = root / f".tmp-{version}-{os.getpid()}"
+    tmp.mkdir()
+    parts = []
+    for r in records:
+        for p in (p for p in r["parts"] if p["rows"]):   # a shard with no pins stages one empty part
+            fname = f"part-{len(parts):05d}.parquet"
+            _link(build / Shard(r["shard"], r["shards"]).label / p["file"], tmp / fname)
+            parts.append({**p, "file": fname})
+    first = records[0]
+    manifest = _manifest(name, version, None, first["source"], first["kinds"], first["as_of_day"], parts)
+    _install(root, tmp, manifest)
+    shutil.rmtree(build)
     return manifest

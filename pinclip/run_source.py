@@ -13,8 +13,9 @@ from pinclip.embed import NewPins
 from pinclip.embedder import Embedder, ImageSource, pin_texts
 from pinclip.embeddings import open_embeddings
 from pinclip.loading import load_run
-from pinclip.publish import EmbeddingBatch, PublishError, latest_version, publish
+from pinclip.publish import EmbeddingBatch, PublishError, Shard, latest_version, publish, stage_shard
 from pinclip.quantization import PUBLISHED_DIM
+from pinlift.core.errors import input_error
 from pinlift.core.runs import RunDir
 from pinworld.world import World
 
@@ -50,11 +51,21 @@ class RunEmbedder:
 
 
 def publish_run(workdir: Path | str, run: str, name: str = "pinclip", *, as_of_day: int | None = None,
-                since_day: int | None = None, batch_size: int = 256, progress: bool = True, on_part=None) -> dict:
+                since_day: int | None = None, shard: Shard | None = None, batch_size: int = 256,
+                progress: bool = True, on_part=None) -> dict:
     """Publish the pins created before ``as_of_day`` (all when None); with ``since_day`` an incremental
-    version holding only the pins created since then that LATEST lacks."""
+    version holding only the pins created since then that LATEST lacks. With ``shard`` only its share of
+    the pins is embedded and staged (its record is returned); ``commit_shards`` publishes the version."""
+    if shard is not None and since_day is not None:
+        raise input_error("pinclip publish", "--shard", "a full publish (incremental ones are not sharded)",
+                          f"--since-day {since_day}")
     embedder = RunEmbedder(workdir, run, batch_size=batch_size, progress=progress)
     pins = embedder.world.pins(as_of=as_of_day)
+    if shard is not None:
+        pins = pins.sort("pin_id")
+        share = shard.rows(len(pins), align=batch_size)
+        return stage_shard(workdir, name, embedder.batch(pins[share]), shard, total_rows=len(pins),
+                           source=embedder.source, as_of_day=as_of_day, on_part=on_part)
     if since_day is not None:
         if latest_version(workdir, name) is None:
             raise PublishError(f"pinclip publish: --since-day {since_day}: nothing published under {name!r} yet")

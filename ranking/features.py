@@ -264,6 +264,11 @@ class Vocabs:
         pins = np.concatenate([ex.pin_id, ex.query_pin_id[ex.query_pin_id >= 0], ex.history[0]])
         return cls(Vocab(ex.user_id), Vocab(pins), Vocab(ex.boards[0]), Vocab(ex.advertiser_id[ex.advertiser_id >= 0]))
 
+    def union(self, other: "Vocabs") -> "Vocabs":
+        """The ids either knows: ``fit`` of two parts together is the union of their fits."""
+        return Vocabs(*(Vocab(np.concatenate([getattr(self, k).ids, getattr(other, k).ids]))
+                        for k in ("user", "pin", "board", "advertiser")))
+
     def sizes(self) -> dict[str, int]:
         return {"user": len(self.user), "pin": len(self.pin), "board": len(self.board), "advertiser": len(self.advertiser)}
 

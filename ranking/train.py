@@ -6,7 +6,9 @@ on the validation days a few times per epoch; each check is a checkpoint, traini
 validation loss has not improved for ``patience`` checks, and the best check is the model that is
 evaluated and served (ranking models overfit their ID tables after about one epoch). The same code
 runs in one process (gloo on CPU) or under `torchrun --nproc_per_node=N` (gloo on CPU, NCCL on CUDA),
-with TorchRec's planner sharding the tables.
+with TorchRec's planner sharding the tables. ``--write-shards DIR`` writes the examples as Parquet shards per
+day instead, and ``--shards DIR`` trains on them streamed from disk (``ranking.shards``): the same model
+for the same order, with memory that stays flat as the logs grow.
 
 The settings are one model (``TrainConfig``: the model's shape and the training keys), read from a YAML
 file, ``key=value`` overrides and ``--key`` options. A run (``W/ranking/runs/<run>``) resumes from its
@@ -17,6 +19,7 @@ latest check only with the settings it was started with, except the keys that on
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import sys
@@ -49,9 +52,11 @@ from ranking.features import Examples, FeatureSource, Vocabs, dense_width, load_
 from ranking.metrics import (BOOTSTRAP, format_ci, rows_digest, save_resamples, slice_masks, slice_metrics,
                              validation_warning)
 from ranking.model import ModelConfig, build_model, masked_bce, served_state
+from ranking.shards import Shards, write_shards
 
 PROGRESS = "progress.json"   # in a run's checkpoints/: every check, the latest and the best
 SERVED_WEIGHTS = "weights.safetensors"   # in a run's directory: the model the scorer serves
+SHUFFLE_ROWS = 1 << 20   # training rows a rank streaming shards holds and shuffles at a time (default)
 
 
 def read_progress(run_dir: Path | str) -> dict | None:
@@ -158,9 +163,11 @@ class Trainer:
     """Builds features and the sharded model, trains with checkpoints, evaluates on slices."""
 
     def __init__(self, cfg: TrainConfig, workdir: Path | str = "pinwork", run: str | None = None, *,
-                 restart: bool = False, env: distributed.Env | None = None, prog: str = PROG, quiet: bool = False):
+                 restart: bool = False, env: distributed.Env | None = None, prog: str = PROG, quiet: bool = False,
+                 shards: Path | str | None = None, shuffle_rows: int = SHUFFLE_ROWS):
         """``run`` (default: from the arm and seed) resumes in ``W/ranking/runs/<run>`` when its defining
-        settings match (else InputError), or starts over with ``restart``; ``quiet``: no progress bars or notes."""
+        settings match (else InputError), or starts over with ``restart``; ``quiet``: no progress bars or notes;
+        ``shards``: train on examples streamed from ``ranking.shards``' directory, ``shuffle_rows`` at a time."""
         self.run = check_name(run or default_run_name(cfg), "run name")
         self.env = env or distributed.setup()
         self.workdir = str(workdir)
@@ -173,13 +180,21 @@ class Trainer:
         if not restart:   # refuse before the features are built
             self.run_record.check_resume(run_settings(self.cfg, self.world))
         torch.manual_seed(self.cfg.seed)
-        source = FeatureSource(self.world, self.cfg.max_boards, self.cfg.max_history, self.cfg.coengagement_dim,
-                               self.cfg.coengagement_every)
-        train_imp, val_imp, eval_imp = _impressions(self.world, self.cfg)
-        self.train_ex = source.examples(train_imp)
-        self.val_ex = source.examples(val_imp) if val_imp is not None else None
-        self.eval_ex = source.examples(eval_imp)
-        self.vocabs = Vocabs.fit(self.train_ex)
+        self.shards, self.shuffle_rows = None, shuffle_rows
+        if shards is None:
+            source = FeatureSource(self.world, self.cfg.max_boards, self.cfg.max_history, self.cfg.coengagement_dim,
+                                   self.cfg.coengagement_every)
+            train_imp, val_imp, eval_imp = _impressions(self.world, self.cfg)
+            self.train_ex = source.examples(train_imp)
+            self.val_ex = source.examples(val_imp) if val_imp is not None else None
+            self.eval_ex = source.examples(eval_imp)
+            self.vocabs = Vocabs.fit(self.train_ex)
+            self.train_rows, self.seen_pins = len(self.train_ex), np.unique(self.train_ex.pin_id, return_counts=True)
+        else:   # the training examples stay on disk
+            self.shards, self.train_ex = Shards(shards, self.cfg, self.world), None
+            self.val_ex, self.eval_ex = self.shards.load("validation"), self.shards.load("eval")
+            self.vocabs, self.seen_pins = self.shards.fit()
+            self.train_rows = self.shards.rows("train")
         self.content = load_content(self.workdir, self.cfg.embeddings, seed=self.cfg.seed,
                                     shuffled=self.cfg.shuffle_embeddings, empty=self.cfg.empty_content)
         model = build_model(self.vocabs.sizes(), dense_width(self.vocab, self.content is not None), self.cfg.shape,
@@ -251,7 +266,8 @@ class Trainer:
 
     def steps_done(self, step: int | None = None) -> int:
         """Training batches done by ``step`` of the current epoch (default: where training is)."""
-        per_epoch = -(-len(self.train_ex) // self.cfg.batch_size) // self.env.world_size   # as ``_batches`` deals
+        per_epoch = (self.shards.batches_per_rank(self.cfg.batch_size, self.env) if self.shards is not None
+                     else -(-self.train_rows // self.cfg.batch_size) // self.env.world_size)   # as ``_batches`` deals
         return self.progress["epoch"] * per_epoch + (self.progress["step"] if step is None else step)
 
     def batch(self, ex: Examples, rows: np.ndarray):
@@ -261,16 +277,22 @@ class Trainer:
         """Train the rest of the current epoch, checking on the validation days ``checks_per_epoch``
         times; stops at a check that ends training."""
         epoch = self.progress["epoch"]
-        rng = np.random.default_rng([self.cfg.seed, epoch])
-        batches = _batches(len(self.train_ex), self.cfg.batch_size, self.env, rng)
-        n = len(batches)
+        if self.shards is None:
+            rng = np.random.default_rng([self.cfg.seed, epoch])
+            batches = [(self.train_ex, rows)
+                       for rows in _batches(len(self.train_ex), self.cfg.batch_size, self.env, rng)]
+            n = len(batches)
+        else:
+            n = self.shards.batches_per_rank(self.cfg.batch_size, self.env)
+            batches = self.shards.batches(self.cfg.batch_size, self.env, [self.cfg.seed, epoch], self.shuffle_rows)
+        batches = itertools.islice(batches, self.progress["step"], None)   # resuming: the batches not yet trained
         checks = {max(1, round(n * (k + 1) / self.cfg.checks_per_epoch)) for k in range(self.cfg.checks_per_epoch)}
         losses = []
         bar = tqdm(range(self.progress["step"], n), desc=f"{self.run} epoch {epoch + 1}/{self.cfg.epochs}",
                    unit="batch", initial=self.progress["step"], total=n, disable=self.quiet or not self.env.is_main, file=sys.stderr)
         self.model.train()
-        for i in bar:
-            b = self.batch(self.train_ex, batches[i])
+        for i, (ex, rows) in zip(bar, batches):
+            b = self.batch(ex, rows)
             loss = masked_bce(self.model(b.dense_features, b.sparse_features), b.labels)
             self.optimizer.zero_grad()
             loss.backward()
@@ -345,7 +367,7 @@ class Trainer:
         resampled AUCs with the digest of the rows they are computed on."""
         preds = self.predict(self.eval_ex)
         ex = self.eval_ex
-        seen_ids, seen_counts = np.unique(self.train_ex.pin_id, return_counts=True)
+        seen_ids, seen_counts = self.seen_pins
         pos = np.minimum(np.searchsorted(seen_ids, ex.pin_id), len(seen_ids) - 1)
         train_impressions = np.where(seen_ids[pos] == ex.pin_id, seen_counts[pos], 0)
         masks = slice_masks(ex.day, ex.created_day, ex.is_ad, train_impressions)
@@ -367,7 +389,7 @@ class Trainer:
         val_positives = int(np.nansum(val.labels)) if val is not None else 0
         return {"run": self.run, "embeddings": self.content.ref if self.content else None,
                 "cutoff_day": self.cfg.cutoff_day, "generator_version": self.world.generator_version,
-                "train_examples": len(self.train_ex),
+                "train_examples": self.train_rows,
                 "validation_examples": len(val) if val is not None else 0, "validation_positives": val_positives,
                 "validation_warning": validation_warning(len(val), val_positives) if val is not None else None,
                 "eval_examples": len(ex), "bootstrap": BOOTSTRAP, "metrics": results}, preds, resampled
@@ -482,6 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--restart", action="store_true",
                     help="start the run over (a run resumes only with the settings it was started with, "
                          f"except {', '.join(EXTENDS)})")
+    ap.add_argument("--write-shards", metavar="DIR", default=None,
+                    help="write the settings' examples as Parquet shards per day into DIR (new or empty), then stop")
+    ap.add_argument("--shards", metavar="DIR", default=None,
+                    help="train on the examples of --write-shards DIR, streamed from disk (default: built in memory)")
+    ap.add_argument("--shuffle-rows", type=int, default=SHUFFLE_ROWS,
+                    help=f"with --shards: training rows shuffled together (default {SHUFFLE_ROWS})")
     add_quiet_flag(ap)
     add_debug_flag(ap)
     return ap
@@ -496,7 +524,17 @@ def main(argv=None) -> int:
         surfaces = None if args.surface is None else "null" if args.surface == "all" else f"[{args.surface}]"
         cfg = load_train_config(args, defaults={"embeddings": "pinclip"} if args.with_pinclip else None,
                                 overrides=[f"surfaces={surfaces}"] if surfaces else [])
-        trainer = Trainer(cfg, args.workdir, args.run_name, restart=args.restart, quiet=args.quiet)
+        if args.write_shards is not None:
+            if args.shards is not None:
+                raise input_error(COMMAND_LINE, "--write-shards", "no --shards (write the shards, then train on "
+                                  "them)", f"--shards {args.shards}")
+            world = World(args.workdir)
+            manifest = write_shards(world, cfg.resolved(world), args.write_shards)
+            print(f"ranking: wrote {sum(s['rows'] for split in manifest['splits'].values() for s in split):,} "
+                  f"examples to {args.write_shards}")
+            return 0
+        trainer = Trainer(cfg, args.workdir, args.run_name, restart=args.restart, quiet=args.quiet,
+                          shards=args.shards, shuffle_rows=args.shuffle_rows)
         report = trainer.fit()
         if trainer.env.is_main:
             print(format_report(report))

@@ -15,6 +15,7 @@ import numpy as np
 from pinclip.training.ablations import ABLATIONS, ablation_table, describe_check
 from pinlift.core.cli import add_debug_flag, run_command
 from pinlift.core.schema import ADS_TABLE
+from pinlift.readouts.summary import format_lift
 from pinclip.embeddings import open_embeddings
 from pinclip.embeddings import latest_version
 from pinworld.files import write_text_atomic
@@ -139,7 +140,7 @@ def experiments_table(analyses: list[dict]) -> list[str]:
     for a in analyses:
         res = {r["key"]: r["relative"] for r in a["results"]}
         diffs = {d["key"]: d["difference"] for d in a.get("lift_differences", [])}
-        cells = [f"{res[k]['value']:+.1%}" if k in res else "" for k in SEED_TABLE_KEYS]
+        cells = [format_lift(res[k]["value"]) if k in res else "" for k in SEED_TABLE_KEYS]
         for key in diff_keys:
             d = diffs.get(key)
             cells.append("" if d is None else f"{d['value']:+.1%} [{d['ci_low']:+.1%}, {d['ci_high']:+.1%}]")
@@ -162,7 +163,8 @@ def abtest_section(w: Path) -> list[str]:
             rel, mde = r["relative"], r.get("mde") or {}
             padj = "" if r.get("p_adjusted") is None else f"{r['p_adjusted']:.3g}"
             mde_s = "" if mde.get("relative") is None else f"{mde['relative']:.1%}"
-            out.append(f"| {r['key']} | {rel['value']:+.1%} | [{rel['ci_low']:+.1%}, {rel['ci_high']:+.1%}] | "
+            ci = "" if rel["ci_low"] is None else f"[{format_lift(rel['ci_low'])}, {format_lift(rel['ci_high'])}]"
+            out.append(f"| {r['key']} | {format_lift(rel['value']) if r.get('excluded') is None else r['excluded']} | {ci} | "
                        f"{padj}{' *' if r.get('significant') else ''} | {mde_s} |")
         for d in a.get("lift_differences", []):
             diff = d["difference"]

@@ -73,11 +73,12 @@ def cold_start_lifts(analysis: dict) -> str:
     """The lifts of the cold-start cells (those the analysis compares with their overall cell), with CIs."""
     results = {r["key"]: r["relative"] for r in analysis["results"]}
     cells = [d["key"].split(" - ")[0] for d in analysis.get("lift_differences", [])]
-    return "; ".join(f"{k} {_pct(results[k]['value'])} [{_pct(results[k]['ci_low'])}, {_pct(results[k]['ci_high'])}]"
+    return "; ".join(f"{k} {format_lift(results[k]['value'])} [{format_lift(results[k]['ci_low'])}, {format_lift(results[k]['ci_high'])}]"
                      for k in cells if k in results and results[k]["value"] is not None)
 
 
-def _pct(x: float | None) -> str:
+def format_lift(x: float | None) -> str:
+    """A relative lift as +x.x%, or — when there is none."""
     return "—" if x is None else f"{100 * x:+.1f}%"
 
 
