@@ -85,9 +85,11 @@ def validate_workdir(workdir: Path | str, check_images: bool = True) -> list[Pro
         problems += found
         if not found:
             readable[t.name] = files
-            # views cannot take bound parameters: the file list is quoted as SQL string literals
+            # views cannot take bound parameters: the file list is quoted as SQL string literals; the columns are
+            # the files' own, as every stage reads them (a `surface=S` folder name never stands in for a row's value)
             listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-            con.execute(f'CREATE VIEW "{t.name}" AS SELECT * FROM read_parquet([{listed}], union_by_name = true)')
+            con.execute(f'CREATE VIEW "{t.name}" AS SELECT * FROM read_parquet([{listed}], union_by_name = true, '
+                        'hive_partitioning = false)')
     for name in readable:
         t = TABLES[name]
         for c in t.columns:

@@ -228,3 +228,21 @@ def test_the_image_store_never_reads_outside_world(tmp_path, uri):
     (tmp_path / "outside.png").write_bytes(b"")
     with pytest.raises(InputError, match="expected a path inside world/"):
         ImageStore(tmp_path / "world").load([uri])
+
+
+def test_null_image_uri_is_a_pin_without_an_image(user_workdir):
+    def unset(t):
+        uris = t.column("image_uri").to_pylist()
+        uris[:10] = [None] * 10                   # text- or ID-only pins
+        return t.set_column(t.schema.get_field_index("image_uri"), "image_uri", pa.array(uris, pa.string()))
+    _rewrite(user_workdir / "world/pins.parquet", unset)
+    assert validate_workdir(user_workdir) == []
+
+
+def test_surface_column_is_checked_not_the_folder_name(user_workdir, capsys):
+    part = sorted((user_workdir / "logs/impressions").rglob("*.parquet"))[0]
+    assert "surface=" in str(part)                 # a declared surface's folder ...
+    _rewrite(part, lambda t: t.set_column(t.schema.get_field_index("surface"), "surface",
+                                          pa.array(["movielens"] * t.num_rows, pa.string())))
+    line = _only_problem(user_workdir, capsys)     # ... whose rows name another surface
+    assert "column 'surface'" in line and "'movielens'" in line
