@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from itertools import islice
 
 import numpy as np
@@ -335,3 +336,22 @@ def test_neighbor_pair_dataset_and_collate(tiny_world, texts, candidates):
     assert first.height > 0
     expected = (tiny_world.images([int(batch.positive_ids[0])])[0, ..., 2] / 255 - IMAGE_MEAN[2]) / IMAGE_STD[2]
     np.testing.assert_allclose(batch.positive_images[0, 2].numpy(), expected, atol=1e-5)
+
+
+def test_pins_without_an_image_are_one_line(tiny_world, texts, tmp_path):
+    import shutil
+
+    from pinlift.core.errors import InputError
+    from pinclip.data.dataset import CorpusPins
+    from pinworld.world import World
+
+    shutil.copytree(tiny_world.workdir / "world", tmp_path / "world", ignore=shutil.ignore_patterns("images"))
+    pins = pl.read_parquet(tmp_path / "world/pins.parquet")
+    pins.with_columns(image_uri=pl.when(pl.col("pin_id") < 3).then(None).otherwise(pl.col("image_uri"))).write_parquet(
+        tmp_path / "world/pins.parquet")
+    used = texts.filter(pl.col("pin_id") < 50)
+    unset = sorted(set(used["pin_id"].to_list()) & {0, 1, 2})
+    with pytest.raises(InputError, match=rf"world/pins.parquet: image_uri: expected an image for every pin PinCLIP "
+                                         rf"trains on or embeds, found {len(unset)} pins without one, e\.g\. "
+                                         + re.escape(str(unset))):
+        CorpusPins(World(tmp_path), used)

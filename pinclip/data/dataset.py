@@ -24,6 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from pinlift.core.errors import input_error
+from pinlift.core.schema import TABLES
 from pinworld.images import ImageStore
 from pinworld.world import World
 
@@ -96,12 +98,16 @@ class _Images:
     """Image URIs of the pins a dataset reads, and a lazily opened store (memmaps are not pickled)."""
 
     def __init__(self, world: World, pin_ids: np.ndarray, size: int | None):
+        pins = world.table("pins").select("pin_id", "image_uri", known=pl.lit(True))
         uris = (pl.DataFrame({"pin_id": pin_ids}, schema={"pin_id": pl.Int64})
-                .join(world.table("pins").select("pin_id", "image_uri"), on="pin_id", how="left",
-                      maintain_order="left"))
-        missing = uris.filter(pl.col("image_uri").is_null())["pin_id"]
+                .join(pins, on="pin_id", how="left", maintain_order="left"))
+        missing = uris.filter(pl.col("known").is_null())["pin_id"]
         if len(missing):
             raise ValueError(f"pinclip: {len(missing)} pins not in the pins table, e.g. {missing[:5].to_list()}")
+        no_image = uris.filter(pl.col("image_uri").is_null())["pin_id"]
+        if len(no_image):
+            raise input_error(world.workdir / TABLES["pins"].path, "image_uri", "an image for every pin PinCLIP "
+                              "trains on or embeds", f"{len(no_image)} pins without one, e.g. {no_image[:5].to_list()}")
         self.world_dir: Path = world.dir
         self.size = size
         self.uris = uris["image_uri"].to_numpy()
