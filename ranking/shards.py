@@ -147,15 +147,38 @@ class Shards:
     def rows(self, split: str) -> int:
         return sum(n for _, _, n in self.groups(split))
 
-    def read(self, groups: list[tuple[str, int, int]]) -> Examples:
+    def read(self, groups: list[tuple[str, int, int]], first: Examples | None = None) -> Examples:
+        """The examples of ``groups`` (after ``first``, when given), in that order."""
         files: dict[str, pq.ParquetFile] = {}
-        return concat([from_table(files.setdefault(f, pq.ParquetFile(self.dir / f)).read_row_group(i))
-                       for f, i, _ in groups])
+        return concat([first] * (first is not None)
+                      + [from_table(files.setdefault(f, pq.ParquetFile(self.dir / f)).read_row_group(i))
+                         for f, i, _ in groups])
 
     def load(self, split: str) -> Examples | None:
         """A whole split in memory (None if the shards have none)."""
         groups = self.groups(split)
         return self.read(groups) if groups else None
+
+    def keys(self, split: str) -> Examples | None:
+        """A whole split without its features (ids, days and labels; no dense, board or history values): what
+        evaluation reads beside the predictions ``chunks`` give (None if the shards have none)."""
+        groups = self.groups(split)
+        if not groups:
+            return None
+        files: dict[str, pq.ParquetFile] = {}
+        table = pa.concat_tables([files.setdefault(f, pq.ParquetFile(self.dir / f)).read_row_group(
+            i, columns=[*IDS, "labels"]) for f, i, _ in groups])
+        labels = table.column("labels").combine_chunks()
+        n = len(labels)
+        none = (np.zeros(0, np.int64), np.zeros(n + 1, np.int64))
+        return Examples(**{k: table.column(k).to_numpy() for k in IDS}, dense=np.zeros((n, 0), np.float32),
+                        labels=labels.flatten().to_numpy().reshape(n, labels.type.list_size), boards=none,
+                        history=none)
+
+    def chunks(self, split: str) -> Iterator[Examples]:
+        """A split's examples with their features, one row group at a time, in shard order."""
+        for group in self.groups(split):
+            yield self.read([group])
 
     def fit(self) -> tuple[Vocabs, tuple[np.ndarray, np.ndarray]]:
         """``Vocabs.fit`` of the training examples and their pin ids with counts, one row group at a time."""
@@ -175,7 +198,7 @@ class Shards:
 
     def batches(self, batch_size: int, env: Env, seed: list[int],
                 buffer_rows: int) -> Iterator[tuple[Examples, np.ndarray]]:
-        """This rank's training batches of an epoch as (examples, rows): its row groups (every
+        """This rank's training batches of an epoch as (the batch's examples, all their rows): its row groups (every
         ``world_size``-th) in a random order, ``buffer_rows`` at a time, each buffer's rows in shard
         order and then permuted by ``default_rng(seed)``; rows short of a batch carry over to the next
         buffer. One buffer of every row group on one rank gives ``ranking.train``'s in-memory order."""
@@ -187,13 +210,14 @@ class Shards:
         while visit and left:
             take_n = np.searchsorted(np.cumsum([groups[g][2] for g in visit]), buffer_rows) + 1
             chosen, visit = sorted(visit[:take_n]), visit[take_n:]
-            buf = self.read([groups[g] for g in chosen])
-            buf = buf if carry is None else concat([carry, buf])
+            buf = self.read([groups[g] for g in chosen], first=carry)
             order = rng.permutation(len(buf))
             full = len(buf) if not visit else len(buf) - len(buf) % batch_size
             for i in range(0, full, batch_size):
                 if not left:
                     return
-                yield buf, order[i:i + batch_size]
+                rows = order[i:i + batch_size]
+                yield take(buf, rows), np.arange(len(rows))   # the batch alone: no buffer outlives its turn
                 left -= 1
             carry = take(buf, order[full:]) if full < len(buf) else None
+            buf = None   # released before the next buffer is read

@@ -52,7 +52,7 @@ from ranking.features import Examples, FeatureSource, Vocabs, dense_width, load_
 from ranking.metrics import (BOOTSTRAP, format_ci, rows_digest, save_resamples, slice_masks, slice_metrics,
                              validation_warning)
 from ranking.model import ModelConfig, build_model, masked_bce, served_state
-from ranking.shards import Shards, write_shards
+from ranking.shards import Shards, concat, take, write_shards
 
 PROGRESS = "progress.json"   # in a run's checkpoints/: every check, the latest and the best
 SERVED_WEIGHTS = "weights.safetensors"   # in a run's directory: the model the scorer serves
@@ -192,7 +192,8 @@ class Trainer:
             self.train_rows, self.seen_pins = len(self.train_ex), np.unique(self.train_ex.pin_id, return_counts=True)
         else:   # the training examples stay on disk
             self.shards, self.train_ex = Shards(shards, self.cfg, self.world), None
-            self.val_ex, self.eval_ex = self.shards.load("validation"), self.shards.load("eval")
+            # validation and evaluation too: their ids and labels in memory, their features read a row group at a time
+            self.val_ex, self.eval_ex = self.shards.keys("validation"), self.shards.keys("eval")
             self.vocabs, self.seen_pins = self.shards.fit()
             self.train_rows = self.shards.rows("train")
         self.content = load_content(self.workdir, self.cfg.embeddings, seed=self.cfg.seed,
@@ -312,7 +313,7 @@ class Trainer:
         """Binary cross-entropy over every labelled task of the validation examples, as in training."""
         y = self.val_ex.labels
         on = ~np.isnan(y)
-        p = torch.from_numpy(self.predict(self.val_ex)[on].astype(np.float64))
+        p = torch.from_numpy(self.predict_split("validation", self.val_ex)[on].astype(np.float64))
         return float(compute_cross_entropy(torch.from_numpy(y[on].astype(np.float64)), p, torch.ones_like(p),
                                            1e-12).mean())
 
@@ -361,11 +362,28 @@ class Trainer:
             out[rows] = preds
         return out
 
+    def predict_split(self, split: str, ex: Examples) -> np.ndarray:
+        """``predict`` of the validation or evaluation examples ``ex``: in memory, or streamed from the shards a
+        row group at a time (``ex`` then holds only their ids and labels)."""
+        if self.shards is None:
+            return self.predict(ex)
+        step = 4 * self.cfg.batch_size * self.env.world_size   # whole rounds of predict's batches: the same batches
+        out, carry = [], None                                   # as in memory, so bit for bit the same predictions
+        for chunk in self.shards.chunks(split):
+            buf = chunk if carry is None else concat([carry, chunk])
+            whole = len(buf) - len(buf) % step
+            if whole:
+                out.append(self.predict(take(buf, np.arange(whole))))
+            carry = take(buf, np.arange(whole, len(buf))) if whole < len(buf) else None
+        if carry is not None:
+            out.append(self.predict(carry))
+        return np.concatenate(out)
+
     def evaluate(self) -> tuple[dict, np.ndarray, dict]:
         """The report (per task and slice: rows, positives, users, AUC and its user-bootstrap interval, NE,
         calibration; a warning on too small validation days), the predictions, and per (task, slice) the
         resampled AUCs with the digest of the rows they are computed on."""
-        preds = self.predict(self.eval_ex)
+        preds = self.predict_split("eval", self.eval_ex)
         ex = self.eval_ex
         seen_ids, seen_counts = self.seen_pins
         pos = np.minimum(np.searchsorted(seen_ids, ex.pin_id), len(seen_ids) - 1)
