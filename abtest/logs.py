@@ -21,7 +21,7 @@ from typing import Sequence
 import duckdb
 
 from pinlift.core.errors import input_error
-from pinlift.core.schema import EXPERIMENT_TABLES
+from pinlift.core.schema import EXPERIMENT_TABLES, column_kinds
 from pinlift.core.vocabulary import ACTIONS, EVENTS
 
 _TYPE_FAMILIES = {
@@ -33,9 +33,10 @@ _TYPE_FAMILIES = {
 _EVENTS, _EXPOSURES = EXPERIMENT_TABLES["events"], EXPERIMENT_TABLES["exposures"]   # the schemas (core)
 EVENTS_COLUMNS = {c.name: c.kind for c in _EVENTS.columns}
 EXPOSURES_COLUMNS = {c.name: c.kind for c in _EXPOSURES.columns}
-PINS_COLUMNS = {"pin_id": "int", "created_day": "int", "is_ad": "bool"}
-IMPRESSIONS_COLUMNS = {"day": "int", "user_id": "int", "surface": "string", "request_id": "int",
-                       "pin_id": "int", "position": "int", **dict.fromkeys(ACTIONS, "bool")}
+# the columns of the workspace's tables the metrics read, with their kinds from the core schema
+PINS_COLUMNS = {k: column_kinds("pins")[k] for k in ("pin_id", "created_day", "is_ad")}
+IMPRESSIONS_COLUMNS = {k: column_kinds("impressions")[k]
+                       for k in ("day", "user_id", "surface", "request_id", "pin_id", "position", *ACTIONS)}
 NULLABLE = tuple(c.name for t in (_EVENTS, _EXPOSURES) for c in t.columns if c.nullable)
 EVENT_KEY = _EVENTS.key
 

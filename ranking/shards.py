@@ -48,12 +48,17 @@ def to_table(ex: Examples) -> pa.Table:
     return pa.table(cols)
 
 
+def _matrix(table: pa.Table, k: str) -> np.ndarray:
+    """A fixed-size list column as an (n, size) array."""
+    col = table.column(k).combine_chunks()
+    return col.flatten().to_numpy().reshape(len(col), col.type.list_size)
+
+
 def from_table(table: pa.Table) -> Examples:
     """The examples ``to_table`` wrote."""
     cols = {k: table.column(k).to_numpy() for k in IDS}
     for k in ("dense", "labels"):
-        col = table.column(k).combine_chunks()
-        cols[k] = col.flatten().to_numpy().reshape(len(col), col.type.list_size)
+        cols[k] = _matrix(table, k)
     for k in JAGGED:
         col = table.column(k).combine_chunks()
         offsets = col.offsets.to_numpy()
@@ -168,12 +173,10 @@ class Shards:
         files: dict[str, pq.ParquetFile] = {}
         table = pa.concat_tables([files.setdefault(f, pq.ParquetFile(self.dir / f)).read_row_group(
             i, columns=[*IDS, "labels"]) for f, i, _ in groups])
-        labels = table.column("labels").combine_chunks()
-        n = len(labels)
+        n = table.num_rows
         none = (np.zeros(0, np.int64), np.zeros(n + 1, np.int64))
         return Examples(**{k: table.column(k).to_numpy() for k in IDS}, dense=np.zeros((n, 0), np.float32),
-                        labels=labels.flatten().to_numpy().reshape(n, labels.type.list_size), boards=none,
-                        history=none)
+                        labels=_matrix(table, "labels"), boards=none, history=none)
 
     def chunks(self, split: str) -> Iterator[Examples]:
         """A split's examples with their features, one row group at a time, in shard order."""
