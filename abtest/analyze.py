@@ -25,7 +25,7 @@ from pinlift.core.errors import input_error
 from abtest.estimators import CellTest, Estimator
 from abtest.logs import check_covariates, check_logs
 from abtest.engines import as_engine
-from abtest.metrics import Cell, Sources, cells_of, cross_sum_name, open_engine, open_readonly, sufficient_stats
+from abtest.metrics import Cell, Sources, cells_of, cross_sum_name, open_engine, sufficient_stats
 
 
 def pre_window(cfg: ExperimentConfig, src: Sources, con) -> tuple[int, int] | None:
@@ -222,7 +222,8 @@ def _covariates(cfg: ExperimentConfig) -> Path | None:
 
 def analyze(cfg: ExperimentConfig, *, write: bool = True) -> dict:
     """Analyse ``W/experiments/<name>/``; with ``write``, save analysis.json and the reports there. The logs
-    are checked first (``logs.check_logs``): errors raise InputError, exclusions are counted in ``events``."""
+    are checked first (``logs.check_logs``, on the config's engine): errors raise InputError, exclusions are
+    counted in ``events``."""
     exp_dir = cfg.experiment_dir
     if not exp_dir.is_dir():
         raise input_error(exp_dir, "experiment", "a directory with exposures/ and events/ "
@@ -237,24 +238,23 @@ def analyze(cfg: ExperimentConfig, *, write: bool = True) -> dict:
                           f"the pins table (metric {needs_pins[0]!r} needs created_day / is_ad)", "no such file")
     cells = cells_of(metrics)
     pairs = lift_pairs(cells, cfg.surfaces)
-    with open_readonly(src) as con:
-        logs = check_logs(con, src.exposures, src.events, experiment=cfg.name, variants=VARIANTS,
+    with open_engine(cfg.engine, src) as engine:
+        logs = check_logs(engine, src.exposures, src.events, experiment=cfg.name, variants=VARIANTS,
                           surfaces=cfg.vocabulary.names, start=cfg.days.start, end=cfg.days.end)
         if src.covariates is not None:
-            covered = check_covariates(con, src.covariates, list(dict.fromkeys(m.name for m in metrics)))
-        with open_engine(cfg.engine, src, con) as engine:
-            events = ibis.table({"day": "int32"}, name="events")
-            lo, hi = engine.run(events.aggregate(lo=events.day.min(), hi=events.day.max())).to_pylist()[0].values()
-            if src.covariates is not None:
-                pre = {"table": str(src.covariates), "users_with_row": covered, "users": sum(logs.users.values())}
-                window = None
-            else:
-                window = pre_window(cfg, src, engine)
-                pre = None if window is None else {"first_day": window[0], "last_day": window[1] - 1,
-                                                   "source": str(src.impressions)}
-            # the one pass over the events: every cell's sums and the cross sums of the lift pairs
-            sums = sufficient_stats(engine, cells, window, pairs, until=cfg.days.end, distinct=logs.distinct,
-                                    covariates=src.covariates is not None)
+            covered = check_covariates(engine, src.covariates, list(dict.fromkeys(m.name for m in metrics)))
+        events = ibis.table({"day": "int32"}, name="events")
+        lo, hi = engine.run(events.aggregate(lo=events.day.min(), hi=events.day.max())).to_pylist()[0].values()
+        if src.covariates is not None:
+            pre = {"table": str(src.covariates), "users_with_row": covered, "users": sum(logs.users.values())}
+            window = None
+        else:
+            window = pre_window(cfg, src, engine)
+            pre = None if window is None else {"first_day": window[0], "last_day": window[1] - 1,
+                                               "source": str(src.impressions)}
+        # the one pass over the events: every cell's sums and the cross sums of the lift pairs
+        sums = sufficient_stats(engine, cells, window, pairs, until=cfg.days.end, distinct=logs.distinct,
+                                covariates=src.covariates is not None)
     differences = lift_differences(sums, pairs, cfg)
     results = [analyze_cell(c, sums, cfg, pre is not None) for c in cells]
     finite = [j for j, r in enumerate(results) if r["p_value"] is not None]

@@ -10,6 +10,10 @@ column and what was found) or excluded and counted (``Exclusions``, shown by the
   covariates without a column per metric, with nulls or a user twice;
 * excluded and counted: exact duplicate rows (counted once), events after the window, events before the
   user's first exposure (negative days included) and events of users without an exposure.
+
+The checks that read rows are ibis expressions over the views (``metrics.views``), run on the analysis's
+engine (``engines``: DuckDB or Spark), so both give the same errors and counts. The columns and their types
+are checked before any view exists, on each table's Parquet footer (``check_columns``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from pathlib import Path
 from typing import Sequence
 
 import duckdb
+import ibis
 
+from abtest.engines import as_engine
 from pinlift.core.errors import input_error
 from pinlift.core.schema import EXPERIMENT_TABLES, column_kinds
 from pinlift.core.vocabulary import ACTIONS, EVENTS
@@ -37,6 +43,12 @@ EXPOSURES_COLUMNS = {c.name: c.kind for c in _EXPOSURES.columns}
 PINS_COLUMNS = {k: column_kinds("pins")[k] for k in ("pin_id", "created_day", "is_ad")}
 IMPRESSIONS_COLUMNS = {k: column_kinds("impressions")[k]
                        for k in ("day", "user_id", "surface", "request_id", "pin_id", "position", *ACTIONS)}
+# the ibis types of the views ``exposures`` and ``events`` (``metrics.views`` casts the Parquet columns to them)
+LOG_SCHEMAS = {
+    "exposures": {"experiment": "string", "user_id": "int64", "variant": "string", "first_exposure_day": "int32"},
+    "events": {"day": "int32", "user_id": "int64", "surface": "string", "request_id": "int64", "pin_id": "int64",
+               "position": "int32", "action": "string", "value": "float64"},
+}
 NULLABLE = tuple(c.name for t in (_EVENTS, _EXPOSURES) for c in t.columns if c.nullable)
 EVENT_KEY = _EVENTS.key
 
@@ -49,12 +61,14 @@ def scan(path: Path) -> str:
     return f"read_parquet('{quoted}/**/*.parquet', hive_partitioning = false)"
 
 
-def check_columns(con, path: Path, table: str, columns: dict[str, str]) -> None:
-    """Parquet at ``path`` with each of ``columns`` of its kind (int, string, float, bool); extra columns are fine."""
+def check_columns(path: Path, table: str, columns: dict[str, str]) -> None:
+    """Parquet at ``path`` with each of ``columns`` of its kind (int, string, float, bool); extra columns are fine.
+    DuckDB reads the schema from the (first) file's footer, no rows, whichever engine runs the queries."""
     if Path(path).suffix != ".parquet" and (not Path(path).is_dir() or not any(Path(path).rglob("*.parquet"))):
         raise input_error(path, table, "Parquet files", "none" if Path(path).is_dir() else "no such directory")
     try:
-        described = con.execute(f"DESCRIBE SELECT * FROM {scan(path)}").fetchall()
+        with duckdb.connect() as con:
+            described = con.execute(f"DESCRIBE SELECT * FROM {scan(path)}").fetchall()
     except duckdb.Error as exc:
         raise input_error(path, table, "readable Parquet", str(exc).splitlines()[0]) from None
     types = {row[0]: row[1] for row in described}
@@ -112,30 +126,44 @@ def _plural(n: int, what: str) -> str:
     return f"{n:,} {what}{'' if n == 1 else 's'}"
 
 
-def _no_nulls(con, view: str, path: Path, columns) -> None:
-    cols = [c for c in columns if c not in NULLABLE]
-    counts = ", ".join(f'COUNT(*) - COUNT("{c}")' for c in cols)
-    nulls = con.execute(f"SELECT {counts} FROM {view}").fetchone()
-    for c, n in zip(cols, nulls):
-        if n:
-            raise input_error(path, f"column {c!r}", "no nulls", _plural(n, "null row"))
+def _first(engine, expr: ibis.Table) -> dict | None:
+    """The first row of ``expr`` run on ``engine``, or None when it has none."""
+    rows = engine.run(expr).to_pylist()
+    return rows[0] if rows else None
 
 
-def _in(con, view: str, path: Path, column: str, allowed: Sequence[str], expected: str) -> None:
+def _no_nulls(engine, table: ibis.Table, path: Path, columns: Sequence[str]) -> int:
+    """An error for the first of ``columns`` holding nulls; returns how many rows ``table`` has."""
+    # COUNT(*) - COUNT(c), which DuckDB answers from the Parquet statistics without reading the rows
+    found = _first(engine, table.aggregate(rows=table.count(),
+                                           **{f"nulls_{c}": table.count() - table[c].count() for c in columns}))
+    for c in columns:
+        if found[f"nulls_{c}"]:
+            raise input_error(path, f"column {c!r}", "no nulls", _plural(found[f"nulls_{c}"], "null row"))
+    return found["rows"]
+
+
+def _in(engine, table: ibis.Table, path: Path, column: str, allowed: Sequence[str], expected: str) -> None:
     """Every value of ``column`` in ``allowed``; the error lists the others with their row counts."""
-    unknown = con.execute(f"SELECT {column}, COUNT(*) AS n FROM {view} WHERE NOT list_contains(?, {column}) "
-                          f"GROUP BY {column} ORDER BY n DESC, {column} LIMIT 5", [list(allowed)]).fetchall()
-    if unknown:
+    # a filter (which DuckDB evaluates in its Parquet scan) rather than one more count in the null aggregate
+    others = table.filter(~table[column].isin(list(allowed))).group_by(column).aggregate(n=ibis._.count())
+    listed = engine.run(others.order_by([ibis.desc("n"), column]).limit(5)).to_pylist()
+    if listed:
         raise input_error(path, f"column {column!r}", expected,
-                          ", ".join(f"{v!r} ({_plural(n, 'row')})" for v, n in unknown))
+                          ", ".join(f"{r[column]!r} ({_plural(r['n'], 'row')})" for r in listed))
 
 
-def _users(con, path: Path, variants: Sequence[str], min_users: int) -> dict[str, int]:
-    dup = con.execute("SELECT user_id, COUNT(*) FROM exposures GROUP BY user_id HAVING COUNT(*) > 1 "
-                      "ORDER BY user_id LIMIT 1").fetchone()
+def _once_per_user(engine, table: ibis.Table, path: Path) -> None:
+    """One row per ``user_id`` of ``table``."""
+    repeated = table.group_by("user_id").aggregate(n=ibis._.count()).filter(ibis._.n > 1)
+    dup = _first(engine, repeated.order_by("user_id").limit(1))
     if dup:
-        raise input_error(path, "column 'user_id'", "one row per user", f"user {dup[0]} {dup[1]} times")
-    counts = dict(con.execute("SELECT variant, COUNT(*) FROM exposures GROUP BY variant").fetchall())
+        raise input_error(path, "column 'user_id'", "one row per user", f"user {dup['user_id']} {dup['n']} times")
+
+
+def _users(engine, x: ibis.Table, path: Path, variants: Sequence[str], min_users: int) -> dict[str, int]:
+    _once_per_user(engine, x, path)
+    counts = {r["variant"]: r["n"] for r in engine.run(x.group_by("variant").aggregate(n=ibis._.count())).to_pylist()}
     users = {v: int(counts.get(v, 0)) for v in variants}
     for v, n in users.items():
         if n < min_users:
@@ -143,73 +171,76 @@ def _users(con, path: Path, variants: Sequence[str], min_users: int) -> dict[str
     return users
 
 
-def _first_exposures(con, path: Path, start: int, end: int | None) -> None:
-    outside = con.execute("SELECT COUNT(*), MIN(first_exposure_day), MAX(first_exposure_day), MIN(user_id) "
-                          "FROM exposures WHERE first_exposure_day < ? OR first_exposure_day >= ?",
-                          [start, 2**31 - 1 if end is None else end]).fetchone()
-    if outside[0]:
+def _first_exposures(engine, x: ibis.Table, path: Path, start: int, end: int | None) -> None:
+    day = x.first_exposure_day
+    out = x.filter(day < start if end is None else (day < start) | (day >= end))
+    outside = _first(engine, out.aggregate(n=out.count(), first=out.first_exposure_day.min(),
+                                           last=out.first_exposure_day.max(), user=out.user_id.min()))
+    if outside["n"]:
         window = f"days {start}–{end - 1}" if end is not None else f"day {start} or later"
         raise input_error(path, "column 'first_exposure_day'", f"{window} (exp.yaml `days:`)",
-                          f"{_plural(outside[0], 'user')} first exposed on days {outside[1]}–{outside[2]} "
-                          f"(e.g. user {outside[3]})")
+                          f"{_plural(outside['n'], 'user')} first exposed on days {outside['first']}–"
+                          f"{outside['last']} (e.g. user {outside['user']})")
 
 
-def _duplicates(con, path: Path) -> int:
+def _duplicates(engine, events: ibis.Table, path: Path) -> int:
     """Exact duplicate rows; an error when two different rows share a key."""
-    rest = [c for c in EVENTS_COLUMNS if c not in EVENT_KEY]
-    key = ", ".join(EVENT_KEY)
-    # one hash aggregate over the events finds the repeated keys; only their rows are compared
-    rows = con.execute(f"WITH d AS (SELECT {key} FROM events GROUP BY {key} HAVING COUNT(*) > 1) "
-                       f"SELECT {key}, COUNT(*), COUNT(DISTINCT ({', '.join(rest)})), "
-                       f"{', '.join(f'COUNT(DISTINCT {c})' for c in rest)} FROM events JOIN d USING ({key}) "
-                       f"GROUP BY {key} ORDER BY {key}").fetchall()
-    for row in rows:
-        if row[4] > 1:
-            differ = [c for c, n in zip(rest, row[5:]) if n > 1] or ["value"]     # a null against a value
-            raise input_error(path, f"key ({key})", "one row per key (or exact duplicates)",
-                              f"different rows for {tuple(row[:3])}, differing in {', '.join(differ)}")
-    return sum(row[3] - 1 for row in rows)
+    key, rest = list(EVENT_KEY), [c for c in EVENTS_COLUMNS if c not in EVENT_KEY]
+    # one aggregate over the events finds the repeated keys; only their rows are compared
+    repeated = events.group_by(key).aggregate(copies=ibis._.count()).filter(ibis._.copies > 1)
+    rows = events.join(repeated, key).distinct()          # each different row of a repeated key once
+    per_key = rows.group_by(key).aggregate(copies=rows.copies.max(), rows=rows.count(),
+                                           **{c: rows[c].nunique() for c in rest})
+    found = _first(engine, per_key.aggregate(duplicates=(per_key.copies - per_key.rows).sum(),
+                                             conflicts=per_key.count(where=per_key.rows > 1)))
+    if found["conflicts"]:
+        row = _first(engine, per_key.filter(per_key.rows > 1).order_by(key).limit(1))
+        differ = [c for c in rest if row[c] > 1] or ["value"]       # a null beside a value
+        raise input_error(path, f"key ({', '.join(key)})", "one row per key (or exact duplicates)",
+                          f"different rows for {tuple(row[c] for c in key)}, differing in {', '.join(differ)}")
+    return int(found["duplicates"] or 0)       # a sum over no keys is null
 
 
-def events_from(distinct: bool) -> str:
-    """The events every metric reads: each distinct row once when the logs hold exact duplicates."""
-    return "(SELECT DISTINCT * FROM events)" if distinct else "events"
+def _exclusions(engine, events: ibis.Table, x: ibis.Table, end: int | None, duplicates: int) -> Exclusions:
+    """The events no metric counts, by reason; ``events`` read once per distinct row when it holds duplicates."""
+    e = events.distinct() if duplicates else events
+    first = x.select(exposed_user=x.user_id, first_day=x.first_exposure_day)
+    j = e.left_join(first, e.user_id == first.exposed_user)
+    exposed = j.exposed_user.notnull()
+    after = j.day >= end if end is not None else ibis.literal(False)
+    counts = _first(engine, j.aggregate(without=j.count(where=~exposed), late=j.count(where=exposed & after),
+                                        early=j.count(where=exposed & (j.day < j.first_day))))
+    return Exclusions(duplicates, int(counts["late"]), int(counts["early"]), int(counts["without"]))
 
 
-def check_logs(con, exposures: Path, events: Path, *, experiment: str, variants: Sequence[str],
+def check_logs(engine, exposures: Path, events: Path, *, experiment: str, variants: Sequence[str],
                surfaces: Sequence[str], start: int, end: int | None, min_users: int = 2) -> CheckedLogs:
-    """Check the views ``exposures`` and ``events`` of ``con`` (read from those paths) for the experiment
-    ``experiment`` on days [start, end) (end None: open) with the workspace's ``surfaces``; count what is
-    excluded. Raises InputError."""
-    _no_nulls(con, "exposures", exposures, EXPOSURES_COLUMNS)
-    _in(con, "exposures", exposures, "experiment", [experiment], f"{experiment!r} (the experiment's name)")
-    _in(con, "exposures", exposures, "variant", variants, f"one of {', '.join(variants)}")
-    users = _users(con, exposures, variants, min_users)
-    _first_exposures(con, exposures, start, end)
-    rows = int(con.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+    """Check the views ``exposures`` and ``events`` (read from those paths) on ``engine`` (``engines.as_engine``)
+    for the experiment ``experiment`` on days [start, end) (end None: open) with the workspace's ``surfaces``;
+    count what is excluded. Raises InputError."""
+    engine = as_engine(engine)
+    x, e = (ibis.table(LOG_SCHEMAS[name], name=name) for name in ("exposures", "events"))
+    _no_nulls(engine, x, exposures, [c for c in EXPOSURES_COLUMNS if c not in NULLABLE])
+    _in(engine, x, exposures, "experiment", [experiment], f"{experiment!r} (the experiment's name)")
+    _in(engine, x, exposures, "variant", variants, f"one of {', '.join(variants)}")
+    users = _users(engine, x, exposures, variants, min_users)
+    _first_exposures(engine, x, exposures, start, end)
+    rows = _no_nulls(engine, e, events, [c for c in EVENTS_COLUMNS if c not in NULLABLE])
     if rows == 0:
         raise input_error(events, "events", "event rows", "none")
-    _no_nulls(con, "events", events, EVENTS_COLUMNS)
-    _in(con, "events", events, "action", EVENTS, f"one of {', '.join(EVENTS)}")
-    _in(con, "events", events, "surface", surfaces, f"a surface the workspace declares ({', '.join(surfaces)})")
-    duplicates = _duplicates(con, events)
-    after = "e.day >= ?" if end is not None else "FALSE"
-    without, late, early = con.execute(
-        f"SELECT COUNT(*) FILTER (WHERE x.user_id IS NULL), COUNT(*) FILTER (WHERE x.user_id IS NOT NULL AND {after}), "
-        "COUNT(*) FILTER (WHERE x.user_id IS NOT NULL AND e.day < x.first_exposure_day) "
-        f"FROM {events_from(duplicates > 0)} e LEFT JOIN exposures x ON e.user_id = x.user_id",
-        [end] if end is not None else []).fetchone()
-    excluded = Exclusions(duplicates, int(late), int(early), int(without))
+    _in(engine, e, events, "action", EVENTS, f"one of {', '.join(EVENTS)}")
+    _in(engine, e, events, "surface", surfaces, f"a surface the workspace declares ({', '.join(surfaces)})")
+    excluded = _exclusions(engine, e, x, end, _duplicates(engine, e, events))
     return CheckedLogs(users, rows, rows - sum(asdict(excluded).values()), excluded)
 
 
-def check_covariates(con, path: Path, metrics: Sequence[str]) -> int:
-    """The ``covariates`` view: ``user_id`` and a numeric column per metric, no nulls, one row per user.
-    Returns how many exposed users have a row."""
-    check_columns(con, path, "covariates", {"user_id": "int", **dict.fromkeys(metrics, "float")})
-    _no_nulls(con, "covariates", path, ["user_id", *metrics])
-    dup = con.execute("SELECT user_id, COUNT(*) FROM covariates GROUP BY user_id HAVING COUNT(*) > 1 "
-                      "ORDER BY user_id LIMIT 1").fetchone()
-    if dup:
-        raise input_error(path, "column 'user_id'", "one row per user", f"user {dup[0]} {dup[1]} times")
-    return int(con.execute("SELECT COUNT(*) FROM exposures x JOIN covariates c ON c.user_id = x.user_id").fetchone()[0])
+def check_covariates(engine, path: Path, metrics: Sequence[str]) -> int:
+    """The ``covariates`` view on ``engine``: ``user_id`` and a numeric column per metric, no nulls, one row per
+    user. Returns how many exposed users have a row."""
+    engine = as_engine(engine)
+    check_columns(path, "covariates", {"user_id": "int", **dict.fromkeys(metrics, "float")})
+    cv = ibis.table({"user_id": "int64", **dict.fromkeys(metrics, "float64")}, name="covariates")
+    _no_nulls(engine, cv, path, ["user_id", *metrics])
+    _once_per_user(engine, cv, path)
+    x = ibis.table(LOG_SCHEMAS["exposures"], name="exposures")
+    return _first(engine, x.join(cv, "user_id").aggregate(n=ibis._.count()))["n"]

@@ -28,7 +28,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from abtest.engines import DuckDB, Spark, as_engine, open_spark
-from abtest.logs import EVENTS_COLUMNS, EXPOSURES_COLUMNS, IMPRESSIONS_COLUMNS, PINS_COLUMNS, check_columns, scan
+from abtest.logs import (EVENTS_COLUMNS, EXPOSURES_COLUMNS, IMPRESSIONS_COLUMNS, LOG_SCHEMAS, PINS_COLUMNS,
+                         check_columns, scan)
 from pinlift.core.clock import FRESH_DAYS, NEW_AD_DAYS
 from pinlift.core.vocabulary import ACTIONS, ADS, CLICK, EVENTS, HIDE, IMPRESSION, REPIN, Vocabulary
 
@@ -170,12 +171,7 @@ class Sources:
 
 
 RAW = "_parquet"      # the suffix of the raw Parquet tables the views read
-_SCHEMAS = {
-    "exposures": {"experiment": "string", "user_id": "int64", "variant": "string", "first_exposure_day": "int32"},
-    "events": {"day": "int32", "user_id": "int64", "surface": "string", "request_id": "int64", "pin_id": "int64",
-               "position": "int32", "action": "string", "value": "float64"},
-    "pins": {"pin_id": "int64", "created_day": "int32", "is_ad": "boolean"},
-}
+_SCHEMAS = {**LOG_SCHEMAS, "pins": {"pin_id": "int64", "created_day": "int32", "is_ad": "boolean"}}
 _IMPRESSIONS = {**{c: t for c, t in _SCHEMAS["events"].items() if c not in ("action", "value")},
                 **dict.fromkeys(ACTIONS, "boolean")}
 
@@ -216,15 +212,16 @@ def views(src: Sources) -> dict[str, ibis.Table]:
     return out
 
 
-def _check_columns(con, src: Sources) -> None:
-    check_columns(con, src.exposures, "exposures", EXPOSURES_COLUMNS)
-    check_columns(con, src.events, "events", EVENTS_COLUMNS)
+def _check_columns(src: Sources) -> None:
+    """The columns the views read, in their kinds (``logs.check_columns``), before any view is created."""
+    check_columns(src.exposures, "exposures", EXPOSURES_COLUMNS)
+    check_columns(src.events, "events", EVENTS_COLUMNS)
     if src.pins is not None:
-        check_columns(con, src.pins, "pins", PINS_COLUMNS)
+        check_columns(src.pins, "pins", PINS_COLUMNS)
     if src.impressions is not None:
-        check_columns(con, src.impressions, "impressions", IMPRESSIONS_COLUMNS)
+        check_columns(src.impressions, "impressions", IMPRESSIONS_COLUMNS)
     if src.covariates is not None:
-        check_columns(con, src.covariates, "covariates", {"user_id": "int"})
+        check_columns(src.covariates, "covariates", {"user_id": "int"})
 
 
 @contextmanager
@@ -236,7 +233,7 @@ def open_readonly(src: Sources) -> Iterator[duckdb.DuckDBPyConnection]:
         db = str(Path(tmp) / "views.duckdb")
         con = duckdb.connect(db)
         try:
-            _check_columns(con, src)
+            _check_columns(src)
             for name, path in raw_tables(src).items():
                 con.execute(f"CREATE VIEW {name} AS SELECT * FROM {scan(path)}")
             for name, expr in views(src).items():
@@ -252,10 +249,15 @@ def open_readonly(src: Sources) -> Iterator[duckdb.DuckDBPyConnection]:
 
 @contextmanager
 def open_engine(engine: str, src: Sources, con=None) -> Iterator[DuckDB | Spark]:
-    """The metric queries' engine: ``duckdb`` on ``con`` (``open_readonly(src)``), or ``spark``."""
-    if engine == "duckdb":
+    """The engine of the log checks and the metric queries, with the ``views``, their columns checked first:
+    ``duckdb`` on ``con`` (an ``open_readonly(src)`` connection; without one, a new one), or ``spark``."""
+    if engine == "duckdb" and con is not None:
         yield DuckDB(con)
+    elif engine == "duckdb":
+        with open_readonly(src) as own:
+            yield DuckDB(own)
     else:
+        _check_columns(src)
         with open_spark(raw_tables(src), views(src)) as spark:
             yield spark
 

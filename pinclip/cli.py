@@ -186,6 +186,15 @@ def _export_tower(args) -> int:
     return 0
 
 
+def _export_model(args) -> int:
+    from pinclip.loading import export_model
+
+    out = export_model(args.workdir, args.run, args.out)
+    print(json.dumps({"model": str(out), "tokenizer": str(out.with_suffix(".tokenizer.json")),
+                      "how": str(out.with_suffix(".json"))}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pinclip", description="PinCLIP embeddings: publish and candidate generation.")
     add_debug_flag(ap)
@@ -202,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="the .safetensors file to write")
     add_quiet_flag(x)
     x.set_defaults(func=_export_tower)
+    x = sub.add_parser("export-model", help="write a trained PinCLIP run (weights, tokenizer, the losses' scales) as "
+                                            "safetensors (e.g. into pinclip/towers/, for `pretrained=NAME`)")
+    x.add_argument("--workdir", default="pinwork")
+    x.add_argument("--run", required=True, help="the PinCLIP run, under W/pinclip/runs/")
+    x.add_argument("--out", required=True, help="the .safetensors file to write")
+    add_quiet_flag(x)
+    x.set_defaults(func=_export_model)
     e = sub.add_parser("eval", help="Recall@K on the five tasks (a catalog: image->text and image->image by "
                                     "board), held-out pins vs distractors -> eval.json")
     e.add_argument("--workdir", default="pinwork")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import torch
@@ -29,10 +30,11 @@ def read_checkpoint(path: Path | str) -> dict:
 TOWERS_DIR = Path(__file__).resolve().parent / "towers"   # pretrained towers shipped with pinclip
 
 
-def shipped_towers() -> list[str]:
-    """Names of the towers shipped with pinclip (``pinclip/towers/<name>.safetensors``, each beside a
-    ``<name>.json`` saying how it was made)."""
-    return sorted(p.stem for p in TOWERS_DIR.glob("*.safetensors"))
+def shipped_towers(kind: str = "tower") -> list[str]:
+    """Names of the towers (``kind="tower"``) or whole PinCLIP models (``kind="model"``) shipped with pinclip
+    (``pinclip/towers/<name>.safetensors``, each beside a ``<name>.json`` saying how it was made)."""
+    return sorted(p.stem for p in TOWERS_DIR.glob("*.safetensors")
+                  if json.loads(p.with_suffix(".json").read_text()).get("kind", "tower") == kind)
 
 
 def read_shipped_tower(name: str) -> dict:
@@ -52,6 +54,36 @@ def export_tower(workdir: Path | str, run: str, out: Path | str) -> Path:
     made = {"world": {k: world.get(k) for k in ("preset", "seed", "generator_version")}, **report}
     out.with_suffix(".json").write_text(json.dumps(made, indent=2) + "\n")
     return out
+
+
+def export_model(workdir: Path | str, run: str, out: Path | str) -> Path:
+    """Write PinCLIP run ``run`` as a model to start from (``pretrained=NAME``): its weights and the losses'
+    temperatures and biases as half-precision safetensors at ``out``, its tokenizer beside it
+    (``<name>.tokenizer.json``) and how it was made (``<name>.json``: the model config, the recipe, the world)."""
+    run_dir, out = Path(workdir) / "pinclip" / "runs" / run, Path(out)
+    if not (run_dir / "checkpoints" / "LATEST").is_file():
+        raise input_error(run_dir / "checkpoints", "LATEST", "a trained PinCLIP run", "no checkpoint")
+    saved = json.loads((run_dir / "config.json").read_text())
+    latest = (run_dir / "checkpoints" / "LATEST").read_text().strip()
+    state = read_checkpoint(run_dir / "checkpoints" / latest)
+    # the annotation head is left out: its labels are one world's most frequent annotation terms
+    kept = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state["model"].items()
+            if k.startswith(("model.", "loss."))}
+    save_file(kept, out)
+    shutil.copyfile(run_dir / "tokenizer.json", out.with_suffix(".tokenizer.json"))
+    meta = Path(workdir) / "world" / "world.json"
+    world = json.loads(meta.read_text()) if meta.is_file() else {}
+    made = {"kind": "model", "world": {k: world.get(k) for k in ("preset", "seed", "generator_version")},
+            "steps": int(state["step"]), "model": saved["model"], "train": saved["train"]}
+    out.with_suffix(".json").write_text(json.dumps(made, indent=2) + "\n")
+    return out
+
+
+def read_shipped_model(name: str) -> tuple[dict, dict, Path]:
+    """The shipped PinCLIP model ``name``: its state (float32; ``model.``/``loss.`` keys as a training run's
+    checkpoint), how it was made and its tokenizer's path."""
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(TOWERS_DIR / f"{name}.safetensors").items()}
+    return state, json.loads((TOWERS_DIR / f"{name}.json").read_text()), TOWERS_DIR / f"{name}.tokenizer.json"
 
 
 class TruncatedPrefixes(nn.Module):

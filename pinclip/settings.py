@@ -94,6 +94,9 @@ class TrainConfig(Settings):
     pretrained_image: str = Field("", description="a pretrain-image run whose image tower to start from, or a "
                                                    "tower shipped in pinclip/towers/ (image_pinworld)")
     pretrained_text: str = Field("", description="a pretrain-text run whose text tower and tokenizer to start from")
+    pretrained: str = Field("", description="a whole PinCLIP model to start from, shipped in pinclip/towers/ "
+                                            "(pinclip_pinworld): its weights, tokenizer and the losses' scales "
+                                            "(not with pretrained_image, pretrained_text or tokenizer)")
     vocab_size: int = Field(VOCAB_SIZE, ge=1, description="of the tokenizer trained on the corpus")
     tokenizer: str = Field("", description="reuse this tokenizer.json instead of training one (WordPiece "
                                            "training breaks ties differently per run)")
@@ -116,6 +119,22 @@ class TrainConfig(Settings):
 
         if "model" in info.data:   # else the model name itself is refused
             TypeAdapter(PinCLIPConfig).validate_python(merged(load_config(info.data["model"]), v))
+        return v
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained(cls, v: str, info: ValidationInfo) -> str:
+        from pinclip.loading import shipped_towers
+
+        if not v:
+            return v
+        if v not in shipped_towers("model"):
+            raise ValueError(f"expected a PinCLIP model shipped in pinclip/towers/ "
+                             f"({', '.join(shipped_towers('model')) or 'none'}), found {v!r}")
+        given = [k for k in ("pretrained_image", "pretrained_text", "tokenizer") if info.data.get(k)]
+        if given:
+            raise ValueError(f"expected no {given[0]} beside it (the model brings its towers and tokenizer), "
+                             f"found {given[0]}={info.data[given[0]]!r}")
         return v
 
     @field_validator("augment_scale")

@@ -116,6 +116,10 @@ PRESETS: dict[str, WorldConfig] = {
     # the oracle, lifted ranking more on fresh pins than on old ones (docs/pinworld.md, "why cold start")
     "demo": WorldConfig(preset="demo", n_pins=100_000, n_users=12_000, n_advertisers=200, days=60,
                         curated_board_share=1.0, style_annotation_share=0.5, visible_quality_share=0.6),
+    # the quick demo's world: the demo world's content (curated boards, style annotations, visible quality) at a
+    # fifth of its pins, for the PinCLIP model shipped in pinclip/towers/ to be fine-tuned on in minutes
+    "quick": WorldConfig(preset="quick", n_pins=20_000, n_users=5_000, n_advertisers=60, days=60,
+                         curated_board_share=1.0, style_annotation_share=0.5, visible_quality_share=0.6),
     "large": WorldConfig(preset="large", n_pins=1_000_000, n_users=100_000, n_advertisers=1_000, days=90),
 }
 

@@ -3,7 +3,8 @@
 Sparse features (into TorchRec ``EmbeddingBagCollection``s as a ``KeyedJaggedTensor``): user, candidate
 pin, the pin's boards, advertiser, query pin (Related Pins) and the user's recent saves (multi-hot).
 IDs are mapped through vocabularies fit on the training examples; an id never seen in training maps to
-row 0, an explicit unknown row, never to another id's row.
+row 0, an explicit unknown row, never to another id's row. A hashed share of the ids seen in training maps
+there too (``Vocabs.holding_out``), so that the unknown row is trained.
 
 Dense features: position, content age, counts from events strictly before the example's day, the surface
 (one-hot over the surfaces the workspace declares, ``pinlift.core.vocabulary``) and the
@@ -29,6 +30,7 @@ from torchrec.datasets.utils import Batch
 
 from pinclip.embeddings import PublishedEmbeddings, embeddings_dir, open_embeddings
 from pinlift.core.errors import input_error
+from pinlift.core.hashing import uniform_hash
 from pinlift.core.schema import TABLES
 from pinlift.core.vocabulary import CLICK, REPIN, Vocabulary
 from pinworld.world import World
@@ -263,6 +265,18 @@ class Vocabs:
         """Ids seen in the training examples (candidates, query pins, histories, boards)."""
         pins = np.concatenate([ex.pin_id, ex.query_pin_id[ex.query_pin_id >= 0], ex.history[0]])
         return cls(Vocab(ex.user_id), Vocab(pins), Vocab(ex.boards[0]), Vocab(ex.advertiser_id[ex.advertiser_id >= 0]))
+
+    def holding_out(self, share: float) -> "Vocabs":
+        """The vocabularies without a hashed ``share`` of each table's ids: those map to the unknown row in
+        training as in serving, so that row learns what to predict for an id the model has not learned (an id
+        first seen after training lands there too; untrained, that row's output is arbitrary)."""
+        if share <= 0:
+            return self
+        kept = [(v.ids[uniform_hash(v.ids, salt) >= share]) for salt, v in enumerate(self.tables())]
+        return Vocabs(*(Vocab(ids) for ids in kept))
+
+    def tables(self) -> tuple[Vocab, Vocab, Vocab, Vocab]:
+        return self.user, self.pin, self.board, self.advertiser
 
     def union(self, other: "Vocabs") -> "Vocabs":
         """The ids either knows: ``fit`` of two parts together is the union of their fits."""

@@ -27,6 +27,7 @@ from torchrec.metrics.ne import compute_cross_entropy, compute_ne
 
 from pinlift.core.clock import FRESH_DAYS, NEW_AD_DAYS
 from pinlift.core.errors import input_error
+from pinlift.core.hashing import mix64
 
 IMPRESSION_BUCKETS = ((0, 0), (1, 10), (11, 100), (101, None))   # training impressions of the pin
 MIN_SLICE = 50   # fewer examples (or no positives/negatives) -> metrics are not reported
@@ -63,19 +64,12 @@ def slice_metrics(pred: np.ndarray, label: np.ndarray, user_id: np.ndarray) -> t
     return {**m, "users": len(np.unique(user_id)), "auc_ci": interval(resampled)}, resampled
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer: uint64 in, well-mixed uint64 out (wraps around, as intended)."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 def user_weights(user_id: np.ndarray, resamples: range, seed: int = SEED) -> np.ndarray:
     """Poisson(1) weights (len(resamples), len(user_id)): a function of (seed, resample, user id) alone."""
-    salt = _mix(np.array([seed], np.uint64))
-    users = _mix(np.asarray(user_id).astype(np.uint64) ^ salt)
-    b = _mix(np.arange(resamples.start, resamples.stop, dtype=np.uint64) + salt)
-    uniform = (_mix(users[None, :] ^ b[:, None]) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    salt = mix64(np.array([seed], np.uint64))
+    users = mix64(np.asarray(user_id).astype(np.uint64) ^ salt)
+    b = mix64(np.arange(resamples.start, resamples.stop, dtype=np.uint64) + salt)
+    uniform = (mix64(users[None, :] ^ b[:, None]) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
     return np.searchsorted(_POISSON1_CDF, uniform, side="right").astype(np.float32)
 
 
@@ -127,7 +121,7 @@ def rows_digest(*columns: np.ndarray) -> str:
     evaluated on the same rows, whatever their order (the user weights do not depend on it)."""
     h = np.zeros(len(columns[0]), np.uint64)
     for c in columns:
-        h = _mix(h + np.asarray(c, np.float64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+        h = mix64(h + np.asarray(c, np.float64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15))
     return f"{len(h)}:{int(h.sum(dtype=np.uint64)):016x}"
 
 

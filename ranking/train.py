@@ -93,6 +93,9 @@ class TrainConfig(ModelConfig):
     max_history: int = Field(10, gt=0, description="recent engagements per user in the user's features")
     coengagement_dim: int = Field(64, gt=0, description="co-engagement vectors: SVD rank of the user x pin save matrix")
     coengagement_every: int = Field(7, gt=0, description="days between co-engagement snapshots")
+    unknown_id_share: float = Field(0.1, ge=0, lt=1, description="share of each table's ids (by a hash of the id) "
+                                    "trained as unknown, so that the row where ids unseen in training are served "
+                                    "learns what to predict for them (0: that row stays untrained)")
 
     @field_validator("shuffle_embeddings")
     @classmethod
@@ -196,6 +199,7 @@ class Trainer:
             self.val_ex, self.eval_ex = self.shards.keys("validation"), self.shards.keys("eval")
             self.vocabs, self.seen_pins = self.shards.fit()
             self.train_rows = self.shards.rows("train")
+        self.vocabs = self.vocabs.holding_out(self.cfg.unknown_id_share)
         self.content = load_content(self.workdir, self.cfg.embeddings, seed=self.cfg.seed,
                                     shuffled=self.cfg.shuffle_embeddings, empty=self.cfg.empty_content)
         model = build_model(self.vocabs.sizes(), dense_width(self.vocab, self.content is not None), self.cfg.shape,

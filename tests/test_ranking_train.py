@@ -12,10 +12,11 @@ import pytest
 
 from pinlift.core.vocabulary import PINWORLD
 from ranking import distributed, train
-from ranking.features import dense_width
+from ranking.features import Vocabs, dense_width
 from ranking.metrics import interval, load_resamples
 from ranking.model import ModelConfig, build_model
 from ranking.score import Scorer
+from ranking.vocab import Vocab
 
 SMALL = train.TrainConfig(surfaces=["ads"], epochs=2, batch_size=512, embedding_dim=8, dense_hidden=[32],
                           over_hidden=[32], dcn_low_rank=8)
@@ -123,6 +124,27 @@ def test_scorer_scores_slates(tiny_workdir, tiny_world):
     (old / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="'before_coengagement' was trained without the co-engagement features"):
         Scorer(tiny_workdir, "before_coengagement")
+
+
+def test_unknown_row_is_trained(tiny_workdir):
+    """A hashed share of the ids seen in training maps to the unknown row in training and serving alike, so
+    that row, where every id first seen after training is served, is trained like any other."""
+    vocabs = Vocabs(*(Vocab(np.arange(1, 20_001)) for _ in range(4)))
+    held = vocabs.holding_out(0.1)
+    for full, kept in zip(vocabs.tables(), held.tables()):
+        assert 0.09 < 1 - (len(kept) - 1) / (len(full) - 1) < 0.11
+        out = np.setdiff1d(full.ids, kept.ids)
+        assert (kept.rows(out) == 0).all() and (kept.rows(kept.ids) > 0).all()
+    assert not np.array_equal(held.user.ids, held.pin.ids)   # each table its own hash
+    assert vocabs.holding_out(0.0) is vocabs
+    _trainer(tiny_workdir, "unknown_row", epochs=1, surfaces=["homefeed"]).fit()
+    scorer = Scorer(tiny_workdir, "unknown_row")
+    state = scorer.model.state_dict()
+    for table in ("t_pin", "t_user"):
+        w = next(v for k, v in state.items() if k.endswith(f"{table}.weight"))
+        w = w.local_shards()[0].tensor if hasattr(w, "local_shards") else w
+        norms = w.norm(dim=1)
+        assert norms[0] > 0.3 * norms[1:].median(), table   # untrained, it keeps its initial ~1/sqrt(rows) scale
 
 
 def test_cli_bad_input(tiny_workdir, capsys):

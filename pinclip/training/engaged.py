@@ -25,6 +25,7 @@ import polars as pl
 
 from pinlift.core.config import COMMAND_LINE
 from pinlift.core.errors import input_error
+from pinlift.core.hashing import uniform_hash
 from pinlift.core.vocabulary import CLICK, RELATED, REPIN
 from pinworld.world import World
 
@@ -54,15 +55,6 @@ class HeldOutSplit:
                 f"{self.late:,} created on/after the cutoff day {self.cutoff_day}, {why}")
 
 
-def _uniform_hash(pin_ids: np.ndarray, seed: int) -> np.ndarray:
-    """A uniform [0, 1) number per pin id (splitmix64 finaliser of seed and id)."""
-    x = pin_ids.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
 def heldout_split(world: World, cutoff_day: int, *, random_share: float = 0.0, seed: int = 0,
                   split: str = "") -> HeldOutSplit:
     """The held-out pins for a model trained with cutoff ``cutoff_day`` (see the module docstring); with a
@@ -77,7 +69,7 @@ def heldout_split(world: World, cutoff_day: int, *, random_share: float = 0.0, s
         if not len(train):
             raise input_error(split, "split", "rows of the train split to train on", "none")
         return HeldOutSplit(cutoff_day, 0.0, seed, np.sort(ids[late | ~np.isin(ids, train)]), split, int(late.sum()))
-    held = late | (_uniform_hash(ids, seed) < random_share)
+    held = late | (uniform_hash(ids, seed) < random_share)
     return HeldOutSplit(cutoff_day, random_share, seed, np.sort(ids[held]), late=int(late.sum()))
 
 

@@ -40,7 +40,7 @@ from pinclip.data.dataset import (Augment, CorpusPins, ImageTextCollate, ImageTe
                                   NeighborPairDataset, neighbor_batch_size)
 from pinclip.data.sources import KINDS, drop_misaligned, text_sources
 from pinlift.core.distributed import Env, setup
-from pinclip.loading import read_checkpoint, read_shipped_tower, shipped_towers
+from pinclip.loading import read_checkpoint, read_shipped_model, read_shipped_tower, shipped_towers
 from pinclip.losses import MATRYOSHKA_WEIGHTS, AnnotationLoss, PinCLIPLoss
 from pinclip.models.factory import PinCLIP, create_model
 from pinclip.models.text import load_tokenizer, tokenize, train_tokenizer
@@ -190,7 +190,9 @@ class Trainer:
             texts = kept
         self.texts = texts
         self.tokenizer_path = self.run_dir / "tokenizer.json"
-        given = self.cfg.tokenizer or (str(self._pretrained("text", "tokenizer.json")) if self.cfg.pretrained_text else "")
+        shipped = read_shipped_model(self.cfg.pretrained) if self.cfg.pretrained else None
+        given = (self.cfg.tokenizer or (str(shipped[2]) if shipped else "")
+                 or (str(self._pretrained("text", "tokenizer.json")) if self.cfg.pretrained_text else ""))
         if self.env.is_main and not self.tokenizer_path.exists() and given:
             self.tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(given, self.tokenizer_path)
@@ -202,9 +204,11 @@ class Trainer:
         text_over = dict(overrides.pop("text", {}))
         if text_over.get("pretrained") != "minilm":
             text_over["tokenizer"] = str(self.tokenizer_path)
-            text_over.setdefault("vocab_size", self.cfg.vocab_size)
+            text_over.setdefault("vocab_size", shipped[1]["model"]["text"]["vocab_size"] if shipped else self.cfg.vocab_size)
         self.model = create_model(self.cfg.model, text=text_over, **overrides)
         self.tokenizer = load_tokenizer(self.model.cfg.text)
+        if shipped:
+            self._load_shipped(self.model, "model.", shipped[0])
         if self.cfg.pretrained_image:
             self.model.image.load_state_dict(self._pretrained_image())
         if self.cfg.pretrained_text:
@@ -252,6 +256,8 @@ class Trainer:
                        "cutoff, so no neighbours (boards, e.g. from categories, give them)")
         self.step_module = TrainStep(self.model, PinCLIPLoss(weights), self.cfg.fusion, self.pin_pin,
                                      annotation, self.cfg.annotation_weight, self.use_keyword).to(self.env.device)
+        if shipped:
+            self._load_shipped(self.step_module.loss, "loss.", shipped[0])
         uses_negatives = self.cfg.corpus_negatives and self.pin_pin
         self.corpus = CorpusPins(self.world, self.texts, size) if uses_negatives else None
         self._nb_epoch, self.neighbors, self.nb_batches = -1, None, None
@@ -282,6 +288,15 @@ class Trainer:
                           .group_by("pin_id", "neighbor_id").agg(pl.col("visits").sum())
                           .sort("pin_id", "neighbor_id"))
         return candidates
+
+    def _load_shipped(self, module: nn.Module, prefix: str, state: dict) -> None:
+        """The ``pretrained`` model's ``prefix`` weights into ``module``; another shape is one line."""
+        try:
+            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        except RuntimeError as exc:
+            raise ValueError(f"pinclip train: field 'pretrained': {self.cfg.pretrained!r} is another model than "
+                             f"model={self.cfg.model!r} with these model_overrides "
+                             f"({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc})") from None
 
     def _pretrained_image(self) -> dict:
         """The ``pretrained_image`` tower: a pretrain-image run of the workspace, else a tower shipped with pinclip."""

@@ -82,13 +82,16 @@ def format_lift(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:+.1f}%"
 
 
+RUN_ROOTS = ("pinclip/pretrain", "pinclip/runs", "ranking/runs")   # where the stages keep their training runs
+
+
 def training_checks(workdir: Path | str) -> list[tuple[str, dict]]:
-    """(run directory, ``training_check`` record) for every run with training curves (``<stage>/<kind>/<run>/tb``):
+    """(run directory, ``training_check`` record) for every run with training curves (``RUN_ROOTS/<run>/tb``):
     steps against the configured ``steps`` and ``warmup_steps``, or a ranking run's checks against
     ``epochs x checks_per_epoch``."""
     w = Path(workdir)
     out = []
-    for tb in sorted(w.glob(f"*/*/*/{TB_DIR}")):
+    for tb in sorted(tb for root in RUN_ROOTS for tb in w.glob(f"{root}/*/{TB_DIR}")):
         run = tb.parent.relative_to(w)
         loss = read_scalars(w / run).get(TRAIN_LOSS, [])
         values = [v for _, v in loss]
