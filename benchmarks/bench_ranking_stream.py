@@ -5,7 +5,8 @@ and days (so about N times the impressions), and the evaluation window is held a
 (training data grows, evaluation does not). Then each runs in its own process, measured alone:
 
 - ``memory``: ``python -m ranking.train`` as it is by default (every example built in memory);
-- ``write``: ``--write-shards DIR`` (the examples per day as Parquet shards);
+- ``write``: ``--write-shards DIR`` (the examples per day as Parquet shards, reading the impression log a day
+  at a time: its peak RSS should not grow with the log);
 - ``stream``: ``--shards DIR`` (each rank streams its row groups, shuffled within a buffer).
 
 Per run: peak RSS of that process (``os.wait4``'s ru_maxrss), wall seconds and, for training, examples/s
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
     ratios = {k: round(many[k]["peak_rss_mib"] / one[k]["peak_rss_mib"], 3) for k in runs}
     save({"machine": machine(), "preset": args.preset, "scale": args.scale, "epochs": args.epochs,
           "shuffle_rows": args.shuffle_rows, "scales": scales, "peak_rss_ratio": ratios,
-          "stream_flat": ratios["stream"] <= 1.25}, args.out)
+          "stream_flat": ratios["stream"] <= 1.25, "write_shards_flat": ratios["write_shards"] <= 1.25}, args.out)
     rss = {k: {m: v[m]["peak_rss_mib"] for m in runs} for k, v in scales.items()}
     print(json.dumps({"peak_rss_mib": rss, "peak_rss_ratio": ratios}, indent=2))
     return 0

@@ -79,10 +79,11 @@ def _csr(values: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 class FeatureSource:
     """Everything features are computed from: logs, saves and (optionally) published embeddings; the
-    surfaces and tasks are ``vocab``'s (default: the ones the workspace declares)."""
+    surfaces and tasks are ``vocab``'s (default: the ones the workspace declares). With ``impressions=False``
+    the impression log is not read: ``ranking.counts`` sets the impression counts a day range at a time."""
 
     def __init__(self, world: World, max_boards: int = 5, max_history: int = 10, coengagement_dim: int = 64,
-                 coengagement_every: int = 7, vocab: Vocabulary | None = None):
+                 coengagement_every: int = 7, vocab: Vocabulary | None = None, impressions: bool = True):
         self.world = world
         self.vocab = vocab or world.vocabulary
         self.max_boards, self.max_history = max_boards, max_history
@@ -90,15 +91,16 @@ class FeatureSource:
         if unlabelled and world.has("impressions"):
             raise input_error(world.workdir / TABLES["impressions"].path, unlabelled[0],
                               "a bool column (a task of a declared surface)", "no such column (or only nulls)")
-        imp = world.impressions().select("day", "user_id", "pin_id", REPIN, CLICK)
         pins = world.table("pins").select("pin_id", "created_day", "is_ad", "advertiser_id")
         self.pins = pins.sort("pin_id")
         edges = world.table("pin_board")
-        d, u, p = imp["day"].to_numpy(), imp["user_id"].to_numpy(), imp["pin_id"].to_numpy()
-        self.pin_impressions = History(p, d)
-        self.pin_repins = History(p, d, weight=imp[REPIN].to_numpy())
-        self.pin_clicks = History(p, d, weight=imp[CLICK].to_numpy())
-        self.user_impressions = History(u, d)
+        if impressions:
+            imp = world.impressions().select("day", "user_id", "pin_id", REPIN, CLICK)
+            d, u, p = imp["day"].to_numpy(), imp["user_id"].to_numpy(), imp["pin_id"].to_numpy()
+            self.pin_impressions = History(p, d)
+            self.pin_repins = History(p, d, weight=imp[REPIN].to_numpy())
+            self.pin_clicks = History(p, d, weight=imp[CLICK].to_numpy())
+            self.user_impressions = History(u, d)
         self.pin_saves = History(edges["pin_id"].to_numpy(), edges["day"].to_numpy())
         self.pin_boards = History(edges["pin_id"].to_numpy(), edges["day"].to_numpy(), item=edges["board_id"].to_numpy())
         self.user_saves = History(edges["user_id"].to_numpy(), edges["day"].to_numpy(), item=edges["pin_id"].to_numpy())

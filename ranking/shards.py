@@ -5,7 +5,9 @@ settings (cutoff, validation days, surfaces, feature settings) one day range at 
 ``DIR/<split>/days-<first>-<end>.parquet`` (splits ``train``, ``validation``, ``eval``), with
 ``DIR/manifest.json``: the settings, and per shard its days, rows and row groups. Each range's features are
 ``FeatureSource.examples`` of that range's impressions, so they are the in-memory ones bit for bit
-(everything is as of strictly before each example's day). ``python -m ranking.train --shards DIR`` then
+(everything is as of strictly before each example's day); the impression counts are ``ranking.counts``'
+(totals per pin and per user over the days before the range plus the range's own), so only one range of the
+impression log is in memory at a time. ``python -m ranking.train --shards DIR`` then
 trains on them: each rank reads its own row groups, a buffer of them at a time, and shuffles within
 the buffer, so its memory holds a buffer and the validation and evaluation days, not the training logs.
 """
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -24,6 +27,7 @@ from pinlift.core.distributed import Env
 from pinlift.core.errors import input_error
 from pinworld.files import write_text_atomic
 from pinworld.world import World
+from ranking.counts import ImpressionCounts
 from ranking.features import Examples, FeatureSource, Vocabs
 from ranking.history import gather_jagged
 
@@ -102,15 +106,18 @@ def write_shards(world: World, cfg, out: Path | str, days_per_shard: int = 1, ro
         raise input_error(out, "shards", "a new or empty directory", "files in it")
     if days_per_shard < 1 or row_group_rows < 1:
         raise input_error(out, "shards", "days per shard and rows per row group >= 1", (days_per_shard, row_group_rows))
-    source = FeatureSource(world, cfg.max_boards, cfg.max_history, cfg.coengagement_dim, cfg.coengagement_every)
+    source = FeatureSource(world, cfg.max_boards, cfg.max_history, cfg.coengagement_dim, cfg.coengagement_every,
+                           impressions=False)
+    counts = ImpressionCounts(world)
     splits = {}
     for split, (first, end) in split_days(world, cfg).items():
         (out / split).mkdir(parents=True, exist_ok=True)
         shards = []
         for lo in range(first, end, days_per_shard):
             hi = min(lo + days_per_shard, end)
+            imp = counts.day_range(source, lo, hi).filter(pl.col("surface").is_in(list(cfg.surfaces)))
             # in day order (a stable sort): the logs' files may list day=10 before day=9
-            imp = world.impressions(since=lo, as_of=hi, surfaces=list(cfg.surfaces)).sort("day", maintain_order=True)
+            imp = imp.sort("day", maintain_order=True)
             if imp.height == 0:
                 continue
             name = f"{split}/days-{lo:04d}-{hi:04d}.parquet"

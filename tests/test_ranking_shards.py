@@ -14,6 +14,7 @@ import torch
 from pinlift.core.distributed import Env
 from pinlift.core.errors import InputError
 from pinworld.world import World
+from ranking.counts import ImpressionCounts
 from ranking.features import Examples, FeatureSource, Vocabs
 from ranking.shards import Shards, split_days, write_shards
 from ranking.train import TrainConfig, Trainer, main
@@ -53,6 +54,36 @@ def test_shards_hold_the_in_memory_examples_bit_for_bit(tiny_world, tiny_shards)
                 np.testing.assert_array_equal(vocabs.to_arrays()[k], v)
             np.testing.assert_array_equal((ids, counts), np.unique(expected.pin_id, return_counts=True))
     assert len({g[0] for g in shards.groups("train")}) > 1 and len(shards.groups("train")) > 5
+
+
+def test_one_surface_counts_every_surface_bit_for_bit(tiny_world, tmp_path):
+    """Shards of one surface: the impression counts still include every surface's impressions, as in memory."""
+    cfg = TrainConfig(surfaces=["related"]).resolved(tiny_world)
+    write_shards(tiny_world, cfg, tmp_path, days_per_shard=4)
+    shards, source = Shards(tmp_path, cfg, tiny_world), FeatureSource(tiny_world)
+    for split, (first, end) in split_days(tiny_world, cfg).items():
+        imp = tiny_world.impressions(since=first, as_of=end, surfaces=["related"]).sort("day", maintain_order=True)
+        _equal_bits(shards.load(split), source.examples(imp))
+
+
+def test_impression_counts_of_ranges_equal_the_whole_log(tiny_world):
+    """Counts of ranges with days between and before them (counted by a query) equal ``History`` over the log."""
+    memory, ranged = FeatureSource(tiny_world), FeatureSource(tiny_world, impressions=False)
+    counts = ImpressionCounts(tiny_world)
+    rng = np.random.default_rng(0)
+    names = ("pin_impressions", "pin_repins", "pin_clicks", "user_impressions")
+    for lo, hi in [(5, 8), (8, 9), (12, 15)]:
+        imp = counts.day_range(ranged, lo, hi)
+        assert imp.height and imp["day"].min() >= lo and imp["day"].max() < hi
+        day = rng.integers(lo, hi + 1, 500)    # up to the range's end, for ids with and without impressions
+        for name in names:
+            ids = (imp["user_id"] if name.startswith("user") else imp["pin_id"]).to_numpy()
+            entity = np.concatenate([rng.choice(ids, 400), rng.integers(0, 10 ** 6, 100)])
+            want = getattr(memory, name).count_before(entity, day)
+            got = getattr(ranged, name).count_before(entity, day)
+            assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), name
+    with pytest.raises(ValueError, match="already counted"):
+        counts.day_range(ranged, 14, 16)
 
 
 @pytest.mark.parametrize("world_size", [1, 2])
