@@ -2,20 +2,20 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SEED ?= 0
-# `make demo`: the demo behind docs/results.md (the `demo` world, both towers pretrained in the workspace, about
-# 90 minutes on 2 cores); `make demo DEMO=quick`: the quick one in its own workspace (the `small` world, the
-# image tower shipped in pinclip/towers/, about 9 minutes), which does not yet show a Homefeed lift
-DEMO ?= full
-ifeq ($(DEMO),quick)
-WORKDIR ?= pinwork-quick
-PRESET := small
-TEXT_STEPS := 500
+# `make demo`: the quick demo (in pinwork/; the `quick` world, the PinCLIP model shipped in pinclip/towers/ fine-tuned
+# briefly; about 12 minutes on 2 cores); `make demo DEMO=full`: the demo behind docs/results.md (in pinwork-full/;
+# the `demo` world, both towers pretrained in the workspace; about 90 minutes)
+DEMO ?= quick
+ifeq ($(DEMO),full)
+WORKDIR ?= pinwork-full
+PRESET := demo
+RECIPE := demo
+else ifeq ($(DEMO),quick)
+WORKDIR ?= pinwork
+PRESET := quick
 RECIPE := quick
 else
-WORKDIR ?= pinwork
-PRESET := demo
-TEXT_STEPS := 3000
-RECIPE := demo
+$(error DEMO=$(DEMO): expected quick (the default) or full)
 endif
 
 .PHONY: install demo test bench results results-jobs towers openclipart clean
@@ -29,10 +29,9 @@ W := $(WORKDIR)
 R := $(W)/ranking/runs
 # each stage's wall time goes into $(W)/demo.json
 T := $(PY) -m pinlift.readouts.timed --out $(W)/demo.json
-# the image tower PinCLIP starts from: pretrained in the workspace (full), or shipped in pinclip/towers/ (quick)
-IMAGE_TOWER := $(if $(filter quick,$(DEMO)),,$(W)/pinclip/pretrain/image/report.json)
-demo: install $(W)/world/world.json $(W)/pinclip/pretrain/text/report.json $(IMAGE_TOWER) \
-      $(W)/pinclip/runs/tiny/eval.json \
+# what PinCLIP starts from: both towers pretrained in the workspace (full), or the model shipped in pinclip/towers/ (quick)
+TOWERS := $(if $(filter full,$(DEMO)),$(W)/pinclip/pretrain/text/report.json $(W)/pinclip/pretrain/image/report.json)
+demo: install $(W)/world/world.json $(TOWERS) $(W)/pinclip/runs/tiny/eval.json \
       $(W)/embeddings/pinclip/LATEST $(W)/ranking/compare.json $(W)/experiments/pinclip_ranking/analysis.json
 	$(PY) -m pinlift.readouts.summary --workdir $(W)
 
@@ -40,10 +39,11 @@ $(W)/world/world.json:
 	$(T) world -- $(VENV)/bin/pinworld generate --workdir $(W) --preset $(PRESET) --seed $(SEED)
 
 $(W)/pinclip/pretrain/text/report.json: $(W)/world/world.json
-	$(T) pretrain_text -- $(VENV)/bin/pinclip pretrain-text --workdir $(W) --run text --steps $(TEXT_STEPS)
+	$(T) pretrain_text -- $(VENV)/bin/pinclip pretrain-text --workdir $(W) --run text --steps 3000
 
-# the recipe (pinclip/configs/train_$(RECIPE).yaml): both towers pretrained, as in the paper
-$(W)/pinclip/runs/tiny/eval.json: $(W)/pinclip/pretrain/text/report.json $(IMAGE_TOWER)
+# the recipe (pinclip/configs/train_$(RECIPE).yaml): full, both towers pretrained in the workspace as in the paper;
+# quick, the shipped model fine-tuned on the workspace's pins
+$(W)/pinclip/runs/tiny/eval.json: $(W)/world/world.json $(TOWERS)
 	$(T) pinclip_train -- $(VENV)/bin/pinclip train $(RECIPE) --workdir $(W) --run tiny
 	$(T) pinclip_eval -- $(VENV)/bin/pinclip eval --workdir $(W) --run tiny
 
@@ -79,7 +79,7 @@ ABLATIONS := image_text no_pin_pin in_batch_negatives no_annotation no_matryoshk
 ARMS := ids pinclip pinclip_shuffled topic topic_objects oracle
 SEEDS := 0 1 2
 results: demo
-	$(if $(filter quick,$(DEMO)),$(error make results reads the full demo: run it without DEMO=quick))
+	$(if $(filter quick,$(DEMO)),$(error make results reads the full demo: run `make results DEMO=full`))
 	OMP_NUM_THREADS=1 $(MAKE) -j2 --output-sync=target results-jobs
 	$(VENV)/bin/pinclip ablate --workdir $(W) --reference tiny --quiet
 	$(PY) -m ranking.compare --workdir $(W) --seeds $(SEEDS) --epochs 2 --results '' --per-surface ids
@@ -110,11 +110,15 @@ $(W)/experiments/pinclip_ranking_s%/analysis.json: $(R)/ids_s%/eval.json $(R)/pi
 $(R)/ids_ads_s%/eval.json: $(R)/ids_s%/eval.json
 	$(PY) -m ranking.compare --workdir $(W) --arms ids --seeds $* --epochs 2 --results '' --per-surface ids >/dev/null
 
-# the image tower shipped in pinclip/towers/ for the quick demo: pretrained on a `demo` world of another seed
+# what pinclip/towers/ ships, made on a `demo` world of another seed: the image tower (4,000 steps on annotations)
+# and the PinCLIP model the quick demo starts from (the full demo's recipe, 1,000 steps, from that image tower)
 towers: install
 	$(VENV)/bin/pinworld generate --workdir pinwork-towers --preset demo --seed 1
 	$(VENV)/bin/pinclip pretrain-image --workdir pinwork-towers --run image --steps 4000
 	$(VENV)/bin/pinclip export-tower --workdir pinwork-towers --run image --out pinclip/towers/image_pinworld.safetensors
+	$(VENV)/bin/pinclip pretrain-text --workdir pinwork-towers --run text --steps 3000
+	$(VENV)/bin/pinclip train demo pretrained_image=image_pinworld steps=1000 warmup_steps=70 --workdir pinwork-towers --run model
+	$(VENV)/bin/pinclip export-model --workdir pinwork-towers --run model --out pinclip/towers/pinclip_pinworld.safetensors
 
 clean:
 	rm -rf $(WORKDIR)

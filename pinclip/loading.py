@@ -73,8 +73,9 @@ def export_model(workdir: Path | str, run: str, out: Path | str) -> Path:
     shutil.copyfile(run_dir / "tokenizer.json", out.with_suffix(".tokenizer.json"))
     meta = Path(workdir) / "world" / "world.json"
     world = json.loads(meta.read_text()) if meta.is_file() else {}
+    model = {**saved["model"], "text": {**saved["model"]["text"], "tokenizer": out.with_suffix(".tokenizer.json").name}}
     made = {"kind": "model", "world": {k: world.get(k) for k in ("preset", "seed", "generator_version")},
-            "steps": int(state["step"]), "model": saved["model"], "train": saved["train"]}
+            "steps": int(state["step"]), "model": model, "train": saved["train"]}
     out.with_suffix(".json").write_text(json.dumps(made, indent=2) + "\n")
     return out
 

@@ -1,4 +1,4 @@
-"""The whole loop on a tiny world, as `make demo` runs it on the demo world: world -> image pretraining
+"""The whole loop on a tiny world, as `make demo DEMO=full` runs it on the demo world: world -> image pretraining
 -> PinCLIP training -> evaluation -> publish -> ranking arms -> A/B simulate + analyze -> summary."""
 
 from __future__ import annotations
