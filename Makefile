@@ -2,8 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SEED ?= 0
-# `make demo`: the quick demo (in pinwork/; the `quick` world, the PinCLIP model shipped in pinclip/towers/ fine-tuned
-# briefly; about 12 minutes on 2 cores); `make demo DEMO=full`: the demo behind docs/results.md (in pinwork-full/;
+# `make demo`: the quick demo (in pinwork/; the `quick` world, the PinCLIP model shipped in pinclip/towers/ used
+# as is; about 6 minutes on 2 cores); `make demo DEMO=full`: the demo behind docs/results.md (in pinwork-full/;
 # the `demo` world, both towers pretrained in the workspace; about 90 minutes)
 DEMO ?= quick
 ifeq ($(DEMO),full)

@@ -25,7 +25,12 @@ def stage_figures(workdir: Path | str) -> list[tuple[str, str, str]]:
                  f"{world['preset']} seed {world['seed']}: {world['counts']['pins']:,} pins, "
                  f"{world['counts']['users']:,} users, {world['counts']['impressions']:,} impressions",
                  "world/world.json"))
-    for tower in ("image", "text"):
+    run = _read(w / "pinclip/runs/tiny/config.json")
+    shipped = (run or {}).get("train", {}).get("pretrained")
+    if shipped:   # the quick demo: no tower is pretrained in the workspace
+        rows.append(("PinCLIP start", f"the PinCLIP model shipped as {shipped} (pinclip/towers/{shipped}.json says "
+                     f"how it was made), {run['train']['steps']} more steps here", "pinclip/runs/tiny/config.json"))
+    for tower in () if shipped else ("image", "text"):
         pre = _read(w / f"pinclip/pretrain/{tower}/report.json")
         rows.append((f"{tower} pretraining", "not run" if pre is None else
                      f"mAP {pre['mAP']:.3f} over {pre['labels_scored']} annotation labels on {pre['eval_pins']:,} new pins"
