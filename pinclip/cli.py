@@ -204,20 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
         _settings_command(sub, f"pretrain-{tower}", f"weakly-supervised multi-label pretraining of the {tower} "
                           "tower on the pins' annotations", PretrainConfig, "pretrain", skip=("tower",)
                           ).set_defaults(func=_pretrain, tower=tower)
-    x = sub.add_parser("export-tower", help="write a pretrain run's tower as safetensors (e.g. into pinclip/towers/, "
-                                            "for `pretrained_image=NAME`) with its report beside it")
-    x.add_argument("--workdir", default="pinwork")
-    x.add_argument("--run", required=True, help="the pretrain run, under W/pinclip/pretrain/")
-    x.add_argument("--out", required=True, help="the .safetensors file to write")
-    add_quiet_flag(x)
-    x.set_defaults(func=_export_tower)
-    x = sub.add_parser("export-model", help="write a trained PinCLIP run (weights, tokenizer, the losses' scales) as "
-                                            "safetensors (e.g. into pinclip/towers/, for `pretrained=NAME`)")
-    x.add_argument("--workdir", default="pinwork")
-    x.add_argument("--run", required=True, help="the PinCLIP run, under W/pinclip/runs/")
-    x.add_argument("--out", required=True, help="the .safetensors file to write")
-    add_quiet_flag(x)
-    x.set_defaults(func=_export_model)
+    exports = (("export-tower", "write a pretrain run's tower as safetensors (e.g. into pinclip/towers/, for "
+                "`pretrained_image=NAME`) with its report beside it", "the pretrain run, under W/pinclip/pretrain/",
+                _export_tower),
+               ("export-model", "write a trained PinCLIP run (weights, tokenizer, the losses' scales) as safetensors "
+                "(e.g. into pinclip/towers/, for `pretrained=NAME`)", "the PinCLIP run, under W/pinclip/runs/",
+                _export_model))
+    for name, what, run, func in exports:
+        x = sub.add_parser(name, help=what)
+        x.add_argument("--workdir", default="pinwork")
+        x.add_argument("--run", required=True, help=run)
+        x.add_argument("--out", required=True, help="the .safetensors file to write")
+        add_quiet_flag(x)
+        x.set_defaults(func=func)
     e = sub.add_parser("eval", help="Recall@K on the five tasks (a catalog: image->text and image->image by "
                                     "board), held-out pins vs distractors -> eval.json")
     e.add_argument("--workdir", default="pinwork")
