@@ -3,7 +3,8 @@ scan of the same Parquet (how close the analysis comes to reading speed), on the
 ``bench_analyze`` (50M event rows by default, ``--events``; cached in ``--data``).
 
 Per engine, best of ``--repeats`` runs (all kept): wall seconds of ``metrics.sufficient_stats`` over the
-experiment's 17 cells (views and query; the SparkSession's start is timed apart) and events/s. The bare scan
+experiment's 17 cells (views and query; the SparkSession's start is timed apart) and events/s, and apart the log
+checks that run before any statistic (``logs.check_logs``, on the same engine; their results must be equal). The bare scan
 reads every events column once (``SELECT`` of a sum over each). Both engines must agree (counts exactly, sums
 within 1e-9 relative) or the benchmark fails. Figures go to ``--out`` (JSON) with the machine.
 """
@@ -45,8 +46,8 @@ def main(argv=None) -> int:
     import duckdb
     from pyspark.sql import SparkSession
 
-    from abtest.config import load_config
-    from abtest.logs import scan
+    from abtest.config import VARIANTS, load_config
+    from abtest.logs import check_logs, scan
     from abtest.metrics import Sources, cells_of, open_engine, open_readonly, sufficient_stats
 
     users = args.users or max(args.events // 25, 1000)     # bench_analyze's defaults and cache: the same data
@@ -65,8 +66,13 @@ def main(argv=None) -> int:
     rows = int(scanned[0])
     bare.close()
 
+    def checks(engine):
+        return check_logs(engine, src.exposures, src.events, experiment=cfg.name, variants=VARIANTS,
+                          surfaces=cfg.vocabulary.names, start=cfg.days.start, end=cfg.days.end)
+
     with open_readonly(src) as con:
         duck_times, duck = _timed(lambda: sufficient_stats(con, cells, None), args.repeats)
+        duck_check_times, duck_checked = _timed(lambda: checks(con), args.repeats)
     t = time.perf_counter()
     session = (SparkSession.builder.master(args.spark_master).appName("bench_analyze_engines")
                .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate())
@@ -76,10 +82,17 @@ def main(argv=None) -> int:
         with open_engine("spark", src) as engine:
             return sufficient_stats(engine, cells, None)
 
+    def checks_on_spark():
+        with open_engine("spark", src) as engine:
+            return checks(engine)
+
     spark_times, spark = _timed(on_spark, args.repeats)
+    spark_check_times, spark_checked = _timed(checks_on_spark, args.repeats)
     session.stop()
     if any(duck[v]["n"] != spark[v]["n"] for v in duck) or max_relative_difference(duck, spark) > 1e-9:
         raise SystemExit("bench_analyze_engines: DuckDB and Spark disagree")
+    if duck_checked != spark_checked:
+        raise SystemExit(f"bench_analyze_engines: the log checks disagree: {duck_checked} against {spark_checked}")
 
     def figures(times):
         return {"seconds": min(times), "all_seconds": times, "events_per_s": rows / min(times)}
@@ -92,13 +105,16 @@ def main(argv=None) -> int:
         "duckdb": figures(duck_times),
         "spark": {**figures(spark_times), "master": args.spark_master, "session_start_seconds": spark_start},
         "max_relative_difference": max_relative_difference(duck, spark),
+        "log_checks": {"duckdb": figures(duck_check_times), "spark": figures(spark_check_times),
+                       "excluded": vars(duck_checked.excluded)},
     }
     result["duckdb_over_bare_scan"] = result["duckdb"]["seconds"] / result["bare_duckdb_scan"]["seconds"]
     result["spark_over_duckdb"] = result["spark"]["seconds"] / result["duckdb"]["seconds"]
     save(result, args.out)
     print(f"{rows:,} events: bare scan {min(scan_times):.2f} s, DuckDB {min(duck_times):.2f} s "
           f"({result['duckdb_over_bare_scan']:.2f}x the scan), Spark {min(spark_times):.2f} s "
-          f"({result['spark_over_duckdb']:.2f}x DuckDB)")
+          f"({result['spark_over_duckdb']:.2f}x DuckDB); log checks: DuckDB {min(duck_check_times):.2f} s, "
+          f"Spark {min(spark_check_times):.2f} s")
     return 0
 
 
