@@ -14,6 +14,9 @@ else ifeq ($(DEMO),quick)
 WORKDIR ?= pinwork
 PRESET := quick
 RECIPE := quick
+# three validation days to pick each ranker's check: with one (the default), the rankers of two seeds put fresh
+# items so differently that the fresh lifts swung from +1% to +8% (docs/quick_demo.md)
+RANKING := validation_days=3
 else
 $(error DEMO=$(DEMO): expected quick (the default) or full)
 endif
@@ -51,7 +54,7 @@ $(W)/embeddings/pinclip/LATEST: $(W)/pinclip/runs/tiny/eval.json
 	$(T) publish -- $(VENV)/bin/pinclip publish --workdir $(W) --source run --run tiny --name pinclip
 
 $(W)/ranking/compare.json: $(W)/embeddings/pinclip/LATEST
-	$(T) ranking -- $(PY) -m ranking.compare --workdir $(W) --arms ids,pinclip --seeds 0 --epochs 2 --results ''
+	$(T) ranking -- $(PY) -m ranking.compare --workdir $(W) --arms ids,pinclip --seeds 0 --epochs 2 --results '' $(RANKING)
 
 # on the two runs it serves (not compare.json, which `make results` rewrites)
 $(W)/experiments/pinclip_ranking/analysis.json: $(R)/ids_s0/eval.json $(R)/pinclip_s0/eval.json | $(W)/ranking/compare.json
