@@ -37,9 +37,20 @@ def shipped_towers(kind: str = "tower") -> list[str]:
                   if json.loads(p.with_suffix(".json").read_text()).get("kind", "tower") == kind)
 
 
+def _read_shipped_state(name: str) -> dict:
+    """The tensors of ``pinclip/towers/<name>.safetensors``, floating ones back in float32."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in load_file(TOWERS_DIR / f"{name}.safetensors").items()}
+
+
 def read_shipped_tower(name: str) -> dict:
     """The state dict (float32) of the shipped tower ``name``."""
-    return {k: v.float() for k, v in load_file(TOWERS_DIR / f"{name}.safetensors").items()}
+    return _read_shipped_state(name)
+
+
+def latest_checkpoint(run_dir: Path) -> dict:
+    """The last checkpoint of PinCLIP run directory ``run_dir`` (its ``checkpoints/LATEST``)."""
+    checkpoints = run_dir / "checkpoints"
+    return read_checkpoint(checkpoints / (checkpoints / "LATEST").read_text().strip())
 
 
 def export_tower(workdir: Path | str, run: str, out: Path | str) -> Path:
@@ -64,8 +75,7 @@ def export_model(workdir: Path | str, run: str, out: Path | str) -> Path:
     if not (run_dir / "checkpoints" / "LATEST").is_file():
         raise input_error(run_dir / "checkpoints", "LATEST", "a trained PinCLIP run", "no checkpoint")
     saved = json.loads((run_dir / "config.json").read_text())
-    latest = (run_dir / "checkpoints" / "LATEST").read_text().strip()
-    state = read_checkpoint(run_dir / "checkpoints" / latest)
+    state = latest_checkpoint(run_dir)
     # the annotation head is left out: its labels are one world's most frequent annotation terms
     kept = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state["model"].items()
             if k.startswith(("model.", "loss."))}
@@ -83,8 +93,7 @@ def export_model(workdir: Path | str, run: str, out: Path | str) -> Path:
 def read_shipped_model(name: str) -> tuple[dict, dict, Path]:
     """The shipped PinCLIP model ``name``: its state (float32; ``model.``/``loss.`` keys as a training run's
     checkpoint), how it was made and its tokenizer's path."""
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(TOWERS_DIR / f"{name}.safetensors").items()}
-    return state, json.loads((TOWERS_DIR / f"{name}.json").read_text()), TOWERS_DIR / f"{name}.tokenizer.json"
+    return _read_shipped_state(name), json.loads((TOWERS_DIR / f"{name}.json").read_text()), TOWERS_DIR / f"{name}.tokenizer.json"
 
 
 class TruncatedPrefixes(nn.Module):
@@ -114,8 +123,7 @@ def load_run(workdir: str | Path, run: str) -> tuple[PinCLIP, object, dict]:
     if not train["matryoshka"]:
         model.matryoshka_heads.heads = nn.ModuleDict({"256": model.matryoshka_heads.heads["256"]})
         model.matryoshka_heads.dims = (256,)
-    latest = (run_dir / "checkpoints" / "LATEST").read_text().strip()
-    state = read_checkpoint(run_dir / "checkpoints" / latest)["model"]
+    state = latest_checkpoint(run_dir)["model"]
     model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
     if not train["matryoshka"]:
         # trained without Matryoshka: smaller prefixes are plain truncations of the 256-d embedding
